@@ -1,0 +1,117 @@
+"""The app factory and `serve()` (the CLI's `etl-platform serve` calls it)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from etl_platform.api.auth import KeyRing
+from etl_platform.api.db import Reader
+from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
+from etl_platform.api.ratelimit import RateLimiter
+from etl_platform.api.routes import DagsterUnavailable, router
+from etl_platform.api.settings import ApiSettings
+from etl_platform.config.tenants import Registry, load_registry
+from etl_platform.warehouse import Warehouse, WarehouseError, get_warehouse
+
+
+def _instance_getter(instance: Any) -> Callable[[], Any]:
+    """The injected instance, else DagsterInstance.get() on first use (then kept)."""
+    lock, box = threading.Lock(), [instance]
+
+    def get() -> Any:
+        if box[0] is None:
+            with lock:
+                if box[0] is None:
+                    from dagster import DagsterInstance
+
+                    try:
+                        box[0] = DagsterInstance.get()
+                    except Exception as exc:
+                        raise DagsterUnavailable(f"cannot load the Dagster instance: {exc}") from exc
+        return box[0]
+
+    return get
+
+
+def create_app(
+    registry: Registry | None = None,
+    warehouse: Warehouse | None = None,
+    instance: Any = None,
+    *,
+    settings: ApiSettings | None = None,
+    keyring: KeyRing | None = None,
+) -> FastAPI:
+    """The read API. Defaults: tenants file (ETL_TENANTS_FILE), ETL_WAREHOUSE_URL, the Dagster
+    instance of DAGSTER_HOME (loaded on first use), settings and keys from the environment."""
+    registry = registry or load_registry()
+    settings = settings or ApiSettings.from_env()
+    reader = Reader(
+        warehouse or get_warehouse(),
+        pool_size=settings.pg_pool_size,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        duckdb_lock_timeout_s=settings.duckdb_lock_timeout_s,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        reader.close()
+
+    app = FastAPI(
+        title="etl-platform read API",
+        version="1",
+        summary="Each tenant's unified records, load stats and platform health.",
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    app.state.reader = reader
+    app.state.keyring = keyring or KeyRing.from_env(registry)
+    app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.get_instance = _instance_getter(instance)
+    app.include_router(router)
+
+    @app.exception_handler(WarehouseError)
+    async def _warehouse_down(request: Request, exc: WarehouseError) -> JSONResponse:
+        return JSONResponse({"detail": "warehouse unavailable"}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(DagsterUnavailable)
+    async def _dagster_down(request: Request, exc: DagsterUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": "Dagster storage unavailable"}, status_code=503, headers={"Retry-After": "5"})
+
+    if settings.cors_origins:
+        any_origin = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if any_origin else list(settings.cors_origins),
+            allow_methods=["GET", "OPTIONS"],
+            allow_headers=["Authorization", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_credentials=not any_origin,
+        )
+    app.add_middleware(RequestContextMiddleware)  # outermost: every response gets X-Request-ID
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory (`--factory etl_platform.api.app:app_from_env`): JSON logs, then create_app()."""
+    configure_logging()
+    return create_app()
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, log_level: str = "info") -> None:
+    """Run the API with uvicorn (blocks). Each worker process keeps its own pool and rate limits."""
+    import uvicorn
+
+    configure_logging(log_level)
+    uvicorn.run(
+        "etl_platform.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, log_config=None, access_log=False, server_header=False,
+    )

@@ -1,0 +1,1 @@
+"""Dagster wiring: raw (dlt) assets, the normalized records asset, checks and metrics."""

@@ -1,0 +1,1 @@
+"""What makes the platform run itself: jobs, schedules, sensors, tenant onboarding."""

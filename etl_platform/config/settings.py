@@ -1,0 +1,67 @@
+"""Platform settings read from the environment (one place, typed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The folder holding the tenants file and dagster.yaml: DAGSTER_HOME, else cwd."""
+    home = os.environ.get("DAGSTER_HOME")
+    return Path(home) if home else Path.cwd()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Environment-driven settings; every field documents its variable."""
+
+    tenants_file: Path  # ETL_TENANTS_FILE
+    warehouse_url: str  # ETL_WAREHOUSE_URL
+    start_date: dt.date  # ETL_START_DATE (first daily partition)
+    timezone: str  # ETL_TIMEZONE (schedules, partition days)
+    late_data_hours: int  # ETL_LATE_DATA_HOURS: hours after midnight that also refresh yesterday
+    rebackfill_days: int  # ETL_REBACKFILL_DAYS: days the daily re-backfill covers
+    retry_max_attempts: int  # ETL_RETRY_MAX_ATTEMPTS
+    retry_base_delay_s: int  # ETL_RETRY_BASE_DELAY_SECONDS
+    retry_max_delay_s: int  # ETL_RETRY_MAX_DELAY_SECONDS
+
+    @property
+    def data_dir(self) -> Path:
+        return project_root() / "data"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+def get_settings() -> Settings:
+    """Read settings now (not cached: tests and the CLI change the environment)."""
+    root = project_root()
+    local = Path.cwd() / "tenants.yaml"
+    tenants_file = Path(os.environ.get("ETL_TENANTS_FILE") or (local if local.exists() else root / "tenants.yaml"))
+    default_db = root / "data" / "warehouse.duckdb"
+    start_raw = os.environ.get("ETL_START_DATE", "2024-01-01")
+    try:
+        start_date = dt.date.fromisoformat(start_raw)
+    except ValueError as exc:
+        raise ValueError(f"ETL_START_DATE must be YYYY-MM-DD, got {start_raw!r}") from exc
+    return Settings(
+        tenants_file=tenants_file,
+        warehouse_url=os.environ.get("ETL_WAREHOUSE_URL") or f"duckdb:///{default_db}",
+        start_date=start_date,
+        timezone=os.environ.get("ETL_TIMEZONE", "UTC"),
+        late_data_hours=_int("ETL_LATE_DATA_HOURS", 3),
+        rebackfill_days=_int("ETL_REBACKFILL_DAYS", 7),
+        retry_max_attempts=_int("ETL_RETRY_MAX_ATTEMPTS", 3),
+        retry_base_delay_s=_int("ETL_RETRY_BASE_DELAY_SECONDS", 300),
+        retry_max_delay_s=_int("ETL_RETRY_MAX_DELAY_SECONDS", 1800),
+    )

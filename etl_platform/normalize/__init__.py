@@ -1,0 +1,1 @@
+"""Mapping raw rows of every source kind into the unified `records` table."""

@@ -1,0 +1,92 @@
+"""Schema drift of raw data: the fields (and JSON types) observed in a load of original
+records, compared with the previous load's. dlt never drops columns from its schema, so
+removed fields are only visible in the records themselves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from etl_platform.sources import lineage
+from etl_platform.warehouse import Connection, quote
+
+SAMPLE_ROWS = 10_000
+_DUCKDB_TYPES = {
+    "VARCHAR": "string",
+    "BOOLEAN": "boolean",
+    "ARRAY": "array",
+    "OBJECT": "object",
+}
+
+
+def _common_type(db_type: str) -> str | None:
+    t = db_type.upper()
+    if t == "NULL":
+        return None
+    if t in _DUCKDB_TYPES:
+        return _DUCKDB_TYPES[t]
+    if t in ("STRING", "NUMBER"):
+        return t.lower()
+    if any(x in t for x in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "NUMBER")):
+        return "number"
+    return t.lower()
+
+
+def observed_schema(conn: Connection, schema: str, table: str, load_ids: list[str]) -> dict[str, str]:
+    """field -> type ('string', 'number', 'boolean', 'array', 'object', or 'a|b' when mixed)
+    over a sample of the rows the given loads wrote."""
+    if not load_ids or not conn.table_exists(schema, table):
+        return {}
+    loads = ", ".join("'" + i.replace("'", "''") + "'" for i in load_ids)
+    sample = (
+        f"SELECT {quote(lineage.RECORD)} AS r FROM {quote(schema)}.{quote(table)} "
+        f"WHERE _dlt_load_id IN ({loads}) LIMIT {SAMPLE_ROWS}"
+    )
+    if conn.dialect == "duckdb":
+        sql = f"SELECT DISTINCT e.key, e.type FROM ({sample}) AS s, json_each(s.r) AS e"
+    else:
+        sql = f"SELECT DISTINCT e.key, jsonb_typeof(e.value) FROM ({sample}) AS s, jsonb_each(CAST(s.r AS JSONB)) AS e"
+    types: dict[str, set[str]] = {}
+    for key, db_type in conn.query(sql):
+        common = _common_type(str(db_type))
+        entry = types.setdefault(key, set())
+        if common:
+            entry.add(common)
+    return {k: "|".join(sorted(v)) or "null" for k, v in sorted(types.items())}
+
+
+@dataclass(frozen=True)
+class Drift:
+    added: list[str]
+    removed: list[str]
+    retyped: dict[str, tuple[str, str]]
+
+    @property
+    def breaking(self) -> bool:
+        return bool(self.removed or self.retyped)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.removed or self.retyped)
+
+    def describe(self) -> str:
+        parts = []
+        if self.added:
+            parts.append(f"added {self.added}")
+        if self.removed:
+            parts.append(f"removed {self.removed}")
+        if self.retyped:
+            parts.append("retyped " + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in self.retyped.items()))
+        return "; ".join(parts) or "no change"
+
+
+def diff_schemas(previous: dict[str, str], current: dict[str, str]) -> Drift:
+    """Fields added, removed, or whose type changed (a field that was only ever null, 'null',
+    takes any type without counting as a change)."""
+    added = sorted(set(current) - set(previous))
+    removed = sorted(set(previous) - set(current))
+    retyped = {
+        k: (previous[k], current[k])
+        for k in sorted(set(previous) & set(current))
+        if previous[k] != current[k] and "null" not in (previous[k], current[k])
+    }
+    return Drift(added, removed, retyped)

@@ -1,0 +1,169 @@
+"""Normalize one tenant's partition days: raw tables → `records` (upsert) + `record_rejects`.
+
+Everything runs as set-based SQL inside one transaction:
+1. stage every raw row of the days, mapped to unified columns, with a reject reason or none;
+2. replace the days' rejects;
+3. upsert the valid rows, newest version per key (last `updated_at` wins, then the later
+   partition day, then the later load), so partitions may run in any order, any number of times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from etl_platform.config.tenants import SourceConfig, TenantConfig
+from etl_platform.normalize.mapping import Mapping, build_mapping
+from etl_platform.normalize.schema import (
+    RECORD_COLUMNS,
+    RECORD_REJECTS_TABLE,
+    RECORDS_TABLE,
+    UPSERT_KEY,
+    ensure_tables,
+)
+from etl_platform.normalize.sql import POSTGRES_FUNCTIONS, literal, select_for
+from etl_platform.sources import lineage
+from etl_platform.warehouse import Connection, Warehouse, quote
+
+STAGE = "etl_stage_records"
+MIN_TS = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
+
+
+@dataclass
+class NormalizeResult:
+    tenant_id: str
+    days: list[dt.date]
+    raw_rows: int = 0
+    records_written: int = 0  # valid raw rows (each is now a record, or an older version of one)
+    records_upserted: int = 0  # distinct records inserted or replaced
+    rejects: int = 0
+    ingest_rejects: int = 0  # rows the loaders could not parse (table `rejects`)
+    by_table: dict[str, dict[str, int]] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def raw_table_name(source: str, resource: str) -> str:
+    """Raw tables are `<source>_<resource>` in the tenant's dataset."""
+    return f"{source}_{resource}"
+
+
+def mappings_for(source: SourceConfig) -> list[tuple[str, Mapping]]:
+    """(raw table, mapping) for each data resource of a source."""
+    primary_key = getattr(source, "primary_key", None) or None
+    out = []
+    for resource in source.resource_names:
+        if resource == lineage.REJECTS_TABLE:
+            continue
+        pk = primary_key
+        if source.kind == "rest_api":
+            spec = next(r for r in source.resources if r.name == resource)
+            pk = [spec.primary_key] if isinstance(spec.primary_key, str) else spec.primary_key
+        mapping = build_mapping(source.name, source.kind, resource, source.field_mapping, pk)
+        out.append((raw_table_name(source.name, resource), mapping))
+    return out
+
+
+def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.date]) -> NormalizeResult:
+    """Normalize the given days of one tenant; idempotent."""
+    result = NormalizeResult(tenant.id, sorted(days))
+    schema = tenant.dataset
+    days_sql = ", ".join(f"DATE {literal(d.isoformat())}" for d in result.days)
+    with warehouse.connect(write=True) as conn:
+        ensure_tables(conn, schema)
+        if conn.dialect == "postgres":
+            conn.execute(POSTGRES_FUNCTIONS)
+        selects = []
+        for source in tenant.sources:
+            for table, mapping in mappings_for(source):
+                columns = conn.columns(schema, table)
+                if not columns:
+                    continue
+                selects.append(select_for(conn.dialect, mapping, schema, table, tenant.id, days_sql, set(columns)))
+        result.ingest_rejects = _ingest_rejects(conn, schema, days_sql)
+        with conn.transaction():
+            _delete_rejects(conn, schema, tenant, days_sql)
+            if selects:
+                _stage(conn, selects)
+                _count(conn, result)
+                _insert_rejects(conn, schema)
+                result.records_upserted = _upsert(conn, schema)
+                conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    return result
+
+
+def _stage(conn: Connection, selects: list[str]) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    conn.execute(f"CREATE TEMP TABLE {STAGE} AS " + "\nUNION ALL\n".join(selects))
+
+
+def _count(conn: Connection, result: NormalizeResult) -> None:
+    rows = conn.query(
+        f"SELECT raw_table, reject_reason IS NULL AS ok, count(*) FROM {STAGE} GROUP BY 1, 2"
+    )
+    for table, ok, count in rows:
+        entry = result.by_table.setdefault(table, {"raw_rows": 0, "records": 0, "rejects": 0})
+        entry["raw_rows"] += count
+        entry["records" if ok else "rejects"] += count
+        result.raw_rows += count
+        if ok:
+            result.records_written += count
+        else:
+            result.rejects += count
+    for reason, count in conn.query(
+        f"SELECT split_part(reject_reason, ':', 1), count(*) FROM {STAGE} WHERE reject_reason IS NOT NULL GROUP BY 1"
+    ):
+        result.reject_reasons[reason] = count
+
+
+def _delete_rejects(conn: Connection, schema: str, tenant: TenantConfig, days_sql: str) -> None:
+    target = f"{quote(schema)}.{quote(RECORD_REJECTS_TABLE)}"
+    conn.execute(f"DELETE FROM {target} WHERE tenant_id = {literal(tenant.id)} AND event_date IN ({days_sql})")
+
+
+def _insert_rejects(conn: Connection, schema: str) -> None:
+    target = f"{quote(schema)}.{quote(RECORD_REJECTS_TABLE)}"
+    conn.execute(
+        f"INSERT INTO {target} (tenant_id, source, record_type, event_date, raw_table, raw_row_key, raw_load_id, "
+        f"reason, raw_record, rejected_at) SELECT tenant_id, source, record_type, event_date, raw_table, raw_row_key, "
+        f"raw_load_id, reject_reason, raw_record, now() FROM {STAGE} WHERE reject_reason IS NOT NULL"
+    )
+
+
+def _upsert(conn: Connection, schema: str) -> int:
+    target = f"{quote(schema)}.{quote(RECORDS_TABLE)}"
+    columns = list(RECORD_COLUMNS)
+    computed = {
+        "record_id": "source || '/' || record_type || '/' || source_id",
+        "sort_at": "COALESCE(updated_at, created_at, CAST(event_date AS TIMESTAMPTZ))",
+        "normalized_at": "now()",
+    }
+    select_cols = ", ".join(computed.get(c, quote(c)) for c in columns)
+    order = f"COALESCE(updated_at, {MIN_TS}) DESC, event_date DESC, raw_load_id DESC, raw_row_key DESC"
+    keys = ", ".join(quote(k) for k in UPSERT_KEY if k != "tenant_id")
+    newest = (
+        f"SELECT {select_cols} FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY {order}) AS rn "
+        f"FROM {STAGE} WHERE reject_reason IS NULL) AS s WHERE rn = 1"
+    )
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in UPSERT_KEY)
+    ex = "excluded"
+    wins = (
+        f"(COALESCE({ex}.updated_at, {MIN_TS}), {ex}.event_date, {ex}.raw_load_id) >= "
+        f"(COALESCE({target}.updated_at, {MIN_TS}), {target}.event_date, {target}.raw_load_id)"
+    )
+    count = conn.query(f"SELECT count(*) FROM ({newest}) AS n")[0][0]
+    conn.execute(
+        f"INSERT INTO {target} ({', '.join(quote(c) for c in columns)}) {newest} "
+        f"ON CONFLICT ({', '.join(quote(k) for k in UPSERT_KEY)}) DO UPDATE SET {updates} WHERE {wins}"
+    )
+    return int(count)
+
+
+def _ingest_rejects(conn: Connection, schema: str, days_sql: str) -> int:
+    if not conn.table_exists(schema, lineage.REJECTS_TABLE):
+        return 0
+    return int(
+        conn.query(
+            f"SELECT count(*) FROM {quote(schema)}.{quote(lineage.REJECTS_TABLE)} "
+            f"WHERE {quote(lineage.PARTITION_DATE)} IN ({days_sql})"
+        )[0][0]
+    )

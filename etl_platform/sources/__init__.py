@@ -1,0 +1,1 @@
+"""Pure dlt sources, one module per source kind. No Dagster imports here."""

@@ -1,0 +1,43 @@
+"""One entry point from a source's config to its dlt source, whatever its kind."""
+
+from __future__ import annotations
+
+from dlt.sources import DltSource
+
+from etl_platform.config.tenants import Registry, SourceConfig
+from etl_platform.sources.lineage import REJECTS_TABLE, RunContext
+
+
+def build_source(config: SourceConfig, registry: Registry, ctx: RunContext, *, for_run: bool = True) -> DltSource:
+    """The dlt source for `config`; `for_run=False` builds a template (no secrets, no I/O)
+    for asset definitions. Data tables are named `<source>_<resource>` so that two sources
+    of a tenant never share a table; ingestion rejects share the tenant's `rejects` table."""
+    source = _build(config, registry, ctx, for_run=for_run)
+    for name, resource in source.resources.items():
+        if name != REJECTS_TABLE:
+            resource.apply_hints(table_name=f"{config.name}_{name}")
+    return source
+
+
+def _build(config: SourceConfig, registry: Registry, ctx: RunContext, *, for_run: bool) -> DltSource:
+    if config.kind == "rest_api":
+        from etl_platform.sources.rest_api import build_rest_api_source, template_rest_api_source
+
+        return (build_rest_api_source if for_run else template_rest_api_source)(config, ctx)
+    if config.kind == "csv":
+        from etl_platform.sources.csv_files import build_csv_source
+
+        return build_csv_source(config, registry.resolve(config.location), ctx)
+    if config.kind == "rss":
+        from etl_platform.sources.feeds import build_feed_source
+
+        return build_feed_source(config, registry.resolve(config.url), ctx)
+    if config.kind == "jira":
+        from etl_platform.sources.jira import build_jira_source
+
+        return build_jira_source(config, ctx)
+    if config.kind == "github":
+        from etl_platform.sources.github import build_github_source
+
+        return build_github_source(config, ctx)
+    raise ValueError(f"source {config.name!r}: unknown kind {config.kind!r}")

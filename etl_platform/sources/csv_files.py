@@ -1,0 +1,471 @@
+"""CSV files (local path or http(s) URL, optionally gzipped) as a dlt source.
+
+    source = build_csv_source(config, location, ctx)
+    pipeline.run(source)
+    source.etl_stats  # CsvStats of the last iteration
+
+`build_csv_source` does no I/O: the file is opened when dlt iterates the source. The source
+(named ``config.name``) has two resources over one streaming pass of the file:
+
+- ``config.resource``: the data rows, yielded to dlt as pyarrow Tables of `BATCH_ROWS` rows.
+  Values stay the strings received, except the spellings in ``config.null_values`` (null);
+  each row carries the lineage columns, ``_etl_position`` = ``"<location>:<line>"`` (the
+  physical line where the record starts, 1-based, counting skipped and header lines) and
+  ``_etl_record``, the record as a JSON string keyed by the header names.
+- ``rejects``: records that cannot be loaded (wrong field count, undecodable bytes, missing or
+  duplicate primary key, unparseable event time, CSV syntax errors), with position, raw text
+  and reason. Nothing is dropped silently.
+
+Partitions: with ``config.event_time`` a row belongs to ``ctx.window.day_of(event_time)``;
+rows outside the window are skipped and counted in ``outside_window``. Without it the file is
+a snapshot and every row is emitted once per day of ``ctx.window.days``. Rejects whose day is
+unknown are written to every window day, so one multi-day run loads exactly what one run per
+day would.
+
+Row key: the primary-key values joined with ``|`` (a later row repeating a key is rejected),
+else ``content_key(values)`` plus ``#<n>`` for the n-th identical row. Both checks remember
+one small entry per distinct row, the only memory that grows with the file.
+
+`CsvStats` (``source.etl_stats``, reset at each iteration): ``rows_read`` = data records
+parsed = ``rows_emitted + rejects + outside_window`` (a snapshot row counts once however many
+days it is loaded into), ``bytes_read`` from the file or network (compressed for gzip), and
+``empty_file`` when the file has no header at all (zero rows, a warning, no exception).
+
+Errors name tenant, source and location: `CsvFileNotFoundError` (also a FileNotFoundError),
+`CsvSourceError` for HTTP errors (URL and status), unreadable headers, unknown columns.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+import dlt
+import pyarrow as pa
+from dlt.common.normalizers.naming.snake_case import NamingConvention
+from dlt.common.schema import Schema
+from dlt.extract.source import DltSource
+from dlt.sources.helpers import requests
+
+from etl_platform.config.tenants import CsvSource
+from etl_platform.sources import lineage
+from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, apply_raw_hints, content_key, parse_time
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 50_000
+CHUNK_BYTES = 1 << 16
+SNIFF_BYTES = 32 * 1024
+SNIFF_DELIMITERS = ",;\t|"
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_NAMING = NamingConvention()
+_JSON = json.JSONEncoder(ensure_ascii=False)
+_ARROW_TYPES = {
+    "text": pa.string(),
+    "json": pa.string(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", "UTC"),
+}
+
+
+class CsvSourceError(RuntimeError):
+    """A CSV file cannot be read; the message names tenant, source and location."""
+
+
+class CsvFileNotFoundError(CsvSourceError, FileNotFoundError):
+    """The CSV file (or URL) does not exist."""
+
+
+@dataclass
+class CsvStats:
+    """Counters of one pass over the file (see the module docstring)."""
+
+    rows_read: int = 0
+    rows_emitted: int = 0
+    rejects: int = 0
+    outside_window: int = 0
+    bytes_read: int = 0
+    empty_file: bool = False
+
+
+@dataclass(frozen=True)
+class _Out:
+    """One item of the reader, routed to a resource by `table`."""
+
+    table: str
+    data: Any
+
+
+def build_csv_source(config: CsvSource, location: str, ctx: RunContext) -> DltSource:
+    """The dlt source of one CSV file; `location` is the resolved path or http(s) URL."""
+    if config.resource == REJECTS_TABLE:
+        raise ValueError(f"source {config.name!r}: resource name {REJECTS_TABLE!r} is reserved")
+    stats = CsvStats()
+
+    def read_file() -> Iterator[_Out]:
+        yield from _read(config, location, ctx, stats)
+
+    def data_rows(item: _Out) -> Iterator[Any]:
+        if item.table == config.resource:
+            yield item.data
+
+    def rejected_rows(item: _Out) -> Iterator[Any]:
+        if item.table == REJECTS_TABLE:
+            yield item.data
+
+    reader = dlt.resource(read_file, name=f"{config.resource}_file", selected=False)
+    rows = dlt.transformer(data_rows, data_from=reader, name=config.resource)
+    rejects = dlt.transformer(rejected_rows, data_from=reader, name=REJECTS_TABLE)
+    apply_raw_hints(rows, schema_contract=config.schema_contract)
+    apply_raw_hints(rejects, schema_contract="evolve")
+    source = DltSource(Schema(config.name), "csv_files", [rows, rejects])
+    source.etl_stats = stats
+    return source
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) -> Iterator[_Out]:
+    where = f"tenant {ctx.tenant_id!r}, source {config.name!r}"
+    stats.__dict__.update(vars(CsvStats()))
+    with _open_text(location, config.encoding, where, stats) as text:
+        lines = _Lines(text)
+        try:
+            yield from _Records(config, location, ctx, stats, where, lines).batches()
+        except CsvSourceError:
+            raise
+        except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
+            raise CsvSourceError(f"{where}: reading {location} failed near line {lines.line}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _open_text(location: str, encoding: str, where: str, stats: CsvStats) -> Iterator[IO[str]]:
+    """The decoded text of a path or URL, gunzipped when it starts with the gzip magic bytes.
+
+    Lines keep their own endings (\\n, \\r\\n or \\r); undecodable bytes become lone
+    surrogates so that the reader can reject the line holding them."""
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
+    with contextlib.ExitStack() as stack:
+        scheme = urlsplit(location).scheme.lower()
+        if scheme in ("http", "https"):
+            chunks = _http_chunks(location, where, stack)
+        elif scheme in ("", "file"):
+            path = Path(unquote(urlsplit(location).path) if scheme == "file" else location)
+            try:
+                handle = stack.enter_context(open(path, "rb"))
+            except FileNotFoundError as exc:
+                raise CsvFileNotFoundError(f"{where}: CSV file not found: {path}") from exc
+            except OSError as exc:
+                raise CsvSourceError(f"{where}: cannot open CSV file {path}: {exc}") from exc
+            chunks = iter(partial(handle.read, CHUNK_BYTES), b"")
+        else:
+            raise CsvSourceError(f"{where}: unsupported location {location!r} (expected a path or http(s) URL)")
+        binary: IO[bytes] = io.BufferedReader(_ChunkStream(chunks, stats), CHUNK_BYTES)
+        if binary.peek(2)[:2] == b"\x1f\x8b":
+            binary = gzip.GzipFile(fileobj=binary, mode="rb")
+        yield io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
+
+
+def _http_chunks(url: str, where: str, stack: contextlib.ExitStack) -> Iterator[bytes]:
+    try:
+        response = requests.get(url, stream=True)
+        response.raise_for_status()
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        reason = exc.response.reason if exc.response is not None else exc
+        error = CsvFileNotFoundError if status in (404, 410) else CsvSourceError
+        raise error(f"{where}: GET {url} failed: HTTP {status} {reason}") from exc
+    except requests.RequestException as exc:
+        raise CsvSourceError(f"{where}: GET {url} failed: {exc}") from exc
+    stack.enter_context(response)
+    return response.iter_content(CHUNK_BYTES)
+
+
+class _ChunkStream(io.RawIOBase):
+    """A raw binary stream over an iterator of byte chunks, counting bytes read."""
+
+    def __init__(self, chunks: Iterator[bytes], stats: CsvStats) -> None:
+        self._chunks = chunks
+        self._stats = stats
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._stats.bytes_read += len(chunk)
+            self._pending = memoryview(chunk)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+class _Lines:
+    """Physical lines for `csv.reader`, remembering the raw text and first line of a record."""
+
+    def __init__(self, text: IO[str]) -> None:
+        self._text = iter(text)
+        self._lookahead: list[str] = []
+        self.line = 0
+        self._raw: list[str] = []
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            if next(self._text, None) is None:
+                break
+            self.line += 1
+
+    def sample(self, size: int) -> str:
+        """Up to `size` characters of whole lines ahead, without consuming them."""
+        total = 0
+        while total < size:
+            line = next(self._text, None)
+            if line is None:
+                break
+            self._lookahead.append(line)
+            total += len(line)
+        return "".join(self._lookahead)
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._lookahead.pop(0) if self._lookahead else next(self._text)
+        self.line += 1
+        if "\0" in line:
+            line = line.replace("\0", "")
+        self._raw.append(line)
+        return line
+
+    def take(self) -> tuple[int, str]:
+        """(first line, raw text without its final line ending) of the lines read since the last call."""
+        start, raw = self.line - len(self._raw) + 1, "".join(self._raw).removesuffix("\n").removesuffix("\r")
+        self._raw.clear()
+        return start, raw
+
+
+def _sniff(sample: str) -> str:
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=SNIFF_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _undecodable(text: str) -> str | None:
+    """The first undecodable byte in `text` as 0xNN, else None."""
+    match = _UNDECODABLE.search(text)
+    return f"0x{ord(match.group()) - 0xDC00:02x}" if match else None
+
+
+def _printable(text: str) -> str:
+    return _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+
+
+def _column_names(header: list[str]) -> list[str]:
+    """Header names made unique (also after dlt's snake_case) and non-empty."""
+    seen = {_NAMING.normalize_identifier(name) for name in lineage.LINEAGE_COLUMNS}
+    names = []
+    for index, name in enumerate(header, 1):
+        base = candidate = name if name.strip() else f"col_{index}"
+        suffix = 1
+        while _NAMING.normalize_identifier(candidate) in seen:
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+        seen.add(_NAMING.normalize_identifier(candidate))
+        names.append(candidate)
+    return names
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+class _Row(NamedTuple):
+    line: int
+    fields: list[str]
+    key: str
+    event_time: dt.datetime | None
+    day: dt.date | None
+
+
+@dataclass
+class _Records:
+    """One pass over the records of a file, yielding Arrow batches and rejects."""
+
+    config: CsvSource
+    location: str
+    ctx: RunContext
+    stats: CsvStats
+    where: str
+    lines: _Lines
+    names: list[str] = field(default_factory=list)
+    nulls: frozenset[str] = frozenset()
+    seen: dict[int, int] = field(default_factory=dict)
+    rows: list[_Row] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def batches(self) -> Iterator[_Out]:
+        config = self.config
+        self.nulls = frozenset(config.null_values)
+        self.lines.skip(config.skip_lines)
+        delimiter = config.delimiter or _sniff(self.lines.sample(SNIFF_BYTES))
+        records = self._parsed(csv.reader(self.lines, delimiter=delimiter))
+        first = next(records, None)
+        if first is None:
+            self.stats.empty_file = True
+            log.warning("%s: %s has no header (empty file): zero rows loaded", self.where, self.location)
+            return
+        line, raw, fields, error = first
+        if error or fields is None or _undecodable(raw):
+            raise CsvSourceError(
+                f"{self.where}: cannot read the first record (line {line}) of {self.location}: "
+                f"{error or f'not valid {config.encoding} (byte {_undecodable(raw)})'}; check the "
+                "source's encoding and delimiter"
+            )
+        self.names = _column_names(fields) if config.has_header else [f"col_{i}" for i in range(1, len(fields) + 1)]
+        self._key_index = [self._column(name, "primary_key") for name in config.primary_key]
+        self._time_index = self._column(config.event_time, "event_time") if config.event_time else None
+        self._schema = pa.schema(
+            [pa.field(name, pa.string()) for name in self.names]
+            + [
+                pa.field(name, _ARROW_TYPES[hint["data_type"]], nullable=hint.get("nullable", True))
+                for name, hint in lineage.LINEAGE_COLUMNS.items()
+            ]
+        )
+        if config.has_header:
+            first = None
+        for line, raw, fields, error in itertools.chain([first] if first else [], records):
+            self.stats.rows_read += 1
+            if fields is None:
+                self._reject(line, raw, error or "unreadable record")
+            else:
+                self._record(line, raw, fields)
+            if len(self.rows) >= BATCH_ROWS:
+                yield from self._flush_rows()
+            if len(self.rejected) >= BATCH_ROWS:
+                yield from self._flush_rejects()
+        yield from self._flush_rows()
+        yield from self._flush_rejects()
+
+    def _parsed(self, reader: Iterator[list[str]]) -> Iterator[tuple[int, str, list[str] | None, str | None]]:
+        """(first line, raw text, fields, None) of each non-blank record; fields None and the
+        reason when the CSV syntax is broken (the reader resumes at the next line)."""
+        while True:
+            try:
+                fields: list[str] | None = next(reader)
+                error = None
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                fields, error = None, f"csv error: {exc}"
+            line, raw = self.lines.take()
+            if fields != []:
+                yield line, raw, fields, error
+
+    def _column(self, name: str, setting: str) -> int:
+        """The index of a configured column, by its header name or its snake_case form."""
+        for matches in (lambda own: own == name, lambda own: _NAMING.normalize_identifier(own) == name):
+            for index, own in enumerate(self.names):
+                if matches(own):
+                    return index
+        raise CsvSourceError(
+            f"{self.where}: {setting} column {name!r} is not in the header of {self.location} "
+            f"(columns: {', '.join(self.names)})"
+        )
+
+    def _record(self, line: int, raw: str, fields: list[str]) -> None:
+        if bad := _undecodable(raw):
+            return self._reject(
+                line, raw, f"line is not valid {self.config.encoding} (byte {bad}); check the source's encoding"
+            )
+        if len(fields) != len(self.names):
+            return self._reject(line, raw, f"expected {len(self.names)} fields, got {len(fields)}")
+        event_time = day = None
+        if self._time_index is not None:
+            value = fields[self._time_index]
+            event_time = None if value in self.nulls else parse_time(value)
+            if event_time is None:
+                return self._reject(line, raw, f"unparseable event_time {value!r}")
+            day = self.ctx.window.day_of(event_time)
+            if day is None:
+                self.stats.outside_window += 1
+                return None
+        if self._key_index:
+            key_values = [fields[i] for i in self._key_index]
+            for index, value in zip(self._key_index, key_values):
+                if value in self.nulls:
+                    return self._reject(line, raw, f"missing primary key {self.names[index]!r}")
+            row_key = "|".join(key_values)
+            first = self.seen.setdefault(_hash64(f"{day}|{row_key}"), line)
+            if first != line:
+                return self._reject(line, raw, f"duplicate primary key {row_key!r} (first at line {first})", day)
+        else:
+            row_key = content_key(fields)
+            digest = int(row_key[:16], 16)
+            occurrence = self.seen[digest] = self.seen.get(digest, 0) + 1
+            row_key = f"{row_key}#{occurrence}"
+        self.rows.append(_Row(line, fields, row_key, event_time, day))
+        self.stats.rows_emitted += 1
+        return None
+
+    def _reject(self, line: int, raw: str, reason: str, day: dt.date | None = None) -> None:
+        self.stats.rejects += 1
+        for partition_date in [day] if day else self.ctx.window.days:
+            self.rejected.append(
+                self.ctx.reject(
+                    resource=self.config.resource,
+                    position=f"{self.location}:{line}",
+                    raw_text=_printable(raw),
+                    reason=reason,
+                    partition_date=partition_date,
+                )
+            )
+
+    def _flush_rejects(self) -> Iterator[_Out]:
+        if self.rejected:
+            yield _Out(REJECTS_TABLE, self.rejected)
+            self.rejected = []
+
+    def _flush_rows(self) -> Iterator[_Out]:
+        if not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        count, nulls = len(rows), self.nulls
+        columns = {
+            name: [None if row.fields[i] in nulls else row.fields[i] for row in rows]
+            for i, name in enumerate(self.names)
+        }
+        constant = self.ctx.lineage(
+            resource=self.config.resource, partition_date=self.ctx.window.days[0], position=None, row_key=""
+        )
+        columns.update({name: [value] * count for name, value in constant.items()})
+        columns[lineage.POSITION] = [f"{self.location}:{row.line}" for row in rows]
+        columns[lineage.ROW_KEY] = [row.key for row in rows]
+        columns[lineage.EVENT_TIME] = [row.event_time for row in rows]
+        columns[lineage.RECORD] = [_JSON.encode(dict(zip(self.names, row.fields))) for row in rows]
+        days = [None] if self._time_index is not None else self.ctx.window.days
+        for day in days:
+            columns[lineage.PARTITION_DATE] = [row.day for row in rows] if day is None else [day] * count
+            yield _Out(self.config.resource, pa.table(columns, schema=self._schema))

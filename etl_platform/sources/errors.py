@@ -1,0 +1,28 @@
+"""Errors a source raises that the platform must not retry."""
+
+from __future__ import annotations
+
+
+class PermanentSourceError(Exception):
+    """A request failed in a way retrying cannot fix (bad credentials, no access, bad query).
+
+    `url` has secrets redacted; `status` is the HTTP status (None when not an HTTP error).
+    dlt wraps exceptions raised while extracting (PipelineStepFailed -> ResourceExtractionError
+    -> this), so callers should look for it with `permanent_cause`.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+def permanent_cause(exc: BaseException | None) -> PermanentSourceError | None:
+    """The PermanentSourceError behind `exc` (itself or along its cause/context chain), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, PermanentSourceError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,235 @@
+"""GitHub source (github.com or GitHub Enterprise): pull requests updated in the partition window
+with their reviews and commits, releases and deployments, for each configured repository.
+
+Resources (tables), every row with a plain `repository` ("owner/name") column:
+- `pull_requests`: row key `<owner/name>#<number>`; event time `updated_at`. Pages are read newest
+  first (`sort=updated&direction=desc`) and reading stops at the first PR older than the window.
+- `reviews`, `commits`: children of each PR in the window, with parent keys `repository`,
+  `pull_number`; row keys: review id, `<owner/name>#<number>@<sha>`; event times `submitted_at`
+  and the commit's committer (else author) date; partition day = the PR's (they are re-read
+  with the PR; a PR's commits usually predate its update, so placing them by their own date
+  would drop them).
+- `releases` (event time `published_at`, drafts `created_at`) and `deployments` (`created_at`):
+  row key = id; newest first, reading stops after a page entirely older than the window; a 404
+  (deployments not enabled / no access) yields no rows.
+
+Paging follows `Link: rel="next"` URLs exactly as given (another path or host is fine; the token
+is only sent to the configured host) and stops on a next URL already requested.
+Rate limits: on `X-RateLimit-Remaining: 0` the source sleeps until `X-RateLimit-Reset` (+1 s),
+at most ETL_GITHUB_MAX_RATE_LIMIT_WAIT_SECONDS (default 900); a 403/429 that is a (secondary)
+rate limit is retried after `Retry-After`; 401 and other 403s raise PermanentSourceError.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urljoin
+
+import dlt
+from dlt.extract.source import DltSource
+from dlt.sources.helpers.requests import Response
+from dlt.sources.helpers.rest_client import RESTClient
+from dlt.sources.helpers.rest_client.paginators import HeaderLinkPaginator
+
+from etl_platform.config.tenants import GithubSource, secret
+from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
+from etl_platform.sources.lineage import PARTITION_DATE, RECORD, RunContext, apply_raw_hints, parse_time
+
+MAX_WAIT_ENV = "ETL_GITHUB_MAX_RATE_LIMIT_WAIT_SECONDS"
+DEFAULT_MAX_WAIT = 900.0
+SECONDARY_LIMIT_WAIT = 60.0  # GitHub: without Retry-After, wait at least a minute
+HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+
+
+def max_rate_limit_wait() -> float:
+    return float(os.environ.get(MAX_WAIT_ENV) or DEFAULT_MAX_WAIT)
+
+
+def is_rate_limited(response: Response) -> bool:
+    """A 403/429 that is GitHub's primary or secondary rate limit, not a permission problem."""
+    if response.status_code not in (403, 429):
+        return False
+    headers = response.headers
+    return (
+        headers.get("X-RateLimit-Remaining") == "0"
+        or "Retry-After" in headers
+        or "rate limit" in (response.text or "").lower()
+    )
+
+
+def wait_for_rate_limit(response: Response, *args: Any, **kwargs: Any) -> None:
+    """Response hook: sleep until the rate limit resets (capped) when it is exhausted."""
+    headers, cap = response.headers, max_rate_limit_wait()
+    if "Retry-After" in headers:
+        return  # dlt's retry waits Retry-After
+    if headers.get("X-RateLimit-Remaining") == "0":
+        try:
+            reset = float(headers.get("X-RateLimit-Reset") or 0)
+        except ValueError:
+            reset = 0.0
+        reset = reset / 1000 if reset > 1e11 else reset  # milliseconds
+        wait = min(max(reset - time.time(), 0.0) + 1.0, cap)
+    elif is_rate_limited(response):
+        wait = min(SECONDARY_LIMIT_WAIT, cap)
+    else:
+        return
+    time.sleep(wait)
+
+
+class LinkPaginator(HeaderLinkPaginator):
+    """Link rel="next" paging that stops on a next URL already requested."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._requested: set[str] = set()
+
+    def update_state(self, response: Response, data: list[Any] | None = None) -> None:
+        self._requested.add(response.url)
+        super().update_state(response, data)
+        if self._next_reference and urljoin(response.url, self._next_reference) in self._requested:
+            self._next_reference = None
+
+
+def commit_time(commit: dict[str, Any]) -> dt.datetime | None:
+    info = commit.get("commit") or {}
+    return parse_time((info.get("committer") or {}).get("date")) or parse_time((info.get("author") or {}).get("date"))
+
+
+def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
+    """The dlt source of some GitHub repositories for one run; no I/O until iterated."""
+    window = ctx.window
+    skipped: Counter[str] = Counter()
+    what = f"github source {config.name!r}"
+    per_page = {"per_page": config.page_size}
+
+    @functools.cache
+    def connect() -> tuple[RESTClient, tuple[str, ...], list[Any]]:
+        token = secret(config.token_env, what=f"{what} token_env")
+        auth = HeaderAuth.bearer(token, config.base_url) if token else None
+        secrets = (token,) if token else ()
+        client = rest_client(config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited)
+        return client, secrets, [wait_for_rate_limit, status_hook(what, secrets, retryable=is_rate_limited)]
+
+    def pull_requests() -> Iterator[list[dict[str, Any]]]:
+        client, secrets, hooks = connect()
+        params = {"state": "all", "sort": "updated", "direction": "desc", **per_page}
+        for repo in config.repositories:
+            seen: set[str] = set()
+            for items, url in pages(
+                client, f"repos/{repo}/pulls", params=params, paginator=LinkPaginator(), hooks=hooks
+            ):
+                position, rows, older = redact(url, secrets), [], False
+                for pr in items:
+                    updated = parse_time(pr.get("updated_at"))
+                    if updated is not None and updated < window.start:
+                        older = True
+                        break
+                    key = f"{repo}#{pr.get('number')}"
+                    day = window.day_of(updated)
+                    if key in seen:
+                        continue
+                    if day is None:
+                        skipped["pull_requests"] += 1
+                        continue
+                    seen.add(key)
+                    rows.append(
+                        raw_row(
+                            ctx,
+                            "pull_requests",
+                            pr,
+                            day=day,
+                            position=position,
+                            row_key=key,
+                            event_time=updated,
+                            repository=repo,
+                        )
+                    )
+                if rows:
+                    yield rows
+                if older:
+                    break
+        log_skipped(config.name, "pull_requests", skipped)
+
+    def children(resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], row_key: Any) -> Any:
+        def rows(prs: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+            client, secrets, hooks = connect()
+            for pr in prs:
+                repo, number = pr["repository"], pr[RECORD].get("number")
+                path = f"repos/{repo}/pulls/{number}/{endpoint}"
+                for items, url in pages(client, path, params=per_page, paginator=LinkPaginator(), hooks=hooks):
+                    position = redact(url, secrets)
+                    yield [
+                        raw_row(
+                            ctx,
+                            resource,
+                            rec,
+                            day=pr[PARTITION_DATE],
+                            position=position,
+                            row_key=row_key(repo, number, rec),
+                            event_time=event_time(rec),
+                            repository=repo,
+                            pull_number=number,
+                        )
+                        for rec in items
+                    ]
+
+        return dlt.transformer(rows, data_from=pulls, name=resource)
+
+    def dated(resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], ignore=()) -> Any:
+        """Newest-first lists; stop after a page with nothing created or dated at/after window start."""
+
+        def rows() -> Iterator[list[dict[str, Any]]]:
+            client, secrets, hooks = connect()
+            hooks = hooks[:-1] + [status_hook(what, secrets, retryable=is_rate_limited, ignore=ignore)]
+            for repo in config.repositories:
+                for items, url in pages(
+                    client, f"repos/{repo}/{endpoint}", params=per_page, paginator=LinkPaginator(), hooks=hooks
+                ):
+                    position, out, current = redact(url, secrets), [], False
+                    for rec in items:
+                        at = parse_time(event_time(rec))
+                        created = parse_time(rec.get("created_at"))
+                        current |= any(t is None or t >= window.start for t in (at, created))
+                        day = window.day_of(at)
+                        if day is None:
+                            skipped[resource] += 1
+                            continue
+                        out.append(
+                            raw_row(
+                                ctx,
+                                resource,
+                                rec,
+                                day=day,
+                                position=position,
+                                row_key=str(rec.get("id")),
+                                event_time=at,
+                                repository=repo,
+                            )
+                        )
+                    if out:
+                        yield out
+                    if not current:
+                        break
+            log_skipped(config.name, resource, skipped)
+
+        return dlt.resource(rows, name=resource)
+
+    pulls = dlt.resource(pull_requests, name="pull_requests")
+    resources = [
+        pulls,
+        children("reviews", "reviews", lambda r: parse_time(r.get("submitted_at")), lambda _, __, r: str(r.get("id"))),
+        children("commits", "commits", commit_time, lambda repo, n, r: f"{repo}#{n}@{r.get('sha')}"),
+        dated("releases", "releases", lambda r: r.get("published_at") or r.get("created_at")),
+        dated("deployments", "deployments", lambda r: r.get("created_at"), ignore=(404,)),
+    ]
+    for resource in resources:
+        apply_raw_hints(resource, schema_contract=config.schema_contract)
+    source = DltSource(dlt.Schema(config.name), "github", resources)
+    source.etl_skipped = skipped  # rows outside the window, by resource (filled while extracting)
+    return source

@@ -1,0 +1,168 @@
+"""Shared plumbing of the API sources (Jira, GitHub): dlt's RESTClient on dlt's retrying
+session, auth that stays on its host, status handling (retryable vs permanent), secret
+redaction, and stamping raw rows with lineage.
+
+Retries: dlt's session retries connection errors, 429 and 5xx (honouring `Retry-After`, capped
+by RUNTIME__REQUEST_MAX_RETRY_DELAY) plus whatever `retryable` says; other 4xx raise
+`PermanentSourceError` at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from dlt.sources.helpers.requests import Client, HTTPError, Response
+from dlt.sources.helpers.rest_client import RESTClient
+from dlt.sources.helpers.rest_client.exceptions import IgnoreResponseException
+from dlt.sources.helpers.rest_client.paginators import BasePaginator
+from requests.auth import AuthBase
+
+from etl_platform.sources.errors import PermanentSourceError
+from etl_platform.sources.lineage import RECORD, RunContext
+
+logger = logging.getLogger(__name__)
+
+ResponseHook = Callable[..., Any]
+
+
+def redact(text: str | None, secrets: Iterable[str | None]) -> str | None:
+    """`text` with every secret (raw or URL-encoded) and any URL user-info replaced by ***."""
+    if text is None:
+        return None
+    for value in secrets:
+        if value:
+            for form in {value, quote(value, safe=""), quote(value)}:
+                text = text.replace(form, "***")
+    parts = urlsplit(text) if text.startswith(("http://", "https://")) else None
+    if parts is not None and "@" in parts.netloc:
+        text = urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    return text
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+class HeaderAuth(AuthBase):
+    """Sets `Authorization` only on requests to `host`: a next-page link to another host never
+    receives the credential (the same rule requests applies to redirects)."""
+
+    def __init__(self, value: str, base_url: str) -> None:
+        self._value = value
+        self._host = _origin(base_url)
+
+    @classmethod
+    def basic(cls, user: str, password: str, base_url: str) -> HeaderAuth:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return cls(f"Basic {token}", base_url)
+
+    @classmethod
+    def bearer(cls, token: str, base_url: str) -> HeaderAuth:
+        return cls(f"Bearer {token}", base_url)
+
+    @property
+    def credential(self) -> str:
+        """The header value without its scheme (a secret to redact, e.g. base64 of user:password)."""
+        return self._value.split(" ", 1)[-1]
+
+    def __call__(self, request: Any) -> Any:
+        if _origin(request.url) == self._host:
+            request.headers["Authorization"] = self._value
+        return request
+
+    def __repr__(self) -> str:
+        return f"HeaderAuth(host={self._host!r}, value=***)"
+
+
+def rest_client(
+    base_url: str,
+    *,
+    auth: AuthBase | None,
+    headers: dict[str, str] | None = None,
+    retryable: Callable[[Response], bool] | None = None,
+) -> RESTClient:
+    """A dlt RESTClient on dlt's retrying session (timeouts and attempts from RUNTIME__REQUEST_*)."""
+
+    def retry_condition(response: Response | None, exc: BaseException | None) -> bool:
+        return response is not None and retryable is not None and retryable(response)
+
+    session = Client(raise_for_status=False, retry_condition=retry_condition).session
+    return RESTClient(base_url.rstrip("/"), headers=headers, auth=auth, session=session)
+
+
+def status_hook(
+    what: str,
+    secrets: Iterable[str | None],
+    *,
+    retryable: Callable[[Response], bool] | None = None,
+    ignore: tuple[int, ...] = (),
+) -> ResponseHook:
+    """A response hook: statuses in `ignore` end the pagination with no rows; 408/429/5xx (and
+    whatever `retryable` accepts) raise HTTPError, which dlt's session retries; any other 4xx
+    raises PermanentSourceError (redacted URL and body excerpt)."""
+    secrets = tuple(secrets)
+
+    def hook(response: Response, *args: Any, **kwargs: Any) -> None:
+        status = response.status_code
+        if status < 400:
+            return None
+        url = redact(response.url, secrets)
+        if status in ignore:
+            raise IgnoreResponseException(f"{what}: HTTP {status} for {url}, no rows")
+        body = redact((response.text or "")[:300], secrets)
+        message = f"{what}: HTTP {status} {response.reason or ''} for {url}: {body}".strip()
+        if status in (408, 429) or status >= 500 or (retryable is not None and retryable(response)):
+            raise HTTPError(message, response=response)
+        raise PermanentSourceError(message, url=url, status=status)
+
+    return hook
+
+
+def pages(
+    client: RESTClient,
+    path: str,
+    *,
+    paginator: BasePaginator,
+    hooks: list[ResponseHook],
+    params: dict[str, Any] | None = None,
+    data_selector: str = "$",
+) -> Iterator[tuple[list[Any], str]]:
+    """(items, request URL) per page."""
+    for page in client.paginate(
+        path, params=params, paginator=paginator, data_selector=data_selector, hooks={"response": hooks}
+    ):
+        yield list(page), page.response.url
+
+
+def raw_row(
+    ctx: RunContext,
+    resource: str,
+    record: dict[str, Any],
+    *,
+    day: dt.date,
+    position: str | None,
+    row_key: str,
+    event_time: dt.datetime | None = None,
+    flatten: bool = True,
+    **columns: Any,
+) -> dict[str, Any]:
+    """A raw row: the record's fields (dlt flattens them; `flatten=False` leaves them out), extra
+    plain columns (parent keys), the lineage columns and the record as received in `_etl_record`."""
+    return {
+        **(record if flatten else {}),
+        **columns,
+        **ctx.lineage(resource=resource, partition_date=day, position=position, row_key=row_key, event_time=event_time),
+        RECORD: record,
+    }
+
+
+def log_skipped(source: str, resource: str, skipped: dict[str, int]) -> None:
+    if skipped.get(resource):
+        logger.info("%s.%s: skipped %d rows outside the window", source, resource, skipped[resource])

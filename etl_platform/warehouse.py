@@ -1,0 +1,294 @@
+"""The warehouse: ETL_WAREHOUSE_URL → DuckDB (embedded) or PostgreSQL.
+
+One object gives the dlt destination, SQL access and the per-tenant schema name.
+DuckDB allows one writing process: writers take an exclusive file lock beside the
+database file, readers a shared one, so runs in several processes queue instead of
+failing with lock errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+TENANT_SCHEMA_PREFIX = "tenant_"
+_LOCAL = threading.local()  # lock files this thread holds, with nesting depth
+
+
+def _held() -> dict[str, int]:
+    if not hasattr(_LOCAL, "held"):
+        _LOCAL.held = {}
+    return _LOCAL.held
+
+
+def tenant_schema(tenant_id: str) -> str:
+    """The schema/dataset that holds every table of one tenant."""
+    return f"{TENANT_SCHEMA_PREFIX}{tenant_id}"
+
+
+def redact_url(url: str) -> str:
+    """A URL safe for logs: password removed."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse URL is invalid or the database cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """A warehouse location parsed from a URL."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("duckdb", "postgres"):
+            raise WarehouseError(
+                f"ETL_WAREHOUSE_URL {redact_url(self.url)!r}: expected duckdb:///path/file.duckdb "
+                "or postgresql://user@host:port/db"
+            )
+
+    @property
+    def kind(self) -> str:
+        scheme = urlsplit(self.url).scheme.split("+")[0]
+        return {"duckdb": "duckdb", "postgresql": "postgres", "postgres": "postgres"}.get(scheme, scheme)
+
+    @property
+    def duckdb_path(self) -> Path:
+        path = self.url.split("://", 1)[1]
+        # duckdb:///abs/path -> /abs/path ; duckdb://rel/path -> rel/path
+        return Path(path if not path.startswith("//") else path[1:])
+
+    @property
+    def postgres_dsn(self) -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(scheme="postgresql"))
+
+    def __str__(self) -> str:
+        return redact_url(self.url)
+
+    # --- dlt ---------------------------------------------------------------------------------
+
+    def dlt_destination(self) -> Any:
+        """The dlt destination for this warehouse."""
+        import dlt
+
+        if self.kind == "duckdb":
+            self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+            return dlt.destinations.duckdb(str(self.duckdb_path))
+        parts = urlsplit(self.postgres_dsn)
+        if parts.password is None:
+            # dlt insists on a password; trust/peer auth ignores it (PGPASSWORD is honoured if set)
+            password = os.environ.get("PGPASSWORD") or "unused"
+            user = parts.username or "postgres"
+            host = parts.netloc.rsplit("@", 1)[-1]
+            dsn = urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+        else:
+            dsn = self.postgres_dsn
+        return dlt.destinations.postgres(credentials=dsn)
+
+    # --- SQL ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connect(self, *, write: bool = False, timeout_s: float = 600.0) -> Iterator[Connection]:
+        """A short-lived connection; DuckDB writers and readers take the file lock."""
+        if self.kind == "duckdb":
+            with self.lock(write=write, timeout_s=timeout_s):
+                import duckdb
+
+                self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+                if not write and not self.duckdb_path.exists():
+                    raw = duckdb.connect(":memory:")
+                else:
+                    raw = duckdb.connect(str(self.duckdb_path), read_only=not write)
+                try:
+                    yield Connection(raw, "duckdb")
+                finally:
+                    raw.close()
+        else:
+            import psycopg
+
+            try:
+                raw = psycopg.connect(self.postgres_dsn, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as exc:
+                raise WarehouseError(f"cannot connect to warehouse {self}: {exc}") from exc
+            try:
+                yield Connection(raw, "postgres")
+            finally:
+                raw.close()
+
+    @contextlib.contextmanager
+    def lock(self, *, write: bool = True, timeout_s: float = 600.0, name: str = "") -> Iterator[None]:
+        """Exclusive (write) or shared (read) lock on the DuckDB file; PostgreSQL: a no-op
+        unless `name` is given, then an advisory lock on that name (e.g. tenant/source)."""
+        if self.kind == "postgres":
+            if not name:
+                yield
+                return
+            with self._pg_advisory_lock(name, timeout_s):
+                yield
+            return
+        lock_path = self.duckdb_path.with_name(self.duckdb_path.name + (f".{name}" if name else "") + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        key, held = str(lock_path), _held()
+        if held.get(key, 0) > 0:  # re-entrant within this thread (the writer already holds it)
+            held[key] += 1
+            try:
+                yield
+            finally:
+                held[key] -= 1
+            return
+        with open(lock_path, "a+") as handle:
+            mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise WarehouseError(
+                            f"timed out after {timeout_s:.0f}s waiting for the warehouse lock {lock_path}"
+                        ) from None
+                    time.sleep(0.05)
+            held[key] = 1
+            try:
+                yield
+            finally:
+                held[key] = 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _pg_advisory_lock(self, name: str, timeout_s: float) -> Iterator[None]:
+        import psycopg
+
+        key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
+        with psycopg.connect(self.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
+            deadline = time.monotonic() + timeout_s
+            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchall()[0][0]:
+                if time.monotonic() > deadline:
+                    raise WarehouseError(f"timed out waiting for the lock {name!r}")
+                time.sleep(0.1)
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def schemas(self) -> list[str]:
+        with self.connect() as conn:
+            rows = conn.query(
+                "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ? ORDER BY 1",
+                [TENANT_SCHEMA_PREFIX + "%"],
+            )
+        return [r[0] for r in rows]
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        with self.connect() as conn:
+            return conn.table_exists(schema, table)
+
+    def count(self, schema: str, table: str, where: str = "", params: Sequence[Any] = ()) -> int:
+        with self.connect() as conn:
+            if not conn.table_exists(schema, table):
+                return 0
+            sql = f"SELECT count(*) FROM {quote(schema)}.{quote(table)}" + (f" WHERE {where}" if where else "")
+            return int(conn.query(sql, params)[0][0])
+
+
+def quote(identifier: str) -> str:
+    """Quote an SQL identifier (schema, table or column name)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class Connection:
+    """A DB-API-ish wrapper with one placeholder style (`?`) for both databases."""
+
+    def __init__(self, raw: Any, dialect: str) -> None:
+        self.raw = raw
+        self.dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        if self.dialect == "postgres":
+            sql = sql.replace("%", "%%")
+            return re.sub(r"\?(?!\|)", "%s", sql)
+        return sql
+
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
+        """Execute; SQL without params is sent as-is (generated SQL may contain '?' in regexes)."""
+        if self.dialect == "postgres":
+            if not params:
+                return self.raw.execute(sql)
+            return self.raw.execute(self._sql(sql), list(params))
+        return self.raw.execute(sql, list(params)) if params else self.raw.execute(sql)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._run(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._run(sql, params).fetchall()
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._run(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        rows = self.query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        )
+        return bool(rows)
+
+    def columns(self, schema: str, table: str) -> dict[str, str]:
+        """column -> data type, in table order."""
+        rows = self.query(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [schema, table],
+        )
+        return {r[0]: r[1] for r in rows}
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.dialect == "postgres":
+            with self.raw.transaction():
+                yield
+        else:
+            self.raw.execute("BEGIN TRANSACTION")
+            try:
+                yield
+            except BaseException:
+                self.raw.execute("ROLLBACK")
+                raise
+            self.raw.execute("COMMIT")
+
+
+def get_warehouse(url: str | None = None) -> Warehouse:
+    """The warehouse named by ETL_WAREHOUSE_URL (or `url`)."""
+    if url is None:
+        from etl_platform.config.settings import get_settings
+
+        url = get_settings().warehouse_url
+    return Warehouse(url)
+
+
+os.environ.setdefault("DLT_TELEMETRY_DISABLED", "1")
+os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+# Arrow/Parquet loads (CSV) get the same _dlt_load_id/_dlt_id columns as JSON loads: the
+# normalizer and the stale-row sweep rely on the load id.
+os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")

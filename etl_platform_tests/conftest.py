@@ -1,0 +1,90 @@
+"""Shared fixtures: real PostgreSQL databases, DuckDB files, third-party data, Dagster homes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DLT_TELEMETRY_DISABLED", "1")
+os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+# fail fast in tests: few, short HTTP retries (production keeps dlt's defaults)
+os.environ.setdefault("RUNTIME__REQUEST_MAX_ATTEMPTS", "4")
+os.environ.setdefault("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.05")
+os.environ.setdefault("RUNTIME__REQUEST_MAX_RETRY_DELAY", "2")
+os.environ.setdefault("RUNTIME__REQUEST_TIMEOUT", "5")
+
+PG_ADMIN_URL = os.environ.get("ETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+def create_pg_database(prefix: str = "etl_test") -> str:
+    """Create a fresh database on the test server; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def duckdb_url(tmp_path: Path) -> str:
+    return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same test on DuckDB and on the real PostgreSQL."""
+    if request.param == "duckdb":
+        yield f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    else:
+        url = create_pg_database()
+        try:
+            yield url
+        finally:
+            drop_pg_database(url)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    """Third-party data (../shared/fixtures); .ci/run always sets ETL_FIXTURES."""
+    value = os.environ.get("ETL_FIXTURES")
+    if not value:
+        pytest.skip("ETL_FIXTURES is not set (third-party fixtures live outside the repo)")
+    path = Path(value)
+    assert path.is_dir(), f"ETL_FIXTURES={value} is not a folder"
+    return path
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty DAGSTER_HOME (SQLite storage) for one test."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home

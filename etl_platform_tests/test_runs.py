@@ -1,0 +1,96 @@
+"""etl_platform.runs over a real Dagster instance with partitioned, tagged runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+
+import pytest
+from dagster import DagsterInstance, instance_for_test
+from dagster._daemon.types import DaemonHeartbeat
+
+from etl_platform import runs
+from etl_platform_tests.test_api_helpers import make_runs
+
+REASON = "ValueError: GitHub answered 502 Bad Gateway for /repos/acme/app/pulls"
+
+
+@pytest.fixture(scope="module")
+def dagster() -> Iterator[tuple[DagsterInstance, dict[str, str]]]:
+    with instance_for_test(set_dagster_home=False) as instance:
+        yield instance, make_runs(instance)
+
+
+def test_recent_runs(dagster) -> None:
+    instance, ids = dagster
+    acme = runs.recent_runs(instance, "acme")
+    assert [r.run_id for r in acme] == [ids[k] for k in
+                                        ("all_sources", "tickets_ok", "github_retry", "github_failed", "github_ok")]
+    failed = next(r for r in acme if r.run_id == ids["github_failed"])
+    assert failed.status == "FAILURE" and failed.source == "github" and failed.trigger == "schedule"
+    assert failed.partition == "2024-01-02|acme" and failed.failure_reason.startswith("raw__github__pull_requests")
+    assert REASON in failed.failure_reason
+    retry = next(r for r in acme if r.run_id == ids["github_retry"])
+    assert (retry.trigger, retry.attempt, retry.parent_run_id) == ("retry", 2, ids["github_failed"])
+    assert retry.failure_reason is None and retry.duration_s is not None and retry.duration_s >= 0
+    assert acme[0].source is None and acme[0].tenant == "acme"
+    as_dict = retry.to_dict()
+    assert as_dict["created_at"].endswith("+00:00") and as_dict["duration_s"] == retry.duration_s
+    assert len(runs.recent_runs(instance)) == 6
+    assert len(runs.recent_runs(instance, limit=2)) == 2
+    assert [r.run_id for r in runs.recent_runs(instance, "acme", statuses=["failure"])] == [ids["github_failed"]]
+    assert [r.run_id for r in runs.recent_runs(instance, source="feed")] == [ids["globex_ok"]]
+    assert runs.recent_runs(instance, "nobody") == []
+
+
+def test_failure_reason(dagster) -> None:
+    instance, ids = dagster
+    assert REASON in runs.failure_reason(instance, ids["github_failed"])
+    assert runs.failure_reason(instance, ids["github_ok"]) is None
+
+
+def test_source_stats(dagster) -> None:
+    instance, ids = dagster
+    stats = {s["source"]: s for s in runs.source_stats(instance, "acme", sources=["github", "tickets", "jira"])}
+    assert list(stats) == ["github", "tickets", "jira", runs.ALL_SOURCES]
+    github = stats["github"]
+    assert github["last_success"]["run_id"] == ids["github_retry"]
+    assert github["last_failure"]["run_id"] == ids["github_failed"]
+    assert REASON in github["last_failure"]["failure_reason"]
+    assert github["runs_by_status"] == {"FAILURE": 1, "SUCCESS": 2} and github["runs_in_window"] == 3
+    assert (github["records_written"], github["rejects"], github["raw_rows"]) == (150, 15, 165)
+    assert github["avg_duration_s"] > 0
+    assert 0 <= github["materialization_age_s"] < 600
+    tickets = stats["tickets"]
+    assert tickets["last_failure"] is None and tickets["records_written"] == 30
+    assert stats[runs.ALL_SOURCES]["records_written"] == 7
+    assert stats[runs.ALL_SOURCES]["last_success"]["run_id"] == ids["all_sources"]
+    jira = stats["jira"]
+    assert jira["last_success"] is None and jira["runs_by_status"] == {} and jira["records_written"] == 0
+    assert jira["last_materialization_at"] is None
+    # globex's run never counts for acme
+    assert all(s["records_written"] < 999 for s in stats.values())
+
+
+def test_source_stats_outside_the_window(dagster) -> None:
+    """Two days later: nothing in the window, but last success/failure and materialization remain."""
+    instance, ids = dagster
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=48)
+    github = runs.source_stats(instance, "acme", window_hours=24, now=later)[0]
+    assert github["source"] == "github" and github["runs_in_window"] == 0 and github["records_written"] == 0
+    assert github["last_success"]["run_id"] == ids["github_retry"]
+    assert github["last_failure"]["run_id"] == ids["github_failed"]
+    assert github["materialization_age_s"] > 47 * 3600
+
+
+def test_last_run_by_tenant_and_heartbeats(dagster) -> None:
+    instance, ids = dagster
+    last = runs.last_run_by_tenant(instance, ["acme", "globex", "initech"])
+    assert last["acme"].run_id == ids["all_sources"] and last["globex"].run_id == ids["globex_ok"]
+    assert last["initech"] is None
+    assert runs.daemon_heartbeat_ages(instance) == {}
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 30, "SCHEDULER", "d"))
+    ages = runs.daemon_heartbeat_ages(instance)
+    assert list(ages) == ["SCHEDULER"] and 29 < ages["SCHEDULER"] < 120
+    instance.wipe_daemon_heartbeats()
