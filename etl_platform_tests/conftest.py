@@ -88,3 +88,18 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dagster_home: Path):
+    """Point the platform at a tenants file and a warehouse for one test; returns a setter."""
+
+    def configure(tenants: list[dict], warehouse_url: str) -> Path:
+        from etl_platform_tests.platform import write_tenants
+
+        path = write_tenants(tmp_path / "tenants.yaml", tenants)
+        monkeypatch.setenv("ETL_TENANTS_FILE", str(path))
+        monkeypatch.setenv("ETL_WAREHOUSE_URL", warehouse_url)
+        return path
+
+    return configure

@@ -231,7 +231,8 @@ def test_skip_lines_before_the_header(fixtures_dir: Path, tmp_path: Path) -> Non
 @pytest.mark.fixtures
 def test_empty_file_loads_nothing_and_is_reported(fixtures_dir: Path, tmp_path: Path) -> None:
     pipeline, stats = load(tmp_path, fixtures_dir / "csv" / "csvkit" / "empty.csv")
-    assert stats.empty_file and stats.rows_read == 0 and stats.bytes_read == 1
+    assert stats.empty_file and stats.rows_read == 0 and stats.bytes_read == stats.bytes == 1
+    assert "empty" in stats.warning and stats.as_metadata()["empty_file"] is True
     assert table(pipeline, "rows") == [] and table(pipeline, "rejects") == []
 
 
@@ -310,6 +311,15 @@ def test_header_only_file_loads_zero_rows(tmp_path: Path) -> None:
     pipeline, stats = load(tmp_path, DATA / "header_only.csv")
     assert table(pipeline, "rows") == []
     assert stats == CsvStats(bytes_read=6)
+
+
+def test_empty_and_colliding_header_names_are_made_unique(tmp_path: Path) -> None:
+    path = write(tmp_path, "names.csv", b"id,id,,Name,name,_etl_source\n1,2,3,4,5,6\n")
+    pipeline, _ = load(tmp_path, path)
+    [row] = table(pipeline, "rows")
+    assert [row[c] for c in ("id", "id_2", "col_3", "name", "name_2", "_etl_source_2")] == list("123456")
+    assert row["_etl_source"] == "orders"
+    assert record(row) == {"id": "1", "id_2": "2", "col_3": "3", "Name": "4", "name_2": "5", "_etl_source_2": "6"}
 
 
 def test_identical_rows_stay_distinct(tmp_path: Path) -> None:
@@ -477,6 +487,13 @@ def test_http_csv_and_gzip_and_404(tmp_path: Path) -> None:
             rows = table(pipeline, "rows")
             assert [(r["code"], r["_etl_position"]) for r in rows] == [("A1", f"{url}:2"), ("B2", f"{url}:5")]
             assert stats.rejects == 2 and stats.bytes_read > 0
+
+        signed = server.url + "/exports/keys.csv?sig=s3cr3t&v=2"
+        pipeline, _ = load(tmp_path, signed, primary_key=["code"])
+        positions = [r["_etl_position"] for r in table(pipeline, "rows")] + [
+            r["position"] for r in table(pipeline, "rejects")
+        ]
+        assert positions and all("s3cr3t" not in p and "sig=***" in p for p in positions)
 
         missing = server.url + "/exports/missing.csv"
         with pytest.raises(Exception) as info:

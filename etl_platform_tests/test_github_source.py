@@ -25,6 +25,7 @@ from etl_platform_tests.servers import LocalServer, Request, Response
 DATASET = "tenant_t1"
 UTC = dt.timezone.utc
 DAY = dt.date(2024, 1, 2)
+NOON = "2024-01-02T12:00:00Z"
 TOKEN = "ghp_test0000secret1111token"
 RESOURCES = ["pull_requests", "reviews", "commits", "releases", "deployments"]
 SKIP_HEADERS = {"transfer-encoding", "content-length", "content-encoding", "connection", "status"}
@@ -86,13 +87,23 @@ def empty_lists(server: LocalServer) -> None:
 
 
 def pr(number: int, updated: str, repo: str = "o/r") -> dict[str, Any]:
-    return {"id": 5000 + number, "number": number, "state": "open", "title": f"PR {number}", "updated_at": updated,
-            "base": {"repo": {"full_name": repo}}}  # fmt: skip
+    return {
+        "id": 5000 + number,
+        "number": number,
+        "state": "open",
+        "title": f"PR {number}",
+        "updated_at": updated,
+        "base": {"repo": {"full_name": repo}},
+    }
 
 
 def commit(sha: str, date: str) -> dict[str, Any]:
     person = {"name": "Ann", "email": "ann@example.com", "date": date}
     return {"sha": sha, "commit": {"author": person, "committer": person, "message": f"commit {sha}"}, "parents": []}
+
+
+def release(rid: int, tag: str, created: str, published: str | None) -> dict[str, Any]:
+    return {"id": rid, "tag_name": tag, "draft": published is None, "created_at": created, "published_at": published}
 
 
 def link(server: LocalServer, path: str) -> dict[str, str]:
@@ -254,27 +265,25 @@ def scripted_repo(server: LocalServer) -> None:
         lambda r: Response(
             200,
             [
-                {"id": 3, "tag_name": "v3", "created_at": "2024-01-02T09:00:00Z", "published_at": "2024-01-02T10:00:00Z"},
-                {"id": 2, "tag_name": "v2", "created_at": "2024-01-01T09:00:00Z", "published_at": "2024-01-02T01:00:00Z"},
-                {"id": 4, "tag_name": "v4-draft", "draft": True, "created_at": "2024-01-02T11:00:00Z", "published_at": None},
+                release(3, "v3", "2024-01-02T09:00:00Z", "2024-01-02T10:00:00Z"),
+                release(2, "v2", "2024-01-01T09:00:00Z", "2024-01-02T01:00:00Z"),  # created before, published in
+                release(4, "v4-draft", "2024-01-02T11:00:00Z", None),  # a draft: its created_at
             ],
             link(server, "/repos/o/r/releases/page2"),
         ),
-    )  # fmt: skip
+    )
     server.route(
         "/repos/o/r/releases/page2",
         lambda r: Response(
             200,
-            [{"id": 1, "tag_name": "v1", "created_at": "2023-06-01T09:00:00Z", "published_at": "2023-06-01T09:00:00Z"}],
+            [release(1, "v1", "2023-06-01T09:00:00Z", "2023-06-01T09:00:00Z")],
             link(server, "/repos/o/r/releases/page3"),
         ),
     )
     server.route(
         "/repos/o/r/deployments",
-        lambda r: Response(
-            200, [{"id": 70, "environment": "prod", "created_at": "2024-01-02T12:00:00Z", "updated_at": "2024-01-02T12:00:00Z"}]
-        ),
-    )  # fmt: skip
+        lambda r: Response(200, [{"id": 70, "environment": "prod", "created_at": "2024-01-02T12:00:00Z"}]),
+    )
     empty_lists(server)
 
 
@@ -324,8 +333,8 @@ def test_repeated_next_link_stops_without_duplicates(tmp_path: Path) -> None:
         )
         server.route(
             "/p2",
-            lambda r: Response(200, [pr(3, "2024-01-02T12:00:00Z"), pr(2, "2024-01-02T11:00:00Z")], link(server, "/p2?page=2")),
-        )  # fmt: skip
+            lambda r: Response(200, [pr(3, NOON), pr(2, "2024-01-02T11:00:00Z")], link(server, "/p2?page=2")),
+        )
         empty_lists(server)
         pipeline(tmp_path).run(build_github_source(config(server, ["o/r"]), context()).with_resources("pull_requests"))
         assert len(server.hits("/p2")) == 1
@@ -362,8 +371,11 @@ def two_pages(server: LocalServer, first: list[Response]) -> list[float]:
         # primary limit hit: 403 with Remaining 0 and a reset an hour away, the wait capped at 1 s
         (
             lambda reset: [
-                Response(403, {"message": "API rate limit exceeded"},
-                         {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)}),
+                Response(
+                    403,
+                    {"message": "API rate limit exceeded"},
+                    {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)},
+                ),
                 Response(200, headers={"X-RateLimit-Remaining": "4999"}),
             ],
             1.0,
@@ -378,7 +390,7 @@ def two_pages(server: LocalServer, first: list[Response]) -> list[float]:
         ),
     ],
     ids=["remaining-0-then-reset", "403-remaining-0-capped", "secondary-403-retry-after"],
-)  # fmt: skip
+)
 def test_rate_limits_wait_then_continue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: Any, min_wait: float
 ) -> None:

@@ -24,13 +24,38 @@ from etl_platform.api.models import (
     StatsResponse,
 )
 
-router = APIRouter()
+_ALLOWED: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_params(request: Request) -> None:
+    """422 for a query parameter the route does not declare (a typo must not widen a filter)."""
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    allowed = _ALLOWED.get(id(route))
+    if allowed is None:
+        allowed = _ALLOWED[id(route)] = frozenset(_query_names(route.dependant))
+    for name in request.query_params:
+        if name not in allowed:
+            raise invalid(name, "unknown query parameter")
+
+
+router = APIRouter(dependencies=[Depends(reject_unknown_params)])
 
 
 class DagsterUnavailable(RuntimeError):
     """The Dagster instance (DAGSTER_HOME) cannot be loaded or queried (answered with 503)."""
 
 TEXT = r"^[^\x00]+$"  # PostgreSQL text cannot hold NUL
+TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$"
+TIMESTAMP_DOC = "ISO 8601 date-time such as 2024-05-01T00:00:00Z (no offset: UTC)"
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "missing or invalid API key"},
     429: {"model": Error, "description": "rate limit exceeded (see Retry-After)"},
@@ -51,8 +76,15 @@ def invalid(field: str, message: str) -> HTTPException:
     return HTTPException(422, [{"loc": ["query", field], "msg": message, "type": "value_error"}])
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.timezone.utc) if value is not None and value.tzinfo is None else value
+def timestamp(field: str, raw: str | None) -> dt.datetime | None:
+    """An ISO 8601 date-time query parameter; without an offset it is UTC."""
+    if raw is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise invalid(field, "not a valid date-time") from None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
 @router.get("/data", response_model=DataPage, responses=ERRORS, tags=["data"])
@@ -63,15 +95,17 @@ def get_data(
     record_type: str | None = Query(None, max_length=200, pattern=TEXT),
     category: str | None = Query(None, max_length=500, pattern=TEXT),
     status: str | None = Query(None, max_length=200, pattern=TEXT, description="case-insensitive"),
-    updated_since: dt.datetime | None = Query(None, description="sort_at >= this (no zone: UTC)"),
-    updated_until: dt.datetime | None = Query(None, description="sort_at < this (no zone: UTC)"),
+    updated_since: str | None = Query(None, pattern=TIMESTAMP, description="sort_at >= this; " + TIMESTAMP_DOC),
+    updated_until: str | None = Query(None, pattern=TIMESTAMP, description="sort_at < this; " + TIMESTAMP_DOC),
     q: str | None = Query(None, max_length=200, pattern=TEXT, description="text in title or description"),
     include_inactive: bool = Query(False, description="also records no longer active at the source"),
     limit: int = Query(50, ge=1, le=500),
-    cursor: str | None = Query(None, max_length=1500, description="next_cursor of the previous page"),
+    cursor: str | None = Query(
+        None, max_length=1402, pattern=r"^[A-Za-z0-9_-]+={0,2}$", description="next_cursor of the previous page"
+    ),
 ) -> Any:
     """The tenant's records, newest first (sort_at, then record_id, descending), by keyset pages."""
-    since, until = _utc(updated_since), _utc(updated_until)
+    since, until = timestamp("updated_since", updated_since), timestamp("updated_until", updated_until)
     try:
         if since is not None and until is not None and since >= until:
             raise invalid("updated_until", "must be later than updated_since")

@@ -241,7 +241,7 @@ class JiraSource(_SourceBase):
 
     @property
     def resource_names(self) -> list[str]:
-        return ["issues", "statuses", "issue_types"]
+        return ["issues", "issue_transitions", "statuses", "issue_types"]
 
 
 class GithubSource(_SourceBase):
@@ -378,14 +378,14 @@ def parse_registry(data: Any, path: Path) -> Registry:
         if not isinstance(raw, dict):
             errors.append(f"{label}: expected a mapping")
             continue
-        for source in raw.get("sources") or []:
-            kind = source.get("kind") if isinstance(source, dict) else None
-            if kind is not None and kind not in SOURCE_KINDS:
-                errors.append(
-                    f"{label}, source {source.get('name')!r}, field 'kind': unknown source kind "
-                    f"{kind!r} (expected one of {', '.join(SOURCE_KINDS)})"
-                )
-        if errors:
+        kind_errors = [
+            f"{label}, source {source.get('name')!r}, field 'kind': unknown source kind "
+            f"{source.get('kind')!r} (expected one of {', '.join(SOURCE_KINDS)})"
+            for source in raw.get("sources") or []
+            if isinstance(source, dict) and source.get("kind") is not None and source.get("kind") not in SOURCE_KINDS
+        ]
+        if kind_errors:
+            errors.extend(kind_errors)
             continue
         try:
             tenant = TenantConfig.model_validate(raw)

@@ -26,13 +26,21 @@ Row key: the primary-key values joined with ``|`` (a later row repeating a key i
 else ``content_key(values)`` plus ``#<n>`` for the n-th identical row. Both checks remember
 one small entry per distinct row, the only memory that grows with the file.
 
-`CsvStats` (``source.etl_stats``, reset at each iteration): ``rows_read`` = data records
-parsed = ``rows_emitted + rejects + outside_window`` (a snapshot row counts once however many
-days it is loaded into), ``bytes_read`` from the file or network (compressed for gzip), and
-``empty_file`` when the file has no header at all (zero rows, a warning, no exception).
+`CsvStats` (``source.etl_stats``; reset at each iteration, also updated when a clone such as
+``with_resources(...)`` runs; ``as_metadata()`` for materialization metadata):
+``rows_read`` = data records parsed = ``rows_emitted + rejects + outside_window`` (a snapshot
+row counts once however many days it is loaded into); ``bytes_read`` (alias ``bytes``) from
+the file or network, compressed size for gzip; ``empty_file`` and ``warning`` when the file
+has no header at all (zero rows and a warning, not an exception).
 
-Errors name tenant, source and location: `CsvFileNotFoundError` (also a FileNotFoundError),
-`CsvSourceError` for HTTP errors (URL and status), unreadable headers, unknown columns.
+Header names are kept, except that empty ones become ``col_<n>`` and names that would collide
+(exactly or after dlt's snake_case) get a ``_2``, ``_3``... suffix.
+
+URLs are redacted (``redact_url``) wherever they are written: positions, rejects, messages.
+
+Errors name tenant, source and location: `CsvFileNotFoundError` (also a FileNotFoundError; a
+missing file, HTTP 404/410) and `CsvSourceError` (other HTTP errors with URL and status, an
+unreadable header, configured columns missing from the header, read failures near a line).
 """
 
 from __future__ import annotations
@@ -48,8 +56,9 @@ import itertools
 import json
 import logging
 import re
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -65,6 +74,7 @@ from dlt.sources.helpers import requests
 from etl_platform.config.tenants import CsvSource
 from etl_platform.sources import lineage
 from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, apply_raw_hints, content_key, parse_time
+from etl_platform.sources.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +111,18 @@ class CsvStats:
     outside_window: int = 0
     bytes_read: int = 0
     empty_file: bool = False
+    warning: str | None = None
+
+    @property
+    def bytes(self) -> int:
+        """`bytes_read` under the name the platform's metadata reads for every source."""
+        return self.bytes_read
+
+    def reset(self) -> None:
+        self.__dict__.update(asdict(CsvStats()))
+
+    def as_metadata(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -143,15 +165,26 @@ def build_csv_source(config: CsvSource, location: str, ctx: RunContext) -> DltSo
 
 def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) -> Iterator[_Out]:
     where = f"tenant {ctx.tenant_id!r}, source {config.name!r}"
-    stats.__dict__.update(vars(CsvStats()))
+    stats.reset()
+    shown = _shown(location)
     with _open_text(location, config.encoding, where, stats) as text:
         lines = _Lines(text)
         try:
-            yield from _Records(config, location, ctx, stats, where, lines).batches()
+            yield from _Records(config, shown, ctx, stats, where, lines).batches()
         except CsvSourceError:
             raise
         except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
-            raise CsvSourceError(f"{where}: reading {location} failed near line {lines.line}: {exc}") from exc
+            message = redact_text(str(exc))
+            raise CsvSourceError(f"{where}: reading {shown} failed near line {lines.line}: {message}") from None
+
+
+def _is_url(location: str) -> bool:
+    return urlsplit(location).scheme.lower() in ("http", "https")
+
+
+def _shown(location: str) -> str:
+    """The location as written into rows and messages: URLs without secrets."""
+    return redact_url(location) if _is_url(location) else location
 
 
 @contextlib.contextmanager
@@ -164,7 +197,7 @@ def _open_text(location: str, encoding: str, where: str, stats: CsvStats) -> Ite
         encoding = "utf-8-sig"
     with contextlib.ExitStack() as stack:
         scheme = urlsplit(location).scheme.lower()
-        if scheme in ("http", "https"):
+        if _is_url(location):
             chunks = _http_chunks(location, where, stack)
         elif scheme in ("", "file"):
             path = Path(unquote(urlsplit(location).path) if scheme == "file" else location)
@@ -176,7 +209,7 @@ def _open_text(location: str, encoding: str, where: str, stats: CsvStats) -> Ite
                 raise CsvSourceError(f"{where}: cannot open CSV file {path}: {exc}") from exc
             chunks = iter(partial(handle.read, CHUNK_BYTES), b"")
         else:
-            raise CsvSourceError(f"{where}: unsupported location {location!r} (expected a path or http(s) URL)")
+            raise CsvSourceError(f"{where}: unsupported location {_shown(location)!r} (expected a path or http(s) URL)")
         binary: IO[bytes] = io.BufferedReader(_ChunkStream(chunks, stats), CHUNK_BYTES)
         if binary.peek(2)[:2] == b"\x1f\x8b":
             binary = gzip.GzipFile(fileobj=binary, mode="rb")
@@ -184,6 +217,8 @@ def _open_text(location: str, encoding: str, where: str, stats: CsvStats) -> Ite
 
 
 def _http_chunks(url: str, where: str, stack: contextlib.ExitStack) -> Iterator[bytes]:
+    """The body of a GET, streamed; errors name the URL (redacted) and the status."""
+    shown = redact_url(url)
     try:
         response = requests.get(url, stream=True)
         response.raise_for_status()
@@ -191,9 +226,9 @@ def _http_chunks(url: str, where: str, stack: contextlib.ExitStack) -> Iterator[
         status = exc.response.status_code if exc.response is not None else "?"
         reason = exc.response.reason if exc.response is not None else exc
         error = CsvFileNotFoundError if status in (404, 410) else CsvSourceError
-        raise error(f"{where}: GET {url} failed: HTTP {status} {reason}") from exc
+        raise error(f"{where}: GET {shown} failed: HTTP {status} {reason}") from None
     except requests.RequestException as exc:
-        raise CsvSourceError(f"{where}: GET {url} failed: {exc}") from exc
+        raise CsvSourceError(f"{where}: GET {shown} failed: {redact_text(str(exc))}") from None
     stack.enter_context(response)
     return response.iter_content(CHUNK_BYTES)
 
@@ -227,7 +262,7 @@ class _Lines:
 
     def __init__(self, text: IO[str]) -> None:
         self._text = iter(text)
-        self._lookahead: list[str] = []
+        self._lookahead: deque[str] = deque()
         self.line = 0
         self._raw: list[str] = []
 
@@ -252,7 +287,7 @@ class _Lines:
         return self
 
     def __next__(self) -> str:
-        line = self._lookahead.pop(0) if self._lookahead else next(self._text)
+        line = self._lookahead.popleft() if self._lookahead else next(self._text)
         self.line += 1
         if "\0" in line:
             line = line.replace("\0", "")
@@ -325,6 +360,9 @@ class _Records:
     seen: dict[int, int] = field(default_factory=dict)
     rows: list[_Row] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    _key_index: list[int] = field(default_factory=list)
+    _time_index: int | None = None
+    _schema: pa.Schema | None = None
 
     def batches(self) -> Iterator[_Out]:
         config = self.config
@@ -335,7 +373,8 @@ class _Records:
         first = next(records, None)
         if first is None:
             self.stats.empty_file = True
-            log.warning("%s: %s has no header (empty file): zero rows loaded", self.where, self.location)
+            self.stats.warning = f"{self.location} is empty (no header): zero rows loaded"
+            log.warning("%s: %s", self.where, self.stats.warning)
             return
         line, raw, fields, error = first
         if error or fields is None or _undecodable(raw):
@@ -354,9 +393,7 @@ class _Records:
                 for name, hint in lineage.LINEAGE_COLUMNS.items()
             ]
         )
-        if config.has_header:
-            first = None
-        for line, raw, fields, error in itertools.chain([first] if first else [], records):
+        for line, raw, fields, error in itertools.chain([] if config.has_header else [first], records):
             self.stats.rows_read += 1
             if fields is None:
                 self._reject(line, raw, error or "unreadable record")
@@ -386,7 +423,8 @@ class _Records:
 
     def _column(self, name: str, setting: str) -> int:
         """The index of a configured column, by its header name or its snake_case form."""
-        for matches in (lambda own: own == name, lambda own: _NAMING.normalize_identifier(own) == name):
+        snake = _NAMING.normalize_identifier(name)
+        for matches in (lambda own: own == name, lambda own: _NAMING.normalize_identifier(own) == snake):
             for index, own in enumerate(self.names):
                 if matches(own):
                     return index
@@ -465,7 +503,12 @@ class _Records:
         columns[lineage.ROW_KEY] = [row.key for row in rows]
         columns[lineage.EVENT_TIME] = [row.event_time for row in rows]
         columns[lineage.RECORD] = [_JSON.encode(dict(zip(self.names, row.fields))) for row in rows]
-        days = [None] if self._time_index is not None else self.ctx.window.days
-        for day in days:
-            columns[lineage.PARTITION_DATE] = [row.day for row in rows] if day is None else [day] * count
-            yield _Out(self.config.resource, pa.table(columns, schema=self._schema))
+        snapshot = self._time_index is None
+        columns[lineage.PARTITION_DATE] = [self.ctx.window.days[0]] * count if snapshot else [row.day for row in rows]
+        table = pa.table(columns, schema=self._schema)
+        yield _Out(self.config.resource, table)
+        if snapshot:
+            index = self._schema.get_field_index(lineage.PARTITION_DATE)
+            for day in self.ctx.window.days[1:]:
+                days = pa.array([day] * count, pa.date32())
+                yield _Out(self.config.resource, table.set_column(index, self._schema.field(index), days))

@@ -164,7 +164,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                 path = f"repos/{repo}/pulls/{number}/{endpoint}"
                 for items, url in pages(client, path, params=per_page, paginator=LinkPaginator(), hooks=hooks):
                     position = redact(url, secrets)
-                    yield [
+                    out = [
                         raw_row(
                             ctx,
                             resource,
@@ -178,10 +178,14 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                         )
                         for rec in items
                     ]
+                    if out:
+                        yield out
 
         return dlt.transformer(rows, data_from=pulls, name=resource)
 
-    def dated(resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], ignore=()) -> Any:
+    def dated(
+        resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], ignore: tuple[int, ...] = ()
+    ) -> Any:
         """Newest-first lists; stop after a page with nothing created or dated at/after window start."""
 
         def rows() -> Iterator[list[dict[str, Any]]]:

@@ -40,7 +40,15 @@ from dlt.sources.helpers.rest_client.paginators import (
 
 from etl_platform.config.tenants import JiraSource, secret
 from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
-from etl_platform.sources.lineage import PARTITION_DATE, POSITION, RECORD, RunContext, apply_raw_hints, parse_time
+from etl_platform.sources.lineage import (
+    PARTITION_DATE,
+    POSITION,
+    RECORD,
+    RunContext,
+    apply_raw_hints,
+    content_key,
+    parse_time,
+)
 
 FIELDS = [
     "summary",
@@ -184,7 +192,21 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
                 if day is None:
                     skipped["issues"] += 1
                     continue
-                rows.append(raw_row(ctx, "issues", issue, day=day, position=position, row_key=key, event_time=updated))
+                # the changelog stays in _etl_record only (its status items are issue_transitions)
+                columns = {k: v for k, v in issue.items() if k != "changelog"}
+                rows.append(
+                    raw_row(
+                        ctx,
+                        "issues",
+                        issue,
+                        flatten=False,
+                        day=day,
+                        position=position,
+                        row_key=key,
+                        event_time=updated,
+                        **columns,
+                    )
+                )
             if rows:
                 yield rows
         log_skipped(config.name, "issues", skipped)
@@ -252,7 +274,9 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
             for items, url in pages(client, path, paginator=SinglePagePaginator(), hooks=hooks):
                 position = redact(url, secrets)
                 yield [
-                    raw_row(ctx, resource, rec, day=day, position=position, row_key=str(rec.get("id")))
+                    raw_row(
+                        ctx, resource, rec, day=day, position=position, row_key=str(rec.get("id") or content_key(rec))
+                    )
                     for rec in items
                     for day in window.days
                 ]

@@ -183,6 +183,12 @@ def apply_raw_hints(resource: Any, *, schema_contract: str = "evolve", table_nam
         write_disposition=WRITE_DISPOSITION,
         merge_key=MERGE_KEY,
         primary_key=PRIMARY_KEY,
-        schema_contract=schema_contract,
+        schema_contract=contract(schema_contract),
     )
     return resource
+
+
+def contract(mode: str) -> dict[str, str]:
+    """A tenants-file contract mode as dlt's contract: new tables may always appear (a new
+    tenant's first load); the mode governs new columns and changed types."""
+    return {"tables": "evolve", "columns": mode, "data_type": mode}

@@ -14,6 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlt.extract.items_transform import ItemTransform
 from dlt.sources import DltSource
 from dlt.sources.helpers.rest_client.auth import OAuth2ClientCredentials
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
@@ -169,7 +170,7 @@ def _stamp(
     pk = resource.primary_key
     pk_fields = [pk] if isinstance(pk, str) else list(pk or [])
 
-    def stamp(item: dict[str, Any]) -> Any:
+    def stamp(item: dict[str, Any]) -> list[dict[str, Any]]:
         stats.rows += 1
         original = copy.deepcopy(item)
         row_key = lineage.key_of(item, pk_fields) if pk_fields else None
@@ -181,12 +182,12 @@ def _stamp(
             day = ctx.window.day_of(event_time)
             if day is None:
                 stats.outside_window += 1
-                return
+                return []
             days = [day]
         else:
             event_time, days = None, list(ctx.window.days)
-        for day in days:
-            yield {
+        return [
+            {
                 **item,
                 lineage.RECORD: original,
                 **ctx.lineage(
@@ -197,8 +198,19 @@ def _stamp(
                     event_time=event_time,
                 ),
             }
+            for day in days
+        ]
 
     return stamp
+
+
+class _StampPage(ItemTransform):
+    """Stamps a whole page eagerly (a generator step would run after later pages were
+    requested, and the page URL recorded by the response hook would be a later page's)."""
+
+    def __call__(self, item: Any, meta: Any = None) -> Any:
+        rows = [row for i in (item if isinstance(item, list) else [item]) for row in self._f(i)]
+        return rows or None
 
 
 def lineage_value(item: dict[str, Any], path: str) -> Any:
@@ -244,7 +256,7 @@ def _build(config: RestApiSource, ctx: lineage.RunContext, *, with_secrets: bool
     source = rest_api_source(rest_config, name=config.name, max_table_nesting=1)
     by_name = {r.name: r for r in config.resources}
     for name, resource in source.resources.items():
-        resource.add_yield_map(_stamp(by_name[name], config, ctx, stats))
+        resource.add_step(_StampPage(_stamp(by_name[name], config, ctx, stats)))
         lineage.apply_raw_hints(resource, schema_contract=config.schema_contract)
     source.etl_stats = stats  # type: ignore[attr-defined]
     return source

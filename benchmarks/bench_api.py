@@ -1,0 +1,251 @@
+"""Benchmark of GET /data on PostgreSQL: page latency at the start and deep in a large table,
+a walk of consecutive pages, and requests/s under concurrent load. Prints a table.
+
+    python benchmarks/bench_api.py [--rows 1000000] [--requests 1000] [--threads 8] [--seconds 15]
+
+Needs the PostgreSQL server of ETL_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
+creates a fresh database, bulk-loads it with COPY, runs uvicorn (one worker) in a subprocess on
+127.0.0.1, and drops the database afterwards. The target is p95 < 10 ms for a 50-row page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from etl_platform.api.cursor import encode_cursor
+from etl_platform.normalize.schema import ensure_tables
+from etl_platform.warehouse import Connection
+
+ADMIN_URL = os.environ.get("ETL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TENANT = "bench"
+KEY = "bench-" + uuid.uuid4().hex
+SOURCES = [("github", "github", "pull_request"), ("jira", "jira", "issue"), ("tickets", "csv", "ticket"),
+           ("news", "rss", "entry")]
+COLUMNS = ["record_id", "tenant_id", "source", "source_kind", "record_type", "source_id", "title", "description",
+           "url", "author", "category", "status", "value", "created_at", "updated_at", "sort_at", "event_date",
+           "is_active", "attributes", "normalized_at"]
+T0 = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def create_database() -> str:
+    name = f"etl_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_database(url: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def load(url: str, rows: int) -> float:
+    """Create tenant_bench.records (with its page index) and COPY `rows` rows in; seconds taken."""
+    started = time.perf_counter()
+    rng = random.Random(7)
+    words = "alpha beta gamma delta error latency deploy release review merge outage invoice".split()
+    with psycopg.connect(url, autocommit=True) as raw:
+        ensure_tables(Connection(raw, "postgres"), f"tenant_{TENANT}")
+        cols = ", ".join(COLUMNS)
+        with raw.cursor() as cur, cur.copy(f"COPY tenant_{TENANT}.records ({cols}) FROM STDIN") as copy:
+            for i in range(rows):
+                source, kind, rtype = SOURCES[i % 4]
+                at = T0 + dt.timedelta(seconds=(i // 3) * 7)  # ties of 3: the record_id tie-break matters
+                title = " ".join(rng.choices(words, k=6))
+                copy.write_row((
+                    f"{source}/{rtype}/{i}", TENANT, source, kind, rtype, str(i), title,
+                    f"{title}. " * 4, f"https://example.com/{source}/{i}", f"user{i % 500}",
+                    ("bug", "feature", "chore")[i % 3], ("Open", "In Progress", "Done")[i % 3 - 1],
+                    float(i % 1000), at, at, at, at.date(), i % 50 != 0,
+                    json.dumps({"labels": ["a", "b"], "n": i}), at,
+                ))
+        raw.execute(f"VACUUM ANALYZE tenant_{TENANT}.records")
+    return time.perf_counter() - started
+
+
+def cursor_at(url: str, offset: int) -> str:
+    """The cursor after the `offset`-th active row, newest first (OFFSET only here, to set up)."""
+    with psycopg.connect(url) as conn:
+        sort_at, record_id = conn.execute(
+            f"SELECT sort_at, record_id FROM tenant_{TENANT}.records WHERE is_active "
+            "ORDER BY sort_at DESC, record_id DESC OFFSET %s LIMIT 1", (offset - 1,)
+        ).fetchone()
+    return encode_cursor(sort_at, record_id)
+
+
+def start_server(url: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    (workdir / "tenants.yaml").write_text(f"tenants:\n  - id: {TENANT}\n    api_key_env: BENCH_API_KEY\n")
+    (workdir / "dagster").mkdir()
+    (workdir / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ETL_WAREHOUSE_URL": url, "ETL_TENANTS_FILE": str(workdir / "tenants.yaml"),
+           "DAGSTER_HOME": str(workdir / "dagster"), "BENCH_API_KEY": KEY,
+           "ETL_API_RATE_LIMIT_PER_MINUTE": "100000000"}
+    log = open(workdir / "api.log", "w")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "etl_platform.api.app:app_from_env", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{base}/health", timeout=5)
+            return proc, base
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the API did not start:\n" + (workdir / "api.log").read_text()) from None
+            time.sleep(0.2)
+
+
+def timed(client: httpx.Client, params: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    response = client.get("/data", params=params)
+    elapsed = (time.perf_counter() - started) * 1000
+    response.raise_for_status()
+    return elapsed, response.json()
+
+
+def summary(name: str, latencies: list[float], server: list[float], rows: int) -> tuple:
+    latencies = sorted(latencies)
+    p95 = latencies[int(len(latencies) * 0.95) - 1]
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    return (name, len(latencies), rows, statistics.median(latencies), p95, p99, statistics.median(server))
+
+
+def repeat(client: httpx.Client, name: str, params: dict, n: int) -> tuple:
+    lat, srv, rows = [], [], 0
+    for _ in range(n):
+        ms, body = timed(client, params)
+        lat.append(ms)
+        srv.append(body["metadata"]["api_latency_ms"])
+        rows = len(body["data"])
+    return summary(name, lat, srv, rows)
+
+
+def walk(client: httpx.Client, name: str, cursor: str | None, pages: int) -> tuple:
+    lat, srv, rows, seen = [], [], 0, set()
+    for _ in range(pages):
+        ms, body = timed(client, {"limit": 50, **({"cursor": cursor} if cursor else {})})
+        lat.append(ms)
+        srv.append(body["metadata"]["api_latency_ms"])
+        rows += len(body["data"])
+        seen.update(r["record_id"] for r in body["data"])
+        cursor = body["metadata"]["pagination"]["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == rows, "a walk repeated rows"
+    return summary(name, lat, srv, rows)
+
+
+def load_test(base: str, cursors: list[str | None], threads: int, seconds: float, max_requests: int) -> tuple:
+    """`threads` keep-alive clients request random pages until the time or request budget ends."""
+    lat: list[float] = []
+    lock, stop = threading.Lock(), time.monotonic() + seconds
+    errors = [0]
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as client:
+            while time.monotonic() < stop:
+                cursor = rng.choice(cursors)
+                try:
+                    ms, _ = timed(client, {"limit": 50, **({"cursor": cursor} if cursor else {})})
+                except httpx.HTTPError:
+                    with lock:
+                        errors[0] += 1
+                    continue
+                with lock:
+                    lat.append(ms)
+                    if len(lat) >= max_requests:
+                        return
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - started
+    lat.sort()
+    return len(lat), elapsed, len(lat) / elapsed, statistics.median(lat), lat[int(len(lat) * 0.95) - 1], errors[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=1000, help="requests per fixed-page measurement")
+    parser.add_argument("--pages", type=int, default=2000, help="pages in the consecutive walk")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+
+    url = create_database()
+    proc = None
+    try:
+        print(f"loading {args.rows:,} rows with COPY ...", flush=True)
+        load_s = load(url, args.rows)
+        active = sum(1 for i in range(args.rows) if i % 50 != 0)
+        deep_offset = min(900_000, int(active * 0.9))
+        walk_offset = max(0, active - args.pages * 50)
+        deep, walk_from = cursor_at(url, deep_offset), cursor_at(url, walk_offset) if walk_offset else None
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, base = start_server(url, Path(tmp))
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as client:
+                for _ in range(200):  # warm-up: connections, prepared statements
+                    timed(client, {"limit": 50})
+                    timed(client, {"limit": 50, "cursor": deep})
+                results = [
+                    repeat(client, "first page", {"limit": 50}, args.requests),
+                    repeat(client, f"deep page (after {deep_offset:,} rows)", {"limit": 50, "cursor": deep},
+                           args.requests),
+                    repeat(client, "deep page, source=github", {"limit": 50, "cursor": deep, "source": "github"},
+                           args.requests),
+                    repeat(client, "first page, status=done (ci)", {"limit": 50, "status": "done"}, args.requests),
+                    walk(client, f"walk {args.pages:,} pages from row {walk_offset:,}", walk_from, args.pages),
+                ]
+            cursors = [None, deep, *[cursor_at(url, o) for o in range(50_000, deep_offset, 150_000)]]
+            load_result = load_test(base, cursors, args.threads, args.seconds, 100_000)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        drop_database(url)
+
+    print(f"\nPostgreSQL, {args.rows:,} records ({active:,} active), COPY + index + ANALYZE in {load_s:.1f}s;"
+          " uvicorn, 1 worker, loopback, keep-alive\n")
+    head = f"{'measurement':<42}{'requests':>9}{'rows/page':>10}{'median ms':>11}{'p95 ms':>9}{'p99 ms':>9}"
+    print(head + f"{'server ms':>11}")
+    print("-" * (len(head) + 11))
+    for name, n, rows, med, p95, p99, srv in results:
+        print(f"{name:<42}{n:>9}{rows:>10}{med:>11.2f}{p95:>9.2f}{p99:>9.2f}{srv:>11.2f}")
+    n, elapsed, rps, med, p95, errors = load_result
+    print(f"\nconcurrent load: {args.threads} threads, {n:,} requests in {elapsed:.1f}s -> {rps:,.0f} requests/s "
+          f"(median {med:.2f} ms, p95 {p95:.2f} ms, {errors} errors)")
+    worst = max(r[4] for r in results)
+    print(f"target p95 < 10 ms per 50-row page (sequential): {'met' if worst < 10 else 'NOT met'} "
+          f"(worst p95 {worst:.2f} ms)")
+    print("server ms = the API's own api_latency_ms (before JSON encoding); the client runs on the same 2 cores")
+
+
+if __name__ == "__main__":
+    main()
