@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
+from etl_platform.assets.metrics import build_metrics_assets
 from etl_platform.assets.normalized import build_normalized_assets
 from etl_platform.assets.quality import drift_checks, freshness_check
 from etl_platform.assets.raw import build_raw_assets
@@ -23,7 +24,7 @@ def build_definitions() -> Definitions:
     normalized = build_normalized_assets(raw_keys, warehouse.kind)
     jobs = build_jobs(registry)
     return Definitions(
-        assets=[*raw, normalized],
+        assets=[*raw, normalized, build_metrics_assets(warehouse.kind)],
         asset_checks=[freshness_check(), *([drift_checks(raw_keys)] if raw_keys else [])],
         jobs=jobs,
         schedules=build_schedules(jobs),

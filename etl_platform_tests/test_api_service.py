@@ -193,14 +193,16 @@ def test_cors(duckdb_url: str) -> None:
 def test_access_log_is_json_without_secrets(duckdb_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="etl_platform.api.access")
     api = client(Warehouse(duckdb_url))
-    api.get("/data?api_key=leaked&limit=5", headers={**auth("acme"), "X-Request-ID": "log1"})
+    api.get("/data?limit=5", headers={**auth("acme"), "X-Request-ID": "log1"})
     api.get("/data", headers={"Authorization": "Bearer wrong-secret-key"})
+    api.get("/data?api_key=leaked&limit=5", headers=auth("acme"))
     lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name.endswith("access")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     first = lines[0]
     assert first["request_id"] == "log1" and first["status"] == 200 and first["principal"] == "acme"
-    assert first["path"] == "/data" and "limit=5" in first["query"] and "leaked" not in first["query"]
+    assert first["path"] == "/data" and first["query"] == "limit=5" and first["duration_ms"] > 0
     assert lines[1]["status"] == 401 and lines[1]["principal"] is None
+    assert lines[2]["status"] == 422 and lines[2]["query"] == "api_key=%2A%2A%2A&limit=5"
     text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     for secret in (KEYS["acme"], "wrong-secret-key", "Bearer", "leaked"):
         assert secret not in text
@@ -249,3 +251,19 @@ def test_serve_runs_uvicorn_from_env(tmp_path: Path, dagster_home: Path, duckdb_
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert any(line.get("path") == "/data" and line.get("principal") == "acme" for line in lines)
     assert KEYS["acme"] not in log_path.read_text()
+
+
+def test_keyring_from_env(caplog: pytest.LogCaptureFixture) -> None:
+    from etl_platform.api.auth import KeyRing
+    from etl_platform_tests.test_api_helpers import registry
+
+    env = {"ACME_API_KEY": "k-acme", "ETL_ADMIN_API_KEY": "k-admin"}
+    with caplog.at_level(logging.WARNING, logger="etl_platform.api.auth"):
+        ring = KeyRing.from_env(registry(), env)
+    assert ring.identify("k-acme").tenant_id == "acme"
+    assert ring.identify("k-admin").is_admin
+    assert ring.identify("") is None and ring.identify("k-acme ") is None
+    assert "GLOBEX_API_KEY" in caplog.text and "k-acme" not in caplog.text  # globex has no key: named, not shown
+    with pytest.raises(ValueError, match="'acme' and 'globex' have the same API key"):
+        KeyRing.from_env(registry(), {"ACME_API_KEY": "same", "GLOBEX_API_KEY": "same"})
+    assert KeyRing.from_env(registry(), {}).identify("anything") is None

@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse
 from etl_platform.api.auth import KeyRing
 from etl_platform.api.db import Reader
 from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
+from etl_platform.api.params import DagsterUnavailable
 from etl_platform.api.ratelimit import RateLimiter
-from etl_platform.api.routes import DagsterUnavailable, router
+from etl_platform.api.routes import router
 from etl_platform.api.settings import ApiSettings
 from etl_platform.config.tenants import Registry, load_registry
 from etl_platform.warehouse import Warehouse, WarehouseError, get_warehouse

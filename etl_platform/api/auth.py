@@ -103,7 +103,7 @@ def _principal(request: Request, credentials: HTTPAuthorizationCredentials | Non
     return principal
 
 
-def tenant_principal(
+async def tenant_principal(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> Principal:
     """Dependency: a tenant's key (the admin key is not a tenant's and gets 401 here)."""
@@ -113,7 +113,7 @@ def tenant_principal(
     return principal
 
 
-def admin_principal(
+async def admin_principal(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> Principal:
     """Dependency: the admin key (ETL_ADMIN_API_KEY); a tenant's key gets 401."""

@@ -4,17 +4,17 @@ one record, and active-record counts."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from etl_platform.normalize.schema import RECORD_COLUMNS, RECORDS_TABLE
 from etl_platform.warehouse import Connection, quote, tenant_schema
 
 COLUMNS = tuple(RECORD_COLUMNS)
 _SELECT = ", ".join(quote(c) for c in COLUMNS)
-_TIMESTAMPS = tuple(c for c, types in RECORD_COLUMNS.items() if types[0] == "TIMESTAMPTZ")
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,13 @@ def page_sql(tenant: str, query: DataQuery) -> tuple[str, list[Any]]:
 
 
 def to_json_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A record as JSON-ready values: timestamps in UTC, attributes parsed, no NaN."""
+    """A record as JSON-ready values (the reader's session is UTC): attributes parsed, no NaN."""
     out = dict(zip(COLUMNS, row))
-    for column in _TIMESTAMPS:
-        value = out[column]
-        if isinstance(value, dt.datetime):
-            out[column] = value.astimezone(dt.timezone.utc)
     attributes = out.get("attributes")
-    if isinstance(attributes, str):
+    if isinstance(attributes, str):  # DuckDB's JSON arrives as text
         try:
-            out["attributes"] = json.loads(attributes)
-        except ValueError:
+            out["attributes"] = orjson.loads(attributes)
+        except orjson.JSONDecodeError:
             pass
     value = out.get("value")
     if isinstance(value, float) and not math.isfinite(value):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from etl_platform import runs
 from etl_platform.api import queries
@@ -23,72 +24,24 @@ from etl_platform.api.models import (
     RecordResponse,
     StatsResponse,
 )
-
-_ALLOWED: dict[int, frozenset[str]] = {}
-
-
-def _query_names(dependant: Any) -> set[str]:
-    names = {p.alias for p in dependant.query_params}
-    for sub in dependant.dependencies:
-        names |= _query_names(sub)
-    return names
-
-
-def reject_unknown_params(request: Request) -> None:
-    """422 for a query parameter the route does not declare (a typo must not widen a filter)."""
-    route = request.scope.get("route")
-    if route is None or not hasattr(route, "dependant"):
-        return
-    allowed = _ALLOWED.get(id(route))
-    if allowed is None:
-        allowed = _ALLOWED[id(route)] = frozenset(_query_names(route.dependant))
-    for name in request.query_params:
-        if name not in allowed:
-            raise invalid(name, "unknown query parameter")
-
+from etl_platform.api.params import (
+    CURSOR,
+    ERRORS,
+    TEXT,
+    TIMESTAMP,
+    TIMESTAMP_DOC,
+    DagsterUnavailable,
+    invalid,
+    metadata,
+    reject_unknown_params,
+    timestamp,
+)
 
 router = APIRouter(dependencies=[Depends(reject_unknown_params)])
 
 
-class DagsterUnavailable(RuntimeError):
-    """The Dagster instance (DAGSTER_HOME) cannot be loaded or queried (answered with 503)."""
-
-TEXT = r"^[^\x00]+$"  # PostgreSQL text cannot hold NUL
-TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$"
-TIMESTAMP_DOC = "ISO 8601 date-time such as 2024-05-01T00:00:00Z (no offset: UTC)"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Error, "description": "missing or invalid API key"},
-    429: {"model": Error, "description": "rate limit exceeded (see Retry-After)"},
-    503: {"model": Error, "description": "warehouse or Dagster storage unavailable"},
-}
-
-
-def metadata(request: Request) -> dict[str, Any]:
-    """request_id and latency so far, for every response body."""
-    return {
-        "request_id": request.state.request_id,
-        "api_latency_ms": round((time.perf_counter() - request.state.started) * 1000, 3),
-    }
-
-
-def invalid(field: str, message: str) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, naming the query parameter."""
-    return HTTPException(422, [{"loc": ["query", field], "msg": message, "type": "value_error"}])
-
-
-def timestamp(field: str, raw: str | None) -> dt.datetime | None:
-    """An ISO 8601 date-time query parameter; without an offset it is UTC."""
-    if raw is None:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise invalid(field, "not a valid date-time") from None
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
-
-
 @router.get("/data", response_model=DataPage, responses=ERRORS, tags=["data"])
-def get_data(
+async def get_data(
     request: Request,
     principal: Principal = Depends(tenant_principal),
     source: str | None = Query(None, max_length=200, pattern=TEXT, description="exact source name"),
@@ -101,7 +54,7 @@ def get_data(
     include_inactive: bool = Query(False, description="also records no longer active at the source"),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(
-        None, max_length=1402, pattern=r"^[A-Za-z0-9_-]+={0,2}$", description="next_cursor of the previous page"
+        None, max_length=1402, pattern=CURSOR, description="next_cursor of the previous page"
     ),
 ) -> Any:
     """The tenant's records, newest first (sort_at, then record_id, descending), by keyset pages."""
@@ -120,23 +73,31 @@ def get_data(
         updated_until=until, q=q, include_inactive=include_inactive, limit=limit, after=after,
     )
     tenant = principal.tenant_id
-    rows, has_more = request.app.state.reader.run(lambda conn: queries.fetch_page(conn, tenant, query))
+    rows, has_more = await run_in_threadpool(
+        request.app.state.reader.run, lambda conn: queries.fetch_page(conn, tenant, query)
+    )
     next_cursor = encode_cursor(rows[-1]["sort_at"], rows[-1]["record_id"]) if has_more else None
     meta = metadata(request)
     meta["pagination"] = {"limit": limit, "next_cursor": next_cursor, "has_more": has_more}
-    return {"data": rows, "metadata": meta}
+    # encoded here (orjson) rather than re-validated by FastAPI: the hot path; rows are typed by the SQL
+    return Response(orjson.dumps({"data": rows, "metadata": meta}, option=orjson.OPT_UTC_Z),
+                    media_type="application/json")
 
 
 @router.get(
     "/data/{record_id:path}", response_model=RecordResponse, tags=["data"],
     responses={**ERRORS, 404: {"model": Error, "description": "no such record for this key"}},
 )
-def get_record(request: Request, record_id: str, principal: Principal = Depends(tenant_principal)) -> Any:
+async def get_record(
+    request: Request, record_id: str, principal: Principal = Depends(tenant_principal)
+) -> Any:
     """One record by record_id (inactive ones too); another tenant's record is 404 as well."""
     if "\x00" in record_id or len(record_id) > 1024:
         raise HTTPException(404, "record not found")
     tenant = principal.tenant_id
-    row = request.app.state.reader.run(lambda conn: queries.fetch_record(conn, tenant, record_id))
+    row = await run_in_threadpool(
+        request.app.state.reader.run, lambda conn: queries.fetch_record(conn, tenant, record_id)
+    )
     if row is None:
         raise HTTPException(404, "record not found")
     return {"data": row, "metadata": metadata(request)}
@@ -171,14 +132,14 @@ WINDOW = Query(24.0, gt=0, le=24 * 90, description="hours back for run counts, d
     "/stats", response_model=StatsResponse, tags=["stats"],
     responses={**ERRORS, 404: {"model": Error, "description": "no such source for this key"}},
 )
-def get_stats(
+async def get_stats(
     request: Request,
     principal: Principal = Depends(tenant_principal),
     window_hours: float = WINDOW,
     source: str | None = Query(None, max_length=200, pattern=TEXT, description="only this source"),
 ) -> Any:
     """Per source: last success, last failure and why, runs by status, loads, freshness."""
-    stats = tenant_stats(request, principal.tenant_id, window_hours)
+    stats = await run_in_threadpool(tenant_stats, request, principal.tenant_id, window_hours)
     if source is not None:
         stats["sources"] = [s for s in stats["sources"] if s["source"] == source]
         stats["records"] = [r for r in stats["records"] if r["source"] == source]
@@ -191,7 +152,7 @@ def get_stats(
     "/admin/stats", response_model=AdminStatsResponse, tags=["admin"],
     responses={**ERRORS, 404: {"model": Error, "description": "no such tenant"}},
 )
-def get_admin_stats(
+async def get_admin_stats(
     request: Request,
     principal: Principal = Depends(admin_principal),
     window_hours: float = WINDOW,
@@ -203,17 +164,20 @@ def get_admin_stats(
         if tenant not in ids:
             raise HTTPException(404, "tenant not found")
         ids = [tenant]
-    return {"tenants": [tenant_stats(request, t, window_hours) for t in ids], "metadata": metadata(request)}
+    tenants = await run_in_threadpool(lambda: [tenant_stats(request, t, window_hours) for t in ids])
+    return {"tenants": tenants, "metadata": metadata(request)}
 
 
 @router.get(
     "/health", response_model=HealthResponse, tags=["health"],
     responses={503: {"model": HealthResponse, "description": "a component is failing (see `failing`)"}},
 )
-def get_health(request: Request) -> Any:
+async def get_health(request: Request) -> Any:
     """Warehouse and Dagster storage reachable, daemon heartbeat, last run per tenant; no key."""
     state = request.app.state
-    code, body = check_health(state.reader, state.get_instance, state.registry.tenant_ids, state.settings)
+    code, body = await run_in_threadpool(
+        check_health, state.reader, state.get_instance, state.registry.tenant_ids, state.settings
+    )
     if code != 200:
         return JSONResponse(HealthResponse.model_validate(body).model_dump(mode="json"), status_code=code)
     return body

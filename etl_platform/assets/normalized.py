@@ -24,6 +24,7 @@ from etl_platform.assets.quality import (
     check_reconciliation,
     check_unique_key,
 )
+from etl_platform.automation.tags import ensure_run_tags
 from etl_platform.config.tenants import load_registry
 from etl_platform.normalize.run import NormalizeResult, normalize_tenant
 from etl_platform.partitions import days_by_tenant, tenant_date_partitions
@@ -56,6 +57,7 @@ def build_normalized_assets(raw_keys: list[AssetKey], warehouse_kind: str) -> As
         ],
     )
     def records(context: AssetExecutionContext) -> Iterator[Any]:
+        ensure_run_tags(context)
         registry = load_registry()
         warehouse = get_warehouse()
         keys = context.partition_keys if context.has_partition_key_range else [context.partition_key]

@@ -25,6 +25,7 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from etl_platform.assets.errors import classify, failure_for
+from etl_platform.automation.tags import ensure_run_tags
 from etl_platform.config.settings import get_settings
 from etl_platform.normalize.drift import observed_schema
 from etl_platform.config.tenants import Registry, RestApiSource, SourceConfig, load_registry
@@ -133,6 +134,7 @@ def _raw_assets(source_name: str, kind: str, template: Any, pipeline: Any, wareh
 
 def load_raw(context: AssetExecutionContext, dlt_resource: DagsterDltResource, source_name: str) -> Iterator[MaterializeResult]:
     """Load every tenant × day of the run's partitions for one source; one result per asset."""
+    ensure_run_tags(context)
     registry = load_registry()
     warehouse = get_warehouse()
     settings = get_settings()

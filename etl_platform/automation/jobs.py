@@ -4,23 +4,36 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Backoff, Jitter, RetryPolicy, define_asset_job
 
+from etl_platform.config.settings import get_settings
 from etl_platform.config.tenants import Registry
 from etl_platform.partitions import tenant_date_partitions
 
 INGEST_JOB = "ingest"
-# Transient errors are first retried inside the run, per step, with backoff (dlt already
-# retries each HTTP request). Permanent failures (Failure(allow_retries=False)) are not.
-STEP_RETRY_POLICY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+
+
+def step_retry_policy() -> RetryPolicy:
+    """Transient errors are first retried inside the run, per step, with exponential backoff
+    (dlt already retries each HTTP request): ETL_STEP_RETRIES retries (default 2), the first
+    after ETL_STEP_RETRY_DELAY_SECONDS (default 5), doubling. Permanent failures
+    (Failure(allow_retries=False): bad config, auth, schema contract) are never retried."""
+    settings = get_settings()
+    return RetryPolicy(
+        max_retries=settings.step_retries,
+        delay=settings.step_retry_delay_s,
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    )
 
 
 def build_jobs(registry: Registry) -> list:
     """`ingest` (every source, then records) and `ingest_<kind>` per source kind in use."""
+    policy = step_retry_policy()
     jobs = [
         define_asset_job(
             INGEST_JOB,
             selection=AssetSelection.all(),
             partitions_def=tenant_date_partitions,
-            op_retry_policy=STEP_RETRY_POLICY,
+            op_retry_policy=policy,
             description="Load every source of the partition's tenant and day, then normalize into records.",
         )
     ]
@@ -34,7 +47,7 @@ def build_jobs(registry: Registry) -> list:
                 f"ingest_{kind}",
                 selection=selection | AssetSelection.keys(["normalized", "records"]),
                 partitions_def=tenant_date_partitions,
-                op_retry_policy=STEP_RETRY_POLICY,
+                op_retry_policy=policy,
                 description=f"Load the {kind} sources, then normalize into records.",
             )
         )

@@ -27,6 +27,9 @@ class Settings:
     retry_max_attempts: int  # ETL_RETRY_MAX_ATTEMPTS
     retry_base_delay_s: int  # ETL_RETRY_BASE_DELAY_SECONDS
     retry_max_delay_s: int  # ETL_RETRY_MAX_DELAY_SECONDS
+    retry_sensor_interval_s: int  # ETL_RETRY_SENSOR_INTERVAL_SECONDS (read when definitions load)
+    step_retries: int  # ETL_STEP_RETRIES: in-run retries of a step after a transient error
+    step_retry_delay_s: int  # ETL_STEP_RETRY_DELAY_SECONDS: first step retry delay (doubling)
 
     @property
     def data_dir(self) -> Path:
@@ -64,4 +67,7 @@ def get_settings() -> Settings:
         retry_max_attempts=_int("ETL_RETRY_MAX_ATTEMPTS", 3),
         retry_base_delay_s=_int("ETL_RETRY_BASE_DELAY_SECONDS", 300),
         retry_max_delay_s=_int("ETL_RETRY_MAX_DELAY_SECONDS", 1800),
+        retry_sensor_interval_s=_int("ETL_RETRY_SENSOR_INTERVAL_SECONDS", 30),
+        step_retries=_int("ETL_STEP_RETRIES", 2),
+        step_retry_delay_s=_int("ETL_STEP_RETRY_DELAY_SECONDS", 5),
     )

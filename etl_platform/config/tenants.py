@@ -123,7 +123,8 @@ class Paginator(_Model):
     links_next_key: str | None = None  # header_link
 
     def to_dlt(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """dlt's paginator config; an explicit null (e.g. `total_path: null`: no total) is kept."""
+        return self.model_dump(exclude_unset=True)
 
 
 class Incremental(_Model):

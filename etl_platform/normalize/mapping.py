@@ -37,6 +37,8 @@ TRUE_VALUES = ("true", "yes", "y", "1", "t")
 
 Path = tuple[str | int, ...]
 LINEAGE_PREFIX = "@"  # a candidate "@_etl_row_key" reads a raw column instead of the record
+# a candidate "={repository}#{pull_number}" joins raw columns and literal text (NULL if a column is empty)
+TEMPLATE_PREFIX = "="
 
 
 def path(dotted: str) -> Path:
@@ -68,29 +70,43 @@ KIND_DEFAULTS: dict[tuple[str, str | None], dict[str, list[str]]] = {
         "created_at": ["published_parsed", "published", "@" + lineage.EVENT_TIME],
         "updated_at": ["updated_parsed", "updated", "published_parsed", "@" + lineage.EVENT_TIME],
     },
+    # Jira: `_etl_record` is the issue (fields.*), the changelog history of a transition (its
+    # status item is in the raw columns from_status/to_status), a status, an issue type.
     ("jira", "issues"): {
         "source_id": ["key", "id"],
         "title": ["fields.summary"],
         "description": ["fields.description"],
         "url": ["self"],
-        "author": ["fields.assignee.displayName", "fields.reporter.displayName"],
+        "author": ["fields.reporter.displayName", "fields.assignee.displayName"],
         "category": ["fields.issuetype.name"],
         "status": ["fields.status.name"],
         "created_at": ["fields.created"],
         "updated_at": ["fields.updated"],
     },
-    ("jira", "statuses"): {"source_id": ["id"], "title": ["name"], "category": ["statusCategory.key"]},
-    ("jira", "issue_types"): {"source_id": ["id"], "title": ["name"], "description": ["description"]},
-    ("jira", "issue_transitions"): {
-        "source_id": ["@" + lineage.ROW_KEY],
-        "parent_id": ["@issue_key"],
-        "author": ["author.displayName"],
-        "status": ["toString"],
-        "category": ["fromString"],
-        "created_at": ["created"],
-        "updated_at": ["created"],
+    ("jira", "statuses"): {
+        "source_id": ["id", "@" + lineage.ROW_KEY],
+        "title": ["name"],
+        "description": ["description"],
+        "url": ["self"],
+        "category": ["statusCategory.key"],
     },
-    ("github", "pull_requests"): {
+    ("jira", "issue_types"): {
+        "source_id": ["id", "@" + lineage.ROW_KEY],
+        "title": ["name"],
+        "description": ["description"],
+        "url": ["self"],
+    },
+    ("jira", "issue_transitions"): {  # row key <issue id>|<history id>|<item index>; parent: the issue key
+        "source_id": ["@" + lineage.ROW_KEY],
+        "parent_id": ["@issue_key", "@issue_id"],
+        "author": ["@author_name", "@author_id"],
+        "status": ["@to_status"],
+        "category": ["@from_status"],
+        "created_at": ["@created", "@" + lineage.EVENT_TIME],
+        "updated_at": ["@created", "@" + lineage.EVENT_TIME],
+    },
+    # GitHub: every raw row has a `repository` column; reviews and commits `pull_number`.
+    ("github", "pull_requests"): {  # row key owner/name#number; merged_at, head.ref, labels stay in attributes
         "source_id": ["@" + lineage.ROW_KEY],
         "title": ["title"],
         "description": ["body"],
@@ -99,11 +115,11 @@ KIND_DEFAULTS: dict[tuple[str, str | None], dict[str, list[str]]] = {
         "category": ["base.ref"],
         "status": ["state"],
         "created_at": ["created_at"],
-        "updated_at": ["updated_at", "merged_at", "closed_at"],
+        "updated_at": ["updated_at"],
     },
-    ("github", "reviews"): {
+    ("github", "reviews"): {  # row key = review id
         "source_id": ["@" + lineage.ROW_KEY],
-        "parent_id": ["@pull_key"],
+        "parent_id": ["={repository}#{pull_number}"],
         "description": ["body"],
         "url": ["html_url"],
         "author": ["user.login"],
@@ -111,16 +127,16 @@ KIND_DEFAULTS: dict[tuple[str, str | None], dict[str, list[str]]] = {
         "created_at": ["submitted_at"],
         "updated_at": ["submitted_at"],
     },
-    ("github", "commits"): {
+    ("github", "commits"): {  # row key owner/name#number@sha
         "source_id": ["@" + lineage.ROW_KEY],
-        "parent_id": ["@pull_key"],
+        "parent_id": ["={repository}#{pull_number}"],
         "title": ["commit.message"],
         "url": ["html_url"],
         "author": ["commit.author.name", "author.login"],
-        "created_at": ["commit.author.date"],
+        "created_at": ["commit.author.date", "commit.committer.date"],
         "updated_at": ["commit.committer.date", "commit.author.date"],
     },
-    ("github", "releases"): {
+    ("github", "releases"): {  # row key = release id; status = the draft flag ("true"/"false")
         "source_id": ["@" + lineage.ROW_KEY],
         "title": ["name", "tag_name"],
         "description": ["body"],
@@ -131,7 +147,7 @@ KIND_DEFAULTS: dict[tuple[str, str | None], dict[str, list[str]]] = {
         "created_at": ["created_at"],
         "updated_at": ["published_at", "created_at"],
     },
-    ("github", "deployments"): {
+    ("github", "deployments"): {  # row key = deployment id
         "source_id": ["@" + lineage.ROW_KEY],
         "title": ["environment"],
         "description": ["description"],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 from etl_platform.normalize.mapping import (
     ACTIVE_FLAG_FIELDS,
@@ -11,6 +13,7 @@ from etl_platform.normalize.mapping import (
     FALSE_VALUES,
     INACTIVE_STATUSES,
     LINEAGE_PREFIX,
+    TEMPLATE_PREFIX,
     TIME_COLUMNS,
     TRUE_VALUES,
     Mapping,
@@ -36,10 +39,52 @@ def json_text(dialect: str, p: Path) -> str:
     return f"({RECORD} #>> {array})"
 
 
-def candidate_text(dialect: str, name: str) -> str:
-    """A candidate as trimmed text; '' becomes NULL. '@col' reads a raw column."""
+TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def template_parts(name: str) -> list[tuple[str, bool]]:
+    """'={repository}#{pull_number}' -> [('repository', True), ('#', False), ('pull_number', True)]:
+    (raw column, True) or (literal text, False), in order."""
+    body, parts, at = name[len(TEMPLATE_PREFIX) :], [], 0
+    for match in TEMPLATE_FIELD.finditer(body):
+        if match.start() > at:
+            parts.append((body[at : match.start()], False))
+        parts.append((match.group(1), True))
+        at = match.end()
+    if at < len(body):
+        parts.append((body[at:], False))
+    return parts
+
+
+def raw_columns(name: str) -> list[str]:
+    """The raw columns a candidate reads: '@col' -> [col], a template -> its fields, a path -> []."""
     if name.startswith(LINEAGE_PREFIX):
-        expr = f"CAST({quote(name[1:])} AS VARCHAR)" if dialect == "duckdb" else f"CAST({quote(name[1:])} AS TEXT)"
+        return [name[1:]]
+    if name.startswith(TEMPLATE_PREFIX):
+        return [part for part, is_column in template_parts(name) if is_column]
+    return []
+
+
+def is_record_path(name: str) -> bool:
+    """True for a path into the original record (not '@col', not a template)."""
+    return not name.startswith((LINEAGE_PREFIX, TEMPLATE_PREFIX))
+
+
+def column_text(dialect: str, column: str) -> str:
+    return f"CAST({quote(column)} AS VARCHAR)" if dialect == "duckdb" else f"CAST({quote(column)} AS TEXT)"
+
+
+def candidate_text(dialect: str, name: str) -> str:
+    """A candidate as trimmed text; '' becomes NULL. '@col' reads a raw column; a template
+    '={a}#{b}' concatenates raw columns and literal text, NULL when any of its columns is empty."""
+    if name.startswith(LINEAGE_PREFIX):
+        expr = column_text(dialect, name[1:])
+    elif name.startswith(TEMPLATE_PREFIX):
+        pieces = [
+            f"NULLIF(TRIM({column_text(dialect, part)}), '')" if is_column else literal(part)
+            for part, is_column in template_parts(name)
+        ]
+        expr = "(" + " || ".join(pieces or [literal("")]) + ")"
     else:
         expr = json_text(dialect, path(name))
     return f"NULLIF(TRIM({expr}), '')"
@@ -79,7 +124,7 @@ def attributes(dialect: str, mapping: Mapping) -> str:
     removals: list[tuple[Path, str]] = []
     for names in mapping.candidates.values():
         for index, name in enumerate(names):
-            if not name.startswith(LINEAGE_PREFIX):
+            if is_record_path(name):
                 removals.append((path(name), _chosen(dialect, names, index)))
     if dialect == "duckdb":
         expr = RECORD
@@ -114,10 +159,10 @@ def select_for(
 ) -> str:
     """A SELECT of the unified columns (+ `reject_reason`) over one raw table's partition slice.
 
-    Raw columns named by '@col' candidates that the table lacks are dropped from the candidates.
+    Candidates reading raw columns ('@col', templates) that the table lacks are dropped.
     """
     c = {
-        col: [n for n in names if not n.startswith(LINEAGE_PREFIX) or n[1:] in has_columns]
+        col: [n for n in names if all(column in has_columns for column in raw_columns(n))]
         for col, names in mapping.candidates.items()
     }
     text = {col: first_of(dialect, names) for col, names in c.items()}
@@ -155,7 +200,7 @@ def select_for(
         "updated_at": ts["updated_at"],
         "event_date": quote(lineage.PARTITION_DATE),
         "is_active": is_active(dialect, status),
-        "attributes": attributes(dialect, mapping),
+        "attributes": attributes(dialect, dataclasses.replace(mapping, candidates=c)),
         "parent_id": get("parent_id"),
         "raw_table": literal(table),
         "raw_row_key": quote(lineage.ROW_KEY),
@@ -175,6 +220,10 @@ POSTGRES_FUNCTIONS = """
 CREATE OR REPLACE FUNCTION public.etl_try_timestamptz(v TEXT) RETURNS TIMESTAMPTZ
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
+  -- no digit: not a date ('yesterday', 'now' and 'infinity' are special inputs to PostgreSQL)
+  IF v IS NULL OR v !~ '[0-9]' THEN
+    RETURN NULL;
+  END IF;
   RETURN v::timestamptz;
 EXCEPTION WHEN others THEN
   RETURN NULL;

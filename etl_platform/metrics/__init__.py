@@ -1,0 +1,1 @@
+"""Metrics computed from the unified records (pure computations in `engineering`, warehouse I/O in `run`)."""
