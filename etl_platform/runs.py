@@ -16,14 +16,18 @@ from typing import Any
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
 
-TENANT_TAG = "etl/tenant"
-SOURCE_TAG = "etl/source"
-TRIGGER_TAG = "etl/trigger"
-ATTEMPT_TAG = "etl/attempt"
-PARENT_RUN_TAG = "etl/parent_run_id"
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+from etl_platform.automation.tags import (
+    ATTEMPT_TAG,
+    PARENT_RUN_TAG,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SOURCE_TAG,
+    TENANT_TAG,
+    TENANTS_TAG,
+    TRIGGER_TAG,
+)
+
 ALL_SOURCES = "*"
 NORMALIZED_ASSET = AssetKey(["normalized", "records"])
 LOAD_COUNTS = ("records_written", "rejects", "raw_rows")
@@ -48,7 +52,7 @@ class RunSummary:
     run_id: str
     job_name: str
     status: str
-    tenant: str | None
+    tenant: str | None  # a run spanning several tenants: their ids, comma-separated
     source: str | None  # None: every source of the tenant
     trigger: str | None
     attempt: int | None
@@ -86,7 +90,7 @@ def summarize(record: RunRecord, failure_reason: str | None = None) -> RunSummar
         run_id=run.run_id,
         job_name=run.job_name,
         status=run.status.value,
-        tenant=tags.get(TENANT_TAG),
+        tenant=tags.get(TENANT_TAG) or tags.get(TENANTS_TAG),
         source=tags.get(SOURCE_TAG),
         trigger=tags.get(TRIGGER_TAG),
         attempt=int(attempt) if attempt and attempt.isdigit() else None,

@@ -360,6 +360,12 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
         f"http://127.0.0.1:{api_port}/data?limit=500", {"Authorization": f"Bearer {API_KEY}"}
     )
     assert status == 200 and len(page["data"]) == len(USERS) + len(POSTS), page
+    _recs = instance.get_records_for_run(first).records
+    _t0 = _recs[0].event_log_entry.timestamp
+    for _r in _recs:
+        _e = _r.event_log_entry
+        if _e.dagster_event and _e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS", "RUN_START", "RUN_SUCCESS", "ENGINE_EVENT", "PIPELINE_START", "PIPELINE_SUCCESS", "RUN_ENQUEUED", "RUN_DEQUEUED", "RUN_STARTING"):
+            print(f"DBG {_e.timestamp - _t0:6.1f} {_e.dagster_event.event_type_value} {_e.step_key} {(_e.message or '')[:60]}")
     print(f"run 1 ok after {time.monotonic() - started:.1f}s")
 
     # --- 2. the run worker dies (SIGKILL) mid-run: FAILURE, then a retry ------------------------
