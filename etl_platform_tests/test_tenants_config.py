@@ -146,3 +146,13 @@ def test_all_errors_reported_together(tmp_path):
         parse_registry({"tenants": [{"id": "Bad"}, {"id": "ok", "sources": [{"name": "x", "kind": "csv"}]}]},
                        tmp_path / "t.yaml")
     assert "tenant 'Bad'" in str(err.value) and "tenant 'ok', source 'x'" in str(err.value)
+
+
+def test_unknown_field_mapping_column(tmp_path):
+    with pytest.raises(TenantsFileError, match="source 'files', field 'field_mapping': unknown unified column"):
+        _load(tmp_path, [{"id": "acme", "sources": [_csv(field_mapping={"headline": "title"})]}])
+
+
+def test_feed_url_scheme(tmp_path):
+    with pytest.raises(TenantsFileError, match="source 'news', field 'url': must be an http"):
+        _load(tmp_path, [{"id": "acme", "sources": [{"name": "news", "kind": "rss", "url": "ftp://x/feed"}]}])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import weakref
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -21,7 +20,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"model": Error, "description": "rate limit exceeded (see Retry-After)"},
     503: {"model": Error, "description": "warehouse or Dagster storage unavailable"},
 }
-_KNOWN: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
 class DagsterUnavailable(RuntimeError):
@@ -45,9 +43,10 @@ async def reject_unknown_params(request: Request) -> None:
     route = request.scope.get("route")
     if route is None or not hasattr(route, "dependant"):
         return
-    known = _KNOWN.get(route)
+    known = getattr(route, "_etl_query_names", None)
     if known is None:
-        known = _KNOWN[route] = frozenset(_query_names(route.dependant))
+        known = frozenset(_query_names(route.dependant))
+        route._etl_query_names = known  # computed once per route
     for name in request.query_params:
         if name not in known:
             raise invalid(name, "unknown query parameter")

@@ -37,6 +37,20 @@ LITERAL_SECRET_FIELDS = {
     "pat",
 }
 SchemaContract = Literal["evolve", "freeze", "discard_row", "discard_value"]
+# unified `records` columns a source's field_mapping may fill
+MAPPABLE_COLUMNS = (
+    "source_id",
+    "title",
+    "description",
+    "url",
+    "author",
+    "category",
+    "status",
+    "value",
+    "created_at",
+    "updated_at",
+    "parent_id",
+)
 
 
 class TenantsFileError(ValueError):
@@ -165,6 +179,14 @@ class _SourceBase(_Model):
             raise ValueError(f"source name {v!r} must match [a-z][a-z0-9_]*")
         return v
 
+    @field_validator("field_mapping")
+    @classmethod
+    def _mappable(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(MAPPABLE_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown unified column(s) {unknown}; expected some of {', '.join(MAPPABLE_COLUMNS)}")
+        return v
+
     @property
     def resource_names(self) -> list[str]:
         raise NotImplementedError
@@ -220,6 +242,13 @@ class CsvSource(_SourceBase):
 class FeedSource(_SourceBase):
     kind: Literal["rss"]
     url: str  # http(s) URL or local path (relative to the tenants file)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if re.match(r"^[a-z][a-z0-9+.-]*://", v) and not re.match(r"^(https?|file)://", v):
+            raise ValueError("must be an http(s) URL or a local path")
+        return v
     # true: every entry belongs to each loaded day (feeds that republish their history);
     # false: an entry belongs to the day of its published/updated time
     snapshot: bool = False

@@ -10,22 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from etl_platform.config.tenants import MAPPABLE_COLUMNS
 from etl_platform.sources import lineage
 
 # Unified text/number/time columns filled from the record
-MAPPED_COLUMNS = (
-    "source_id",
-    "title",
-    "description",
-    "url",
-    "author",
-    "category",
-    "status",
-    "value",
-    "created_at",
-    "updated_at",
-    "parent_id",
-)
+MAPPED_COLUMNS = MAPPABLE_COLUMNS
 TIME_COLUMNS = ("created_at", "updated_at")
 CATEGORICAL_COLUMNS = ("category", "status")  # stored trimmed and lower-cased
 # A record flagged with one of these statuses/flags is kept but marked is_active = false

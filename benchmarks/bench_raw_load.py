@@ -1,0 +1,316 @@
+"""Benchmark of raw CSV ingestion: the raw Dagster asset (CSV source -> dlt -> warehouse) against
+the bare database load of the same file. Prints a table; not a test.
+
+    python benchmarks/bench_raw_load.py [--rows 1000000] [--small-rows 100000] [--warehouse duckdb|postgres|both]
+
+Generates a CSV (id, name, category, value, description, created_at, updated_at; ~150 bytes a
+row, fixed seed) in a temporary folder, then runs every case in its own subprocess, so that the
+peak RSS (ru_maxrss of that process, from wait4) belongs to that case alone:
+
+- ``bare``: DuckDB ``CREATE TABLE AS SELECT * FROM read_csv(...)`` / PostgreSQL
+  ``COPY ... FROM STDIN (FORMAT csv, HEADER)`` through psycopg into a table of text columns;
+- ``raw``: one tenant with one csv source (``primary_key: [id]``), its raw asset materialized
+  through Dagster (``execute_in_process`` of the ``ingest`` job restricted to the raw assets,
+  SQLite instance in a temporary DAGSTER_HOME). The time is that of the run; building the
+  definitions is reported apart (``setup s``). dlt's own step times come from the pipeline trace.
+
+Both ``raw`` at ``--small-rows`` and at ``--rows`` are run to show that memory stays flat.
+Targets: DuckDB raw >= 0.4 x bare rows/s, PostgreSQL raw >= 0.15 x COPY rows/s, peak RSS < 600 MB.
+PostgreSQL: ETL_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres); a fresh
+database per case, dropped afterwards. ``--profile`` runs the raw cases under cProfile and prints
+the top functions (slower; timings then are not comparable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ADMIN_URL = os.environ.get("ETL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TENANT = "bench"
+SOURCE = "items"
+DAY = dt.date(2024, 3, 1)
+COLUMNS = ["id", "name", "category", "value", "description", "created_at", "updated_at"]
+WORDS = (
+    "alpha beta gamma delta epsilon error latency deploy release review merge outage invoice customer "
+    "order shipment refund payment account region cluster database network storage report weekly"
+).split()
+CATEGORIES = ["hardware", "software", "services", "support", "billing", "logistics", "marketing", "research"]
+T0 = dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def generate_csv(path: Path, rows: int, seed: int = 42) -> int:
+    """Write `rows` rows with a fixed seed; returns the file size in bytes."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for i in range(1, rows + 1):
+            created = T0 + dt.timedelta(seconds=rng.randrange(0, 400 * 86400))
+            updated = created + dt.timedelta(seconds=rng.randrange(0, 30 * 86400))
+            words = rng.choices(WORDS, k=rng.randint(8, 13))
+            if rng.random() < 0.2:
+                words[3] += ","  # some descriptions need quoting
+            writer.writerow((
+                i,
+                f"{rng.choice(WORDS).title()} {rng.choice(WORDS)} {rng.randrange(100000)}",
+                rng.choice(CATEGORIES),
+                f"{rng.uniform(0, 10000):.2f}",
+                " ".join(words),
+                created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                updated.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            ))
+    return path.stat().st_size
+
+
+def create_database() -> str:
+    import psycopg
+
+    name = f"etl_bench_raw_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+# --- cases (run in a child process) -------------------------------------------------------------
+
+
+def bare_duckdb(csv_path: Path, work: Path) -> dict:
+    import duckdb
+
+    started = time.perf_counter()
+    conn = duckdb.connect(str(work / "bare.duckdb"))
+    conn.execute(f"CREATE TABLE bare AS SELECT * FROM read_csv('{csv_path}', header = true)")
+    rows = conn.execute("SELECT count(*) FROM bare").fetchone()[0]
+    conn.close()
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
+def bare_postgres(csv_path: Path, url: str) -> dict:
+    import psycopg
+
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        cols = ", ".join(f"{c} TEXT" for c in COLUMNS)
+        conn.execute(f"CREATE TABLE bare ({cols})")
+        with conn.cursor() as cur, cur.copy("COPY bare FROM STDIN (FORMAT csv, HEADER true)") as copy:
+            with open(csv_path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    copy.write(chunk)
+        rows = conn.execute("SELECT count(*) FROM bare").fetchone()[0]
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
+def raw_asset(csv_path: Path, work: Path, warehouse_url: str, profile: bool) -> dict:
+    """Materialize the raw asset of one tenant × day through Dagster."""
+    import yaml
+
+    home = work / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    tenants = work / "tenants.yaml"
+    tenant = {"id": TENANT, "sources": [
+        {"name": SOURCE, "kind": "csv", "location": str(csv_path), "primary_key": ["id"]}]}
+    tenants.write_text(yaml.safe_dump({"tenants": [tenant]}, sort_keys=False))
+    os.environ.update({"DAGSTER_HOME": str(home), "ETL_TENANTS_FILE": str(tenants),
+                       "ETL_WAREHOUSE_URL": warehouse_url, "ETL_START_DATE": "2024-01-01"})
+
+    from dagster import DagsterInstance
+
+    from etl_platform.assets.raw import pipeline_name, pipelines_dir
+    from etl_platform.automation.onboarding import sync_tenants
+    from etl_platform.config.tenants import load_registry
+    from etl_platform.definitions import build_definitions
+    from etl_platform.partitions import partition_key
+    from etl_platform.warehouse import Warehouse
+
+    setup_started = time.perf_counter()
+    instance = DagsterInstance.get()
+    sync_tenants(instance, load_registry())
+    defs = build_definitions()
+    raw_keys = [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == "raw"]
+    job = defs.resolve_job_def("ingest")
+    setup = time.perf_counter() - setup_started
+
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        partition_key=str(partition_key(TENANT, DAY)), instance=instance, asset_selection=raw_keys
+    )
+    seconds = time.perf_counter() - started
+    if profiler:
+        profiler.disable()
+        import io
+        import pstats
+
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+        (work / "profile.txt").write_text(out.getvalue())
+    assert result.success, "raw run failed"
+
+    import dlt
+
+    steps = {}
+    pipeline = dlt.attach(pipeline_name(TENANT, SOURCE), pipelines_dir=pipelines_dir())
+    if pipeline.last_trace:
+        for step in pipeline.last_trace.steps:
+            if step.finished_at and step.started_at:
+                steps[step.step] = round((step.finished_at - step.started_at).total_seconds(), 2)
+    with Warehouse(warehouse_url).connect() as conn:
+        rows = conn.query(f'SELECT count(*) FROM "tenant_{TENANT}"."{SOURCE}_rows"')[0][0]
+        rejects = (
+            conn.query(f'SELECT count(*) FROM "tenant_{TENANT}"."rejects"')[0][0]
+            if conn.table_exists(f"tenant_{TENANT}", "rejects") else 0
+        )
+    instance.dispose()
+    return {"seconds": seconds, "rows": rows, "setup": setup, "steps": steps, "rejects": rejects}
+
+
+def child(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    csv_path = Path(args.csv)
+    if args.case == "bare":
+        out = bare_duckdb(csv_path, work) if args.child == "duckdb" else bare_postgres(csv_path, args.url)
+    else:
+        url = f"duckdb:///{work / 'warehouse.duckdb'}" if args.child == "duckdb" else args.url
+        out = raw_asset(csv_path, work, url, args.profile)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# --- parent --------------------------------------------------------------------------------------
+
+
+def run_case(warehouse: str, case: str, csv_path: Path, root: Path, profile: bool) -> dict:
+    work = root / f"{warehouse}_{case}_{csv_path.stem}"
+    work.mkdir()
+    url = create_database() if warehouse == "postgres" else ""
+    log = work / "child.log"
+    try:
+        cmd = [sys.executable, __file__, "--child", warehouse, "--case", case, "--csv", str(csv_path),
+               "--work", str(work), "--url", url] + (["--profile"] if profile else [])
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        text = log.read_text()
+        lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"{warehouse}/{case} failed (exit {proc.returncode}):\n{text[-4000:]}")
+        result = json.loads(lines[-1][len("RESULT "):])
+        result["peak_rss_mb"] = usage.ru_maxrss / 1024  # kilobytes on Linux
+        if profile and (work / "profile.txt").exists():
+            print(f"\n--- cProfile {warehouse}/{case} ({csv_path.name}) ---")
+            print((work / "profile.txt").read_text())
+        return result
+    finally:
+        if url:
+            drop_database(url)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--small-rows", type=int, default=100_000, help="second raw run, to show flat memory")
+    parser.add_argument("--warehouse", choices=["duckdb", "postgres", "both"], default="both")
+    parser.add_argument("--profile", action="store_true", help="cProfile the raw cases (slower)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--csv", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    warehouses = ["duckdb", "postgres"] if args.warehouse == "both" else [args.warehouse]
+    root = Path(tempfile.mkdtemp(prefix="etl_bench_raw_"))
+    free_gb = shutil.disk_usage(root).free / 1e9
+    need_gb = args.rows * 150 * 6 / 1e9  # the file, the DuckDB files, dlt's load packages
+    if free_gb < need_gb:
+        raise SystemExit(f"{root}: {free_gb:.1f} GB free, about {need_gb:.1f} GB needed")
+    print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {root}")
+    try:
+        files = {}
+        for rows in sorted({args.rows, args.small_rows}):
+            started = time.perf_counter()
+            path = root / f"items_{rows}.csv"
+            size = generate_csv(path, rows)
+            files[rows] = path
+            print(f"generated {path.name}: {rows:,} rows, {size / 1e6:.0f} MB in {time.perf_counter() - started:.1f}s")
+        results = []
+        for warehouse in warehouses:
+            plan = [("bare", args.rows), ("raw", args.rows)]
+            if args.small_rows and args.small_rows != args.rows:
+                plan.append(("raw", args.small_rows))
+            for case, rows in plan:
+                print(f"running {warehouse} {case} {rows:,} rows ...", flush=True)
+                r = run_case(warehouse, case, files[rows], root, args.profile and case == "raw")
+                assert r["rows"] == rows, f"{warehouse}/{case}: {r['rows']} rows loaded, expected {rows}"
+                r.update(warehouse=warehouse, case=case, n=rows)
+                results.append(r)
+                extra = f"; setup {r['setup']:.1f}s, dlt steps {r['steps']}" if case == "raw" else ""
+                print(f"  {r['seconds']:.1f}s, {rows / r['seconds']:,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f} MB{extra}")
+        print_table(results)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def print_table(results: list[dict]) -> None:
+    bare = {(r["warehouse"], r["n"]): r["n"] / r["seconds"] for r in results if r["case"] == "bare"}
+    big = max(r["n"] for r in results)
+    print()
+    header = f"{'case':<26} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak RSS MB':>12} {'ratio':>7}  target"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        rate = r["n"] / r["seconds"]
+        base = bare.get((r["warehouse"], r["n"]))
+        ratio = f"{rate / base:.2f}" if base and r["case"] == "raw" else ("1.00" if r["case"] == "bare" else "-")
+        name = {"bare": "bare " + ("read_csv" if r["warehouse"] == "duckdb" else "COPY"), "raw": "raw asset"}[r["case"]]
+        target = ""
+        if r["case"] == "raw" and base:
+            goal = 0.4 if r["warehouse"] == "duckdb" else 0.15
+            target = f">= {goal} {'ok' if rate / base >= goal else 'MISSED'}"
+        if r["case"] == "raw":
+            target += f"; RSS < 600 {'ok' if r['peak_rss_mb'] < 600 else 'MISSED'}"
+        print(f"{r['warehouse'] + ' ' + name:<26} {r['n']:>10,} {r['seconds']:>8.1f} {rate:>10,.0f} "
+              f"{r['peak_rss_mb']:>12.0f} {ratio:>7}  {target}")
+    for warehouse in sorted({r["warehouse"] for r in results}):
+        raws = sorted((r["n"], r["peak_rss_mb"]) for r in results if r["warehouse"] == warehouse and r["case"] == "raw")
+        if len(raws) == 2:
+            (n1, m1), (n2, m2) = raws
+            print(f"{warehouse}: raw peak RSS {m1:.0f} MB at {n1:,} rows vs {m2:.0f} MB at {n2:,} rows "
+                  f"({m2 - m1:+.0f} MB for {n2 / n1:.0f}x the rows)")
+    _ = big
+
+
+if __name__ == "__main__":
+    main()
