@@ -55,7 +55,9 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
     rows = [("TENANT", "STATE", "REGISTERED", "SOURCES")]
     for tenant in registry.tenants:
         sources = ", ".join(f"{s.name} ({s.kind})" for s in tenant.sources) or "-"
-        rows.append((tenant.id, "paused" if tenant.paused else "active", "yes" if tenant.id in registered else "no", sources))
+        rows.append(
+            (tenant.id, "paused" if tenant.paused else "active", "yes" if tenant.id in registered else "no", sources)
+        )
     for tenant_id in sorted(registered - set(registry.tenant_ids)):
         rows.append((tenant_id, "removed from file", "yes", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def row(tenant: str, n: int, **overrides: Any) -> dict[str, Any]:
         "sort_at": T0 + dt.timedelta(minutes=n),
         "event_date": (T0 + dt.timedelta(minutes=n)).date(),
         "is_active": True,
-        "attributes": '{"n": %d}' % n,
+        "attributes": json.dumps({"n": n}),
         "normalized_at": T0,
     }
     out.update(overrides)

@@ -42,8 +42,14 @@ def test_repo_definitions_resolve(monkeypatch, dagster_home, tmp_path):
     assert {s.name for s in repo.schedule_defs} == {"hourly_ingest", "daily_rebackfill"}
     assert {s.name for s in repo.sensor_defs} == {"tenant_onboarding", "retry_failed_runs"}
     check_names = {k.name for k in graph.asset_check_keys}
-    assert {"unique_upsert_key", "required_columns_not_null", "raw_reconciles_with_records_and_rejects",
-            "tenant_freshness", "schema_drift", "unmapped_jira_statuses"} <= check_names
+    assert {
+        "unique_upsert_key",
+        "required_columns_not_null",
+        "raw_reconciles_with_records_and_rejects",
+        "tenant_freshness",
+        "schema_drift",
+        "unmapped_jira_statuses",
+    } <= check_names
     from etl_platform.partitions import tenant_date_partitions
 
     for name in jobs - {"__ASSET_JOB"}:

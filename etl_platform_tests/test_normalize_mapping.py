@@ -28,8 +28,15 @@ def _map(warehouse_url, mapping, records: list[dict], extra_columns: dict | None
             f"_etl_row_key VARCHAR, _etl_event_time TIMESTAMPTZ, _dlt_load_id VARCHAR{extra_ddl})"
         )
         for i, rec in enumerate(records):
-            values = [json.dumps(rec), mapping.source, DAY, f"row{i}", None, "1700000000.1",
-                      *[v[i] for v in extra_columns.values()]]
+            values = [
+                json.dumps(rec),
+                mapping.source,
+                DAY,
+                f"row{i}",
+                None,
+                "1700000000.1",
+                *[v[i] for v in extra_columns.values()],
+            ]
             marks = ", ".join("?" for _ in values)
             conn.execute(f"INSERT INTO t.raw VALUES ({marks})", values)
         if conn.dialect == "postgres":
@@ -49,10 +56,25 @@ def _utc(value):
 
 def test_rest_api_defaults_trim_utc_lowercase_and_attributes(warehouse_url):
     mapping = build_mapping("api", "rest_api", "posts", primary_key=["id"])
-    (row,) = _map(warehouse_url, mapping, [{
-        "id": 7, "title": "  Hello world  ", "body": "text", "userId": 3, "status": "In Progress",
-        "category": "Billing", "amount": "12,50", "createdAt": "2024-03-01T10:00:00+02:00",
-        "updated_at": "2024-03-02T00:00:00Z", "extra": {"nested": [1, 2]}, "name": "unused alias"}])
+    (row,) = _map(
+        warehouse_url,
+        mapping,
+        [
+            {
+                "id": 7,
+                "title": "  Hello world  ",
+                "body": "text",
+                "userId": 3,
+                "status": "In Progress",
+                "category": "Billing",
+                "amount": "12,50",
+                "createdAt": "2024-03-01T10:00:00+02:00",
+                "updated_at": "2024-03-02T00:00:00Z",
+                "extra": {"nested": [1, 2]},
+                "name": "unused alias",
+            }
+        ],
+    )
     assert row["source_id"] == "7" and row["record_type"] == "posts" and row["source_kind"] == "rest_api"
     assert row["title"] == "Hello world" and row["description"] == "text" and row["author"] == "3"
     assert row["status"] == "in progress" and row["category"] == "billing"
@@ -67,13 +89,17 @@ def test_rest_api_defaults_trim_utc_lowercase_and_attributes(warehouse_url):
 
 def test_missing_id_and_bad_dates_are_rejects_with_reasons(warehouse_url):
     mapping = build_mapping("api", "rest_api", "items", primary_key=["id"])
-    rows = _map(warehouse_url, mapping, [
-        {"title": "no id"},
-        {"id": "  ", "title": "blank id"},
-        {"id": 2, "created_at": "31/02/2024"},
-        {"id": 3, "updated_at": "yesterday"},
-        {"id": 4, "created_at": "2024-03-01"},
-    ])
+    rows = _map(
+        warehouse_url,
+        mapping,
+        [
+            {"title": "no id"},
+            {"id": "  ", "title": "blank id"},
+            {"id": 2, "created_at": "31/02/2024"},
+            {"id": 3, "updated_at": "yesterday"},
+            {"id": 4, "created_at": "2024-03-01"},
+        ],
+    )
     reasons = {r["title"] or r["source_id"]: r["reject_reason"] for r in rows}
     assert reasons["no id"] == "missing id (id)" and reasons["blank id"] == "missing id (id)"
     assert reasons["2"] == "unparseable date in created_at: 31/02/2024"
@@ -100,10 +126,25 @@ def test_deactivated_or_deleted_rows_are_kept_but_inactive(warehouse_url, record
 
 
 def test_field_mapping_overrides_defaults(warehouse_url):
-    mapping = build_mapping("tickets", "csv", "rows", {"source_id": "Ticket ID", "title": "Subject",
-                                                       "status": "State", "author": "customer.name"})
-    (row,) = _map(warehouse_url, mapping, [{"Ticket ID": "T-1", "Subject": " Broken ", "State": "OPEN",
-                                             "title": "not this", "customer": {"name": "Ada"}}])
+    mapping = build_mapping(
+        "tickets",
+        "csv",
+        "rows",
+        {"source_id": "Ticket ID", "title": "Subject", "status": "State", "author": "customer.name"},
+    )
+    (row,) = _map(
+        warehouse_url,
+        mapping,
+        [
+            {
+                "Ticket ID": "T-1",
+                "Subject": " Broken ",
+                "State": "OPEN",
+                "title": "not this",
+                "customer": {"name": "Ada"},
+            }
+        ],
+    )
     assert (row["source_id"], row["title"], row["status"], row["author"]) == ("T-1", "Broken", "open", "Ada")
     assert row["attributes"] == {"title": "not this", "customer": {}}
 
@@ -115,12 +156,28 @@ def test_unknown_mapping_column_is_an_error():
 
 def test_feed_entries_use_row_key_and_event_time(warehouse_url):
     mapping = build_mapping("news", "rss", "entries")
-    (row,) = _map(warehouse_url, mapping, [{"title": "Hi", "summary": "s", "link": "https://x.test/1",
-                                             "published_parsed": "2024-03-01T09:00:00+00:00",
-                                             "tags": [{"term": "Release"}], "author": "Ann"}])
+    (row,) = _map(
+        warehouse_url,
+        mapping,
+        [
+            {
+                "title": "Hi",
+                "summary": "s",
+                "link": "https://x.test/1",
+                "published_parsed": "2024-03-01T09:00:00+00:00",
+                "tags": [{"term": "Release"}],
+                "author": "Ann",
+            }
+        ],
+    )
     assert row["record_type"] == "entry" and row["source_id"] == "row0"
     assert (row["title"], row["description"], row["url"], row["category"], row["author"]) == (
-        "Hi", "s", "https://x.test/1", "release", "Ann")
+        "Hi",
+        "s",
+        "https://x.test/1",
+        "release",
+        "Ann",
+    )
     assert _utc(row["created_at"]) == dt.datetime(2024, 3, 1, 9, tzinfo=UTC)
 
 
@@ -131,8 +188,10 @@ def test_composite_primary_key_uses_row_key(warehouse_url):
 
 
 def test_drift_diff():
-    drift = diff_schemas({"a": "string", "b": "number", "c": "string", "n": "null"},
-                         {"a": "string", "b": "string", "d": "number", "n": "number"})
+    drift = diff_schemas(
+        {"a": "string", "b": "number", "c": "string", "n": "null"},
+        {"a": "string", "b": "string", "d": "number", "n": "number"},
+    )
     assert drift.added == ["d"] and drift.removed == ["c"] and drift.retyped == {"b": ("number", "string")}
     assert drift.breaking and "retyped b: number -> string" in drift.describe()
     assert not diff_schemas({"a": "string"}, {"a": "string", "b": "number"}).breaking

@@ -14,10 +14,19 @@ LINEAGE = {"raw_load_id", "normalized_at", "raw_row_key"}
 
 
 def _csv_tenant(path, **extra):
-    return {"id": "acme", "sources": [{
-        "name": "orders", "kind": "csv", "location": str(path), "event_time": "updated_at",
-        "field_mapping": {"source_id": "id", "title": "name", "status": "state", "updated_at": "updated_at"},
-        **extra}]}
+    return {
+        "id": "acme",
+        "sources": [
+            {
+                "name": "orders",
+                "kind": "csv",
+                "location": str(path),
+                "event_time": "updated_at",
+                "field_mapping": {"source_id": "id", "title": "name", "status": "state", "updated_at": "updated_at"},
+                **extra,
+            }
+        ],
+    }
 
 
 def _records(url):
@@ -28,8 +37,10 @@ def _records(url):
 
 def _checks(instance, run_id):
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
-    return {r.event_log_entry.dagster_event.event_specific_data.check_name:
-            r.event_log_entry.dagster_event.event_specific_data for r in records}
+    return {
+        r.event_log_entry.dagster_event.event_specific_data.check_name: r.event_log_entry.dagster_event.event_specific_data
+        for r in records
+    }
 
 
 ORDERS = """id,name,state,updated_at
@@ -87,7 +98,9 @@ def test_rejects_reconciliation_and_updates(warehouse_url, platform_env, tmp_pat
             assert checks["raw_reconciles_with_records_and_rejects"].passed
             assert checks["unique_upsert_key"].passed and checks["required_columns_not_null"].passed
         meta = instance.get_latest_materialization_event(AssetKey(["normalized", "records"])).asset_materialization
-        assert meta.metadata["records_written"].value + meta.metadata["rejects"].value == meta.metadata["raw_rows"].value
+        assert (
+            meta.metadata["records_written"].value + meta.metadata["rejects"].value == meta.metadata["raw_rows"].value
+        )
 
         # a corrected file: the D1 record changes; re-materializing D1 updates it in place
         csv.write_text(ORDERS.replace("2,Second,CLOSED,2024-03-01T11:00:00Z", "2,Second v2,Open,2024-03-01T11:30:00Z"))
@@ -98,9 +111,20 @@ def test_rejects_reconciliation_and_updates(warehouse_url, platform_env, tmp_pat
 
 
 def _rest_tenant(url, contract="evolve"):
-    return {"id": "acme", "sources": [{
-        "name": "api", "kind": "rest_api", "base_url": url, "schema_contract": contract,
-        "resources": [{"name": "items", "path": "items", "primary_key": "id", "paginator": {"type": "single_page"}}]}]}
+    return {
+        "id": "acme",
+        "sources": [
+            {
+                "name": "api",
+                "kind": "rest_api",
+                "base_url": url,
+                "schema_contract": contract,
+                "resources": [
+                    {"name": "items", "path": "items", "primary_key": "id", "paginator": {"type": "single_page"}}
+                ],
+            }
+        ],
+    }
 
 
 def test_schema_drift_is_detected(warehouse_url, platform_env):

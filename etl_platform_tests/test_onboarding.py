@@ -69,7 +69,8 @@ def test_cli_reports_invalid_file(tmp_path, dagster_home):
     path = tmp_path / "tenants.yaml"
     path.write_text("tenants:\n  - id: Bad-Id\n")
     env = {**os.environ, "ETL_TENANTS_FILE": str(path), "DAGSTER_HOME": str(dagster_home)}
-    proc = subprocess.run([sys.executable, "-m", "etl_platform.cli", "tenants", "sync"], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "etl_platform.cli", "tenants", "sync"], env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "tenant 'Bad-Id', field 'id'" in proc.stderr

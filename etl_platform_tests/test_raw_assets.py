@@ -33,8 +33,13 @@ def _tenant(server_url: str, fixtures_dir, feed_path: str) -> dict:
                     for n in ("users", "posts", "comments", "todos")
                 ],
             },
-            {"name": "titanic", "kind": "csv", "location": str(fixtures_dir / "csv/titanic.csv"),
-             "resource": "passengers", "primary_key": ["PassengerId"]},
+            {
+                "name": "titanic",
+                "kind": "csv",
+                "location": str(fixtures_dir / "csv/titanic.csv"),
+                "resource": "passengers",
+                "primary_key": ["PassengerId"],
+            },
             {"name": "news", "kind": "rss", "url": feed_path, "snapshot": True},
         ],
     }
@@ -53,12 +58,14 @@ EXPECTED = {
 @pytest.fixture
 def feed(tmp_path):
     path = tmp_path / "feed.xml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         <?xml version="1.0" encoding="utf-8"?>
         <rss version="2.0"><channel><title>t</title>
           <item><guid>a</guid><title>One</title><pubDate>Mon, 03 Jun 2024 10:00:00 GMT</pubDate></item>
           <item><guid>b</guid><title>Two</title></item>
-        </channel></rss>"""))
+        </channel></rss>""")
+    )
     return str(path)
 
 
@@ -110,10 +117,13 @@ def test_two_tenants_are_isolated(duckdb_url, platform_env, tmp_path):
     csv_a.write_text("id,name\n1,alpha\n2,beta\n")
     csv_b = tmp_path / "b.csv"
     csv_b.write_text("id,name\n1,gamma\n")
-    platform_env([
-        {"id": "t_a", "sources": [{"name": "files", "kind": "csv", "location": str(csv_a), "primary_key": ["id"]}]},
-        {"id": "t_b", "sources": [{"name": "files", "kind": "csv", "location": str(csv_b), "primary_key": ["id"]}]},
-    ], duckdb_url)
+    platform_env(
+        [
+            {"id": "t_a", "sources": [{"name": "files", "kind": "csv", "location": str(csv_a), "primary_key": ["id"]}]},
+            {"id": "t_b", "sources": [{"name": "files", "kind": "csv", "location": str(csv_b), "primary_key": ["id"]}]},
+        ],
+        duckdb_url,
+    )
     with DagsterInstance.get() as instance:
         assert materialize(instance, "t_a", DAY).success
         assert materialize(instance, "t_b", DAY).success
@@ -130,10 +140,13 @@ def test_two_tenants_are_isolated(duckdb_url, platform_env, tmp_path):
 def test_tenant_without_the_source_gets_an_empty_materialization(duckdb_url, platform_env, tmp_path):
     csv_a = tmp_path / "a.csv"
     csv_a.write_text("id\n1\n")
-    platform_env([
-        {"id": "t_a", "sources": [{"name": "files", "kind": "csv", "location": str(csv_a)}]},
-        {"id": "t_b", "sources": []},
-    ], duckdb_url)
+    platform_env(
+        [
+            {"id": "t_a", "sources": [{"name": "files", "kind": "csv", "location": str(csv_a)}]},
+            {"id": "t_b", "sources": []},
+        ],
+        duckdb_url,
+    )
     with DagsterInstance.get() as instance:
         result = materialize(instance, "t_b", DAY)
         assert result.success
@@ -145,10 +158,23 @@ def test_permanent_source_error_fails_the_run_clearly(duckdb_url, platform_env, 
     monkeypatch.setenv("ACME_TOKEN", "secret-token-value")
     with LocalServer() as server:
         server.route("/items", lambda r: Response(401, {"message": "Bad credentials"}))
-        platform_env([{"id": "acme", "sources": [{
-            "name": "api", "kind": "rest_api", "base_url": server.url,
-            "auth": {"type": "bearer", "token_env": "ACME_TOKEN"},
-            "resources": [{"name": "items", "path": "items", "paginator": {"type": "single_page"}}]}]}], duckdb_url)
+        platform_env(
+            [
+                {
+                    "id": "acme",
+                    "sources": [
+                        {
+                            "name": "api",
+                            "kind": "rest_api",
+                            "base_url": server.url,
+                            "auth": {"type": "bearer", "token_env": "ACME_TOKEN"},
+                            "resources": [{"name": "items", "path": "items", "paginator": {"type": "single_page"}}],
+                        }
+                    ],
+                }
+            ],
+            duckdb_url,
+        )
         with DagsterInstance.get() as instance:
             result = materialize(instance, "acme", DAY, raise_on_error=False)
             assert not result.success
@@ -183,15 +209,48 @@ def test_rerun_after_crash_mid_load_has_no_duplicates_and_no_loss(pg_url, platfo
 
     with LocalServer() as server:
         server.route("/items", page)
-        tenants = platform_env([{"id": "acme", "sources": [{
-            "name": "api", "kind": "rest_api", "base_url": server.url,
-            "resources": [{"name": "items", "path": "items", "data_selector": "items", "primary_key": "id",
-                           "paginator": {"type": "page_number", "page_param": "page", "base_page": 1,
-                                         "total_path": None}}]}]}], pg_url)
-        env = {**os.environ, "ETL_TENANTS_FILE": str(tenants), "ETL_WAREHOUSE_URL": pg_url,
-               "DAGSTER_HOME": str(dagster_home)}
-        proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, DAY.isoformat()], env=env,
-                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "crash.log", "w"))
+        tenants = platform_env(
+            [
+                {
+                    "id": "acme",
+                    "sources": [
+                        {
+                            "name": "api",
+                            "kind": "rest_api",
+                            "base_url": server.url,
+                            "resources": [
+                                {
+                                    "name": "items",
+                                    "path": "items",
+                                    "data_selector": "items",
+                                    "primary_key": "id",
+                                    "paginator": {
+                                        "type": "page_number",
+                                        "page_param": "page",
+                                        "base_page": 1,
+                                        "total_path": None,
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ],
+            pg_url,
+        )
+        env = {
+            **os.environ,
+            "ETL_TENANTS_FILE": str(tenants),
+            "ETL_WAREHOUSE_URL": pg_url,
+            "DAGSTER_HOME": str(dagster_home),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CRASH_SCRIPT, DAY.isoformat()],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "crash.log", "w"),
+        )
         try:
             deadline = time.time() + 120
             while not any(int(r.arg("page") or 1) == 3 for r in server.hits("/items")):

@@ -66,9 +66,9 @@ def test_jsonplaceholder_header_link_pagination(tmp_path, server, fixtures_dir):
     assert counts == {"users": 10, "posts": 100, "comments": 500, "todos": 200}
     assert source.etl_stats.pages_by_resource == {"users": 4, "posts": 4, "comments": 5, "todos": 4}
     # raw as received: original names and nesting kept in _etl_record
-    record, position, key, day = _rows(
-        conn, "users", "_etl_record, _etl_position, _etl_row_key, _etl_partition_date"
-    )[0]
+    record, position, key, day = _rows(conn, "users", "_etl_record, _etl_position, _etl_row_key, _etl_partition_date")[
+        0
+    ]
     original = json.loads(record)
     assert original["company"]["catchPhrase"] and original["address"]["geo"]["lat"]
     assert position.startswith(server.url + "/users?_page=") and key == str(original["id"]) and day == DAY
@@ -81,8 +81,9 @@ def test_jsonplaceholder_header_link_pagination(tmp_path, server, fixtures_dir):
 
 def test_reload_same_partition_keeps_one_copy(tmp_path, server, fixtures_dir):
     serve_jsonplaceholder(server, fixtures_dir / "jsonplaceholder", resources=("posts",))
-    cfg = _config(server.url, [{"name": "posts", "path": "posts", "params": {"_page": 1, "_limit": 40},
-                                "primary_key": "id"}])
+    cfg = _config(
+        server.url, [{"name": "posts", "path": "posts", "params": {"_page": 1, "_limit": 40}, "primary_key": "id"}]
+    )
     _load(tmp_path, build_rest_api_source(cfg, _ctx())).close()
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     assert _rows(conn, "posts", "count(*), count(DISTINCT _etl_row_key)") == [(100, 100)]
@@ -90,8 +91,9 @@ def test_reload_same_partition_keeps_one_copy(tmp_path, server, fixtures_dir):
 
 def test_snapshot_over_several_days_is_one_copy_per_day(tmp_path, server):
     server.route("/items", lambda r: Response(200, [{"id": 1}, {"id": 2}]))
-    cfg = _config(server.url, [{"name": "items", "path": "items", "primary_key": "id",
-                                "paginator": {"type": "single_page"}}])
+    cfg = _config(
+        server.url, [{"name": "items", "path": "items", "primary_key": "id", "paginator": {"type": "single_page"}}]
+    )
     days = (DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2))
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx(days)))
     per_day = _rows(conn, "items", "_etl_partition_date, count(*)", "GROUP BY 1 ORDER BY 1")
@@ -125,8 +127,9 @@ def _flaky(statuses: list[Response], final):
 )
 def test_transient_errors_are_retried(tmp_path, server, failures):
     server.route("/items", _flaky(failures, lambda r: Response(200, [{"id": 1}])))
-    cfg = _config(server.url, [{"name": "items", "path": "items", "primary_key": "id",
-                                "paginator": {"type": "single_page"}}])
+    cfg = _config(
+        server.url, [{"name": "items", "path": "items", "primary_key": "id", "paginator": {"type": "single_page"}}]
+    )
     started = time.monotonic()
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     assert _rows(conn, "items", "count(*)") == [(1,)]
@@ -167,8 +170,11 @@ def test_persistent_failure_names_url_and_status_without_secret(tmp_path, server
 def test_unauthorized_is_permanent(tmp_path, server, monkeypatch):
     monkeypatch.setenv("ACME_TOKEN", "tok-secret-999")
     server.route("/items", lambda r: Response(401, {"error": "bad token"}))
-    cfg = _config(server.url, [{"name": "items", "path": "items", "paginator": {"type": "single_page"}}],
-                  auth={"type": "bearer", "token_env": "ACME_TOKEN"})
+    cfg = _config(
+        server.url,
+        [{"name": "items", "path": "items", "paginator": {"type": "single_page"}}],
+        auth={"type": "bearer", "token_env": "ACME_TOKEN"},
+    )
     with pytest.raises(Exception) as err:
         _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     from etl_platform.assets.errors import classify, failure_for
@@ -187,22 +193,35 @@ def test_total_larger_than_data_stops_on_empty_page(tmp_path, server):
         return Response(200, {"total": 1000, "items": data[(page - 1) * 3 : page * 3]})
 
     server.route("/items", handle)
-    cfg = _config(server.url, [{"name": "items", "path": "items", "data_selector": "items", "primary_key": "id",
-                                "paginator": {"type": "page_number", "page_param": "page", "base_page": 1,
-                                              "total_path": None}}])
+    cfg = _config(
+        server.url,
+        [
+            {
+                "name": "items",
+                "path": "items",
+                "data_selector": "items",
+                "primary_key": "id",
+                "paginator": {"type": "page_number", "page_param": "page", "base_page": 1, "total_path": None},
+            }
+        ],
+    )
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     assert _rows(conn, "items", "count(*)") == [(7,)]
     assert len(server.hits("/items")) == 4
 
 
 def test_empty_page_before_the_end_and_next_link_to_another_path(tmp_path, server):
-    pages = {"/v1/items": ([{"id": 1}, {"id": 2}], "/v1/items-page2"), "/v1/items-page2": ([], "/archive/items"),
-             "/archive/items": ([{"id": 3}], None)}
+    pages = {
+        "/v1/items": ([{"id": 1}, {"id": 2}], "/v1/items-page2"),
+        "/v1/items-page2": ([], "/archive/items"),
+        "/archive/items": ([{"id": 3}], None),
+    }
     for path, (items, nxt) in pages.items():
         headers = {"Link": f'<{server.url}{nxt}>; rel="next"'} if nxt else {}
         server.route(path, lambda r, items=items, headers=headers: Response(200, items, headers))
-    cfg = _config(server.url, [{"name": "items", "path": "v1/items", "primary_key": "id"}],
-                  paginator={"type": "header_link"})
+    cfg = _config(
+        server.url, [{"name": "items", "path": "v1/items", "primary_key": "id"}], paginator={"type": "header_link"}
+    )
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     assert sorted(r[0] for r in _rows(conn, "items", "id")) == [1, 2, 3]
     positions = {r[0] for r in _rows(conn, "items", "_etl_position")}
@@ -217,8 +236,18 @@ def test_repeated_cursor_stops(tmp_path, server):
         return Response(200, {"data": [{"id": 2}], "next": "abc"})  # the same cursor forever
 
     server.route("/items", handle)
-    cfg = _config(server.url, [{"name": "items", "path": "items", "data_selector": "data", "primary_key": "id",
-                                "paginator": {"type": "cursor", "cursor_path": "next", "cursor_param": "cursor"}}])
+    cfg = _config(
+        server.url,
+        [
+            {
+                "name": "items",
+                "path": "items",
+                "data_selector": "data",
+                "primary_key": "id",
+                "paginator": {"type": "cursor", "cursor_path": "next", "cursor_param": "cursor"},
+            }
+        ],
+    )
     source = build_rest_api_source(cfg, _ctx())
     conn = _load(tmp_path, source)
     assert sorted(r[0] for r in _rows(conn, "items", "id")) == [1, 2]
@@ -228,8 +257,9 @@ def test_repeated_cursor_stops(tmp_path, server):
 
 def test_repeated_next_link_stops(tmp_path, server):
     server.route("/items", lambda r: Response(200, [{"id": 1}], {"Link": f'<{server.url}/items>; rel="next"'}))
-    cfg = _config(server.url, [{"name": "items", "path": "items", "primary_key": "id"}],
-                  paginator={"type": "header_link"})
+    cfg = _config(
+        server.url, [{"name": "items", "path": "items", "primary_key": "id"}], paginator={"type": "header_link"}
+    )
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     assert _rows(conn, "items", "count(*)") == [(1,)]  # deduplicated on the row key
     assert len(server.hits("/items")) <= 3
@@ -243,7 +273,10 @@ def test_auth_bearer_basic_and_api_key_header(tmp_path, server, monkeypatch):
     server.route("/items", lambda r: Response(200, [{"id": 1}]))
     for auth, expect in [
         ({"type": "bearer", "token_env": "T_TOKEN"}, ("Authorization", "Bearer tok1")),
-        ({"type": "http_basic", "username_env": "T_USER", "password_env": "T_PASS"}, ("Authorization", "Basic YWxpY2U6cHc=")),
+        (
+            {"type": "http_basic", "username_env": "T_USER", "password_env": "T_PASS"},
+            ("Authorization", "Basic YWxpY2U6cHc="),
+        ),
         ({"type": "api_key", "name": "X-Key", "api_key_env": "T_KEY"}, ("X-Key", "k1")),
     ]:
         cfg = _config(server.url, [{"name": "items", "path": "items", "paginator": {"type": "single_page"}}], auth=auth)
@@ -255,11 +288,20 @@ def test_oauth2_client_credentials(tmp_path, server, monkeypatch):
     monkeypatch.setenv("CID", "client-1")
     monkeypatch.setenv("CSECRET", "s3cret")
     server.route("/oauth/token", lambda r: Response(200, {"access_token": "granted", "expires_in": 3600}))
-    server.route("/items", lambda r: Response(200, [{"id": 1}]) if r.headers.get("Authorization") == "Bearer granted"
-                 else Response(401))
-    cfg = _config(server.url, [{"name": "items", "path": "items", "paginator": {"type": "single_page"}}],
-                  auth={"type": "oauth2_client_credentials", "token_url": f"{server.url}/oauth/token",
-                        "client_id_env": "CID", "client_secret_env": "CSECRET"})
+    server.route(
+        "/items",
+        lambda r: Response(200, [{"id": 1}]) if r.headers.get("Authorization") == "Bearer granted" else Response(401),
+    )
+    cfg = _config(
+        server.url,
+        [{"name": "items", "path": "items", "paginator": {"type": "single_page"}}],
+        auth={
+            "type": "oauth2_client_credentials",
+            "token_url": f"{server.url}/oauth/token",
+            "client_id_env": "CID",
+            "client_secret_env": "CSECRET",
+        },
+    )
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     assert _rows(conn, "items", "count(*)") == [(1,)]
     assert b"s3cret" in server.hits("/oauth/token")[0].body or "Authorization" in server.hits("/oauth/token")[0].headers
@@ -280,10 +322,18 @@ def test_incremental_window_is_sent_and_enforced(tmp_path, server):
         {"id": 4, "updated_at": "2024-05-02T00:00:00Z"},
     ]
     server.route("/items", lambda r: Response(200, rows))  # ignores the filter: the client enforces it
-    cfg = _config(server.url, [{"name": "items", "path": "items", "primary_key": "id",
-                                "paginator": {"type": "single_page"},
-                                "incremental": {"cursor_path": "updated_at", "start_param": "since",
-                                                "end_param": "until"}}])
+    cfg = _config(
+        server.url,
+        [
+            {
+                "name": "items",
+                "path": "items",
+                "primary_key": "id",
+                "paginator": {"type": "single_page"},
+                "incremental": {"cursor_path": "updated_at", "start_param": "since", "end_param": "until"},
+            }
+        ],
+    )
     conn = _load(tmp_path, build_rest_api_source(cfg, _ctx()))
     assert sorted(r[0] for r in _rows(conn, "items", "id")) == [2, 3]
     sent = server.hits("/items")[0]

@@ -90,8 +90,12 @@ def test_secret_value_where_env_name_expected(tmp_path):
 
 
 def test_credentials_in_url_are_refused(tmp_path):
-    source = {"name": "api", "kind": "rest_api", "base_url": "https://user:pw@api.test", "resources": [
-        {"name": "items", "path": "items"}]}
+    source = {
+        "name": "api",
+        "kind": "rest_api",
+        "base_url": "https://user:pw@api.test",
+        "resources": [{"name": "items", "path": "items"}],
+    }
     with pytest.raises(TenantsFileError, match="must not embed credentials"):
         _load(tmp_path, [{"id": "acme", "sources": [source]}])
 
@@ -108,10 +112,13 @@ def test_unknown_field_is_named(tmp_path):
 
 def test_source_name_must_mean_one_kind(tmp_path):
     with pytest.raises(TenantsFileError, match="source 'files'.*one kind everywhere"):
-        _load(tmp_path, [
-            {"id": "a", "sources": [_csv()]},
-            {"id": "b", "sources": [{"name": "files", "kind": "rss", "url": "f.xml"}]},
-        ])
+        _load(
+            tmp_path,
+            [
+                {"id": "a", "sources": [_csv()]},
+                {"id": "b", "sources": [{"name": "files", "kind": "rss", "url": "f.xml"}]},
+            ],
+        )
 
 
 def test_missing_file(tmp_path):
@@ -143,8 +150,9 @@ def test_secret_reads_env_at_run_time(monkeypatch):
 
 def test_all_errors_reported_together(tmp_path):
     with pytest.raises(TenantsFileError) as err:
-        parse_registry({"tenants": [{"id": "Bad"}, {"id": "ok", "sources": [{"name": "x", "kind": "csv"}]}]},
-                       tmp_path / "t.yaml")
+        parse_registry(
+            {"tenants": [{"id": "Bad"}, {"id": "ok", "sources": [{"name": "x", "kind": "csv"}]}]}, tmp_path / "t.yaml"
+        )
     assert "tenant 'Bad'" in str(err.value) and "tenant 'ok', source 'x'" in str(err.value)
 
 

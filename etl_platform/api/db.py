@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import orjson
+import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
 
 from etl_platform.warehouse import Connection, Warehouse, WarehouseError
@@ -30,12 +32,10 @@ class PgPool:
             options += f" -c statement_timeout={int(statement_timeout_ms)}"
         self._options = options
         self._slots = threading.BoundedSemaphore(size)
-        self._idle: list = []
+        self._idle: list[psycopg.Connection] = []
         self._lock = threading.Lock()
 
-    def _connect(self):  # -> psycopg.Connection
-        import psycopg
-
+    def _connect(self) -> psycopg.Connection:
         try:
             conn = psycopg.connect(
                 self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
@@ -49,9 +49,6 @@ class PgPool:
     def run(self, fn: Callable[[Connection], T]) -> T:
         """Call `fn` with a pooled connection; a reused connection found broken (server
         restarted) is replaced once."""
-        import psycopg
-        from psycopg.pq import TransactionStatus
-
         if not self._slots.acquire(timeout=self.wait_timeout_s):
             raise WarehouseError("no free warehouse connection (pool exhausted)")
         try:
@@ -63,21 +60,22 @@ class PgPool:
                 try:
                     result = fn(Connection(raw, "postgres"))
                 except psycopg.OperationalError as exc:
+                    broken = raw.broken
                     raw.close()
-                    if reused and raw.broken:
+                    if reused and broken:
                         continue
                     raise WarehouseError(f"warehouse query failed: {str(exc).strip()}") from exc
                 except BaseException:
-                    self._release(raw, TransactionStatus)
+                    self._release(raw)
                     raise
-                self._release(raw, TransactionStatus)
+                self._release(raw)
                 return result
             raise AssertionError("unreachable")
         finally:
             self._slots.release()
 
-    def _release(self, raw, status) -> None:
-        if raw.closed or raw.info.transaction_status != status.IDLE:
+    def _release(self, raw: psycopg.Connection) -> None:
+        if raw.closed or raw.info.transaction_status != TransactionStatus.IDLE:
             raw.close()
             return
         with self._lock:

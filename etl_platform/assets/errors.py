@@ -37,8 +37,15 @@ def http_status(exc: BaseException) -> int | None:
 def classify(exc: BaseException) -> str:
     """`permanent` when retrying cannot help: bad config, auth, schema contract violation."""
     names = {type(e).__name__ for e in _chain(exc)}
-    if names & {"TenantsFileError", "PermanentSourceError", "DataValidationError", "ValidationError",
-                "KeyError", "FileNotFoundError", "UnicodeDecodeError"}:
+    if names & {
+        "TenantsFileError",
+        "PermanentSourceError",
+        "DataValidationError",
+        "ValidationError",
+        "KeyError",
+        "FileNotFoundError",
+        "UnicodeDecodeError",
+    }:
         return PERMANENT
     if any(isinstance(e, (TenantsFileError, ValueError)) and "environment variable" in str(e) for e in _chain(exc)):
         return PERMANENT

@@ -1,7 +1,6 @@
 """`normalized/records`: every raw row of the partition as one unified record (or a reject),
 with its data-quality checks evaluated on the partition it just wrote."""
 
-
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,7 +86,11 @@ def _metadata(results: list[NormalizeResult]) -> dict[str, Any]:
         "rejects": MetadataValue.int(sum(r.rejects for r in results)),
         "ingest_rejects": MetadataValue.int(sum(r.ingest_rejects for r in results)),
         "reject_reasons": MetadataValue.json(
-            {reason: sum(r.reject_reasons.get(reason, 0) for r in results) for r in results for reason in r.reject_reasons}
+            {
+                reason: sum(r.reject_reasons.get(reason, 0) for r in results)
+                for r in results
+                for reason in r.reject_reasons
+            }
         ),
         "by_tenant": MetadataValue.json(
             {
@@ -102,4 +105,3 @@ def _metadata(results: list[NormalizeResult]) -> dict[str, Any]:
             }
         ),
     }
-

@@ -1,16 +1,15 @@
 """Data-quality checks on `records`: key uniqueness, required columns, reconciliation with
 raw rows, freshness per tenant; and schema drift on every raw asset."""
 
-
 import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetChecksDefinition,
     AssetKey,
     DagsterInstance,
     MetadataValue,
@@ -147,9 +146,9 @@ def evaluate_freshness(warehouse: Warehouse, tenants: list[TenantConfig], now: d
         for tenant in tenants:
             newest = None
             if conn.table_exists(tenant.dataset, RECORDS_TABLE):
-                newest = conn.query(
-                    f"SELECT max(normalized_at) FROM {quote(tenant.dataset)}.{quote(RECORDS_TABLE)}"
-                )[0][0]
+                newest = conn.query(f"SELECT max(normalized_at) FROM {quote(tenant.dataset)}.{quote(RECORDS_TABLE)}")[
+                    0
+                ][0]
             if newest is None:
                 ages[tenant.id] = None
                 stale.append(tenant.id)

@@ -6,7 +6,6 @@ through its own pipeline (`etl__<tenant>__<source>`) into its own dataset
 (`tenant_<id>`), and the run yields one result per asset with the tenants' figures.
 """
 
-
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,8 +26,8 @@ from dagster_dlt.translator import DltResourceTranslatorData
 from etl_platform.assets.errors import classify, failure_for
 from etl_platform.automation.tags import ensure_run_tags
 from etl_platform.config.settings import get_settings
-from etl_platform.normalize.drift import observed_schema
 from etl_platform.config.tenants import Registry, RestApiSource, SourceConfig, load_registry
+from etl_platform.normalize.drift import observed_schema
 from etl_platform.partitions import days_by_tenant, tenant_date_partitions
 from etl_platform.sources import lineage
 from etl_platform.sources.build import build_source
@@ -132,7 +131,9 @@ def _raw_assets(source_name: str, kind: str, template: Any, pipeline: Any, wareh
     return _load
 
 
-def load_raw(context: AssetExecutionContext, dlt_resource: DagsterDltResource, source_name: str) -> Iterator[MaterializeResult]:
+def load_raw(
+    context: AssetExecutionContext, dlt_resource: DagsterDltResource, source_name: str
+) -> Iterator[MaterializeResult]:
     """Load every tenant × day of the run's partitions for one source; one result per asset."""
     ensure_run_tags(context)
     registry = load_registry()
@@ -302,13 +303,18 @@ def _summarize(figures: dict[str, Any]) -> dict[str, Any]:
     """Asset metadata: totals plus a per-tenant breakdown; never secrets."""
     tenants = figures["tenants"]
     total = sum(int(t.get("rows_loaded", 0)) for t in tenants.values())
-    meta: dict[str, Any] = {"rows_loaded": MetadataValue.int(total), "tenants": MetadataValue.json(
-        {tid: {k: v for k, v in t.items() if k not in ("column_schema",)} for tid, t in tenants.items()}
-    )}
+    meta: dict[str, Any] = {
+        "rows_loaded": MetadataValue.int(total),
+        "tenants": MetadataValue.json(
+            {tid: {k: v for k, v in t.items() if k not in ("column_schema",)} for tid, t in tenants.items()}
+        ),
+    }
     for name in ("pages", "bytes", "rejects", "outside_window", "duration_s"):
         values = [t[name] for t in tenants.values() if isinstance(t.get(name), (int, float))]
         if values:
-            meta[name] = MetadataValue.float(float(sum(values))) if name == "duration_s" else MetadataValue.int(int(sum(values)))
+            meta[name] = (
+                MetadataValue.float(float(sum(values))) if name == "duration_s" else MetadataValue.int(int(sum(values)))
+            )
     changes = sorted({c for t in tenants.values() for c in t.get("schema_changes", [])})
     meta["schema_changes"] = MetadataValue.json(changes)
     warnings = [f"{tid}: {t['warning']}" for tid, t in tenants.items() if t.get("warning")]
@@ -321,5 +327,3 @@ def _summarize(figures: dict[str, Any]) -> dict[str, Any]:
     if len(names) == 1:
         meta["dagster/table_name"] = names[0]
     return meta
-
-

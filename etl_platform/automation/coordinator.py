@@ -27,9 +27,7 @@ class PlatformRunCoordinator(QueuedRunCoordinator):
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
         try:
-            missing = missing_platform_tags(
-                run.tags, run.asset_selection, _registered(self._instance), run.job_name
-            )
+            missing = missing_platform_tags(run.tags, run.asset_selection, _registered(self._instance), run.job_name)
         except Exception as exc:  # noqa: BLE001 - never refuse a run over its tags
             self._logger.warning(f"run {run.run_id}: could not derive the platform's tags: {exc}")
             missing = {}

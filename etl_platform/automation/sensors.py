@@ -1,6 +1,5 @@
 """Sensors: tenant onboarding (tenants file → `tenant` partitions) and retries with backoff."""
 
-
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from etl_platform.automation.onboarding import plan_sync, registered_tenants

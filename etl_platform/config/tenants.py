@@ -59,9 +59,7 @@ class TenantsFileError(ValueError):
 
 def _env_name(value: str | None) -> str | None:
     if value is not None and not ENV_NAME.match(value):
-        raise ValueError(
-            "must name an environment variable (UPPER_SNAKE_CASE), not hold a secret or value"
-        )
+        raise ValueError("must name an environment variable (UPPER_SNAKE_CASE), not hold a secret or value")
     return value
 
 
@@ -113,9 +111,7 @@ class OAuth2ClientCredentials(_Model):
     scopes: list[str] = []
 
 
-Auth = Annotated[
-    BearerAuth | ApiKeyAuth | BasicAuth | OAuth2ClientCredentials, Field(discriminator="type")
-]
+Auth = Annotated[BearerAuth | ApiKeyAuth | BasicAuth | OAuth2ClientCredentials, Field(discriminator="type")]
 
 # --- rest_api ---------------------------------------------------------------------------------
 
@@ -249,6 +245,7 @@ class FeedSource(_SourceBase):
         if re.match(r"^[a-z][a-z0-9+.-]*://", v) and not re.match(r"^(https?|file)://", v):
             raise ValueError("must be an http(s) URL or a local path")
         return v
+
     # true: every entry belongs to each loaded day (feeds that republish their history);
     # false: an entry belongs to the day of its published/updated time
     snapshot: bool = False
@@ -451,9 +448,7 @@ def load_registry(path: str | Path | None = None) -> Registry:
         path = get_settings().tenants_file
     path = Path(path)
     if not path.exists():
-        raise TenantsFileError(
-            f"tenants file not found: {path} (set ETL_TENANTS_FILE or create tenants.yaml)"
-        )
+        raise TenantsFileError(f"tenants file not found: {path} (set ETL_TENANTS_FILE or create tenants.yaml)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -97,9 +97,7 @@ def _stage(conn: Connection, selects: list[str]) -> None:
 
 
 def _count(conn: Connection, result: NormalizeResult) -> None:
-    rows = conn.query(
-        f"SELECT raw_table, reject_reason IS NULL AS ok, count(*) FROM {STAGE} GROUP BY 1, 2"
-    )
+    rows = conn.query(f"SELECT raw_table, reject_reason IS NULL AS ok, count(*) FROM {STAGE} GROUP BY 1, 2")
     for table, ok, count in rows:
         entry = result.by_table.setdefault(table, {"raw_rows": 0, "records": 0, "rejects": 0})
         entry["raw_rows"] += count

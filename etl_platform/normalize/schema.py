@@ -72,6 +72,5 @@ def ensure_tables(conn: Connection, schema: str) -> None:
             "(sort_at DESC, record_id DESC)"
         )
         conn.execute(
-            f"CREATE INDEX IF NOT EXISTS records_event_date_idx ON {quote(schema)}.{quote(RECORDS_TABLE)} "
-            "(event_date)"
+            f"CREATE INDEX IF NOT EXISTS records_event_date_idx ON {quote(schema)}.{quote(RECORDS_TABLE)} (event_date)"
         )

@@ -162,9 +162,7 @@ def _page_recorder(resource: str, stats: RestStats, secret_params: list[str]) ->
     return record_page
 
 
-def _stamp(
-    resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats
-) -> Any:
+def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats) -> Any:
     """A yield-map step: original record + lineage; one row per day for snapshots."""
     cursor = resource.incremental.cursor_path if resource.incremental else source.event_time
     pk = resource.primary_key
