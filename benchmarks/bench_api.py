@@ -6,12 +6,15 @@ a walk of consecutive pages, and requests/s under concurrent load. Prints a tabl
 Needs the PostgreSQL server of ETL_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
 creates a fresh database, bulk-loads it with COPY, runs uvicorn (one worker) in a subprocess on
 127.0.0.1, and drops the database afterwards. The target is p95 < 10 ms for a 50-row page.
+Sequential latencies use a light stdlib client (httpx costs the shared CPUs more than the API
+does); the concurrent load runs once with httpx threads and once with stdlib threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import os
 import random
@@ -24,8 +27,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
+import orjson
 import psycopg
 
 from etl_platform.api.cursor import encode_cursor
@@ -123,12 +128,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(client: httpx.Client, params: dict) -> tuple[float, dict]:
+def backend_pids(url: str) -> list[int]:
+    """The PostgreSQL server processes serving the API's pooled connections."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'etl-platform-api'")
+        return [r[0] for r in rows.fetchall()]
+
+
+def cpu_of(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def timed(client: httpx.Client | LightClient, params: dict) -> tuple[float, dict]:
+    """(milliseconds, decoded body) of one GET /data."""
     started = time.perf_counter()
-    response = client.get("/data", params=params)
+    if isinstance(client, LightClient):
+        content = client.get("/data?" + urlencode(params))
+    else:
+        response = client.get("/data", params=params)
+        response.raise_for_status()
+        content = response.content
     elapsed = (time.perf_counter() - started) * 1000
-    response.raise_for_status()
-    return elapsed, response.json()
+    return elapsed, orjson.loads(content)
+
+
+class LightClient:
+    """A keep-alive stdlib HTTP client for the sequential latency figures: it costs the shared
+    CPUs less than httpx, so the figures say more about the API than about the client."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        self.headers = {"Authorization": f"Bearer {KEY}"}
+
+    def get(self, path: str) -> bytes:
+        self.conn.request("GET", path, headers=self.headers)
+        response = self.conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+        return body
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def summary(name: str, latencies: list[float], server: list[float], rows: int) -> tuple:
@@ -138,20 +186,20 @@ def summary(name: str, latencies: list[float], server: list[float], rows: int) -
     return (name, len(latencies), rows, statistics.median(latencies), p95, p99, statistics.median(server))
 
 
-def repeat(client: httpx.Client, pid: int, name: str, params: dict, n: int) -> tuple:
+def repeat(client: LightClient, pids: tuple[int, list[int]], name: str, params: dict, n: int) -> tuple:
     lat, srv, rows = [], [], 0
-    cpu = cpu_seconds(pid)
+    api, pg = cpu_seconds(pids[0]), cpu_of(pids[1])
     for _ in range(n):
         ms, body = timed(client, params)
         lat.append(ms)
         srv.append(body["metadata"]["api_latency_ms"])
         rows = len(body["data"])
-    return (*summary(name, lat, srv, rows), (cpu_seconds(pid) - cpu) * 1000 / n)
+    return (*summary(name, lat, srv, rows), (cpu_seconds(pids[0]) - api) * 1000 / n, (cpu_of(pids[1]) - pg) * 1000 / n)
 
 
-def walk(client: httpx.Client, pid: int, name: str, cursor: str | None, pages: int) -> tuple:
+def walk(client: LightClient, pids: tuple[int, list[int]], name: str, cursor: str | None, pages: int) -> tuple:
     lat, srv, rows, seen = [], [], 0, set()
-    cpu = cpu_seconds(pid)
+    api, pg = cpu_seconds(pids[0]), cpu_of(pids[1])
     for _ in range(pages):
         ms, body = timed(client, {"limit": 50, **({"cursor": cursor} if cursor else {})})
         lat.append(ms)
@@ -162,30 +210,39 @@ def walk(client: httpx.Client, pid: int, name: str, cursor: str | None, pages: i
         if cursor is None:
             break
     assert len(seen) == rows, "a walk repeated rows"
-    return (*summary(name, lat, srv, rows), (cpu_seconds(pid) - cpu) * 1000 / len(lat))
+    n = len(lat)
+    return (*summary(name, lat, srv, rows), (cpu_seconds(pids[0]) - api) * 1000 / n, (cpu_of(pids[1]) - pg) * 1000 / n)
 
 
-def load_test(base: str, cursors: list[str | None], threads: int, seconds: float, max_requests: int) -> tuple:
-    """`threads` keep-alive clients request random pages until the time or request budget ends."""
+def load_test(base: str, cursors: list[str | None], threads: int, seconds: float, max_requests: int,
+              kind: str = "httpx") -> tuple:
+    """`threads` keep-alive clients (httpx, or the stdlib LightClient) request random pages until
+    the time or the request budget runs out."""
     lat: list[float] = []
-    lock, stop = threading.Lock(), time.monotonic() + seconds
+    lock, done, deadline = threading.Lock(), threading.Event(), time.monotonic() + seconds
     errors = [0]
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as client:
-            while time.monotonic() < stop:
+        client: httpx.Client | LightClient = (
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+            if kind == "httpx" else LightClient(base)
+        )
+        try:
+            while not done.is_set() and time.monotonic() < deadline:
                 cursor = rng.choice(cursors)
                 try:
                     ms, _ = timed(client, {"limit": 50, **({"cursor": cursor} if cursor else {})})
-                except httpx.HTTPError:
+                except (httpx.HTTPError, OSError, RuntimeError):
                     with lock:
                         errors[0] += 1
                     continue
                 with lock:
                     lat.append(ms)
                     if len(lat) >= max_requests:
-                        return
+                        done.set()
+        finally:
+            client.close()
 
     started = time.perf_counter()
     pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
@@ -195,7 +252,8 @@ def load_test(base: str, cursors: list[str | None], threads: int, seconds: float
         t.join()
     elapsed = time.perf_counter() - started
     lat.sort()
-    return len(lat), elapsed, len(lat) / elapsed, statistics.median(lat), lat[int(len(lat) * 0.95) - 1], errors[0]
+    return (kind, len(lat), elapsed, len(lat) / elapsed, statistics.median(lat), lat[int(len(lat) * 0.95) - 1],
+            errors[0])
 
 
 def main() -> None:
@@ -213,16 +271,18 @@ def main() -> None:
         print(f"loading {args.rows:,} rows with COPY ...", flush=True)
         load_s = load(url, args.rows)
         active = sum(1 for i in range(args.rows) if i % 50 != 0)
-        deep_offset = min(900_000, int(active * 0.9))
+        deep_offset = min(900_000, active - active // 20)
         walk_offset = max(0, active - args.pages * 50)
         deep, walk_from = cursor_at(url, deep_offset), cursor_at(url, walk_offset) if walk_offset else None
         with tempfile.TemporaryDirectory() as tmp:
             proc, base = start_server(url, Path(tmp))
-            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as client:
+            client = LightClient(base)
+            try:
                 for _ in range(200):  # warm-up: connections, prepared statements
                     timed(client, {"limit": 50})
                     timed(client, {"limit": 50, "cursor": deep})
-                pid = proc.pid
+                pid = (proc.pid, backend_pids(url))
+                load_before = os.getloadavg()
                 results = [
                     repeat(client, pid, "first page", {"limit": 50}, args.requests),
                     repeat(client, pid, f"deep page (after {deep_offset:,} rows)", {"limit": 50, "cursor": deep},
@@ -233,8 +293,11 @@ def main() -> None:
                            args.requests),
                     walk(client, pid, f"walk {args.pages:,} pages from row {walk_offset:,}", walk_from, args.pages),
                 ]
+            finally:
+                client.close()
             cursors = [None, deep, *[cursor_at(url, o) for o in range(50_000, deep_offset, 150_000)]]
-            load_result = load_test(base, cursors, args.threads, args.seconds, 100_000)
+            loads = [load_test(base, cursors, args.threads, args.seconds, 100_000, kind)
+                     for kind in ("httpx", "stdlib")]
     finally:
         if proc is not None:
             proc.terminate()
@@ -244,20 +307,23 @@ def main() -> None:
     print(f"\nPostgreSQL, {args.rows:,} records ({active:,} active), COPY + index + ANALYZE in {load_s:.1f}s;"
           " uvicorn, 1 worker, loopback, keep-alive\n")
     head = f"{'measurement':<42}{'requests':>9}{'rows/page':>10}{'median ms':>11}{'p95 ms':>9}{'p99 ms':>9}"
-    print(head + f"{'server ms':>11}{'API CPU ms':>12}")
-    print("-" * (len(head) + 23))
-    for name, n, rows, med, p95, p99, srv, cpu in results:
-        print(f"{name:<42}{n:>9}{rows:>10}{med:>11.2f}{p95:>9.2f}{p99:>9.2f}{srv:>11.2f}{cpu:>12.2f}")
-    n, elapsed, rps, med, p95, errors = load_result
-    print(f"\nconcurrent load: {args.threads} threads, {n:,} requests in {elapsed:.1f}s -> {rps:,.0f} requests/s "
-          f"(median {med:.2f} ms, p95 {p95:.2f} ms, {errors} errors)")
+    print(head + f"{'server ms':>11}{'API CPU ms':>12}{'PG CPU ms':>11}")
+    print("-" * (len(head) + 34))
+    for name, n, rows, med, p95, p99, srv, cpu, pg in results:
+        print(f"{name:<42}{n:>9}{rows:>10}{med:>11.2f}{p95:>9.2f}{p99:>9.2f}{srv:>11.2f}{cpu:>12.2f}{pg:>11.2f}")
+    print()
+    for kind, n, elapsed, rps, med, p95, errors in loads:
+        print(f"concurrent load ({kind} clients): {args.threads} threads, {n:,} requests in {elapsed:.1f}s -> "
+              f"{rps:,.0f} requests/s (median {med:.2f} ms, p95 {p95:.2f} ms, {errors} errors)")
     worst = max(r[4] for r in results)
     print(f"target p95 < 10 ms per 50-row page (sequential): {'met' if worst < 10 else 'NOT met'} "
           f"(worst p95 {worst:.2f} ms)")
     print("server ms = median api_latency_ms reported by the API (request in, before the body is sent);")
-    print("API CPU ms = CPU time of the uvicorn process per request (independent of machine load);")
-    print(f"the client shares the machine's {os.cpu_count()} cores; load average at the end: "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("API CPU ms / PG CPU ms = CPU time per request of the uvicorn process / of its PostgreSQL")
+    print("  backends (unlike latencies, barely affected by other load on the machine);")
+    print(f"the clients share the machine's {os.cpu_count()} cores (load generator threads share one GIL);")
+    print(f"1-minute load average, other work on the machine included: {load_before[0]:.2f} at the start, "
+          f"{os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 run.tenant or "-",
                 run.partition or "-",
                 run.trigger or "-",
-                str(run.attempt),
+                str(run.attempt or 1),
                 f"{run.duration_s:.1f}s" if run.duration_s is not None else "-",
                 run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run.started_at else "-",
             )

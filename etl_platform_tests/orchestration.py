@@ -21,6 +21,16 @@ ITEMS = [{"id": i, "title": f"item {i}"} for i in range(1, 4)]
 RUN_SPECIFIC_COLUMNS = {"_etl_run_id", "_etl_extracted_at", "_dlt_load_id", "_dlt_id", "normalized_at", "raw_load_id"}
 
 
+def quiet_home(home: Path) -> Path:
+    """A DAGSTER_HOME whose runs capture no compute logs (no log-tailing processes per step)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\ncompute_logs:\n"
+        "  module: dagster._core.storage.noop_compute_log_manager\n  class: NoOpComputeLogManager\n"
+    )
+    return home
+
+
 class Switch:
     """An HTTP route that answers `status` until the test changes it (then the items)."""
 
@@ -142,7 +152,7 @@ def table_contents(warehouse_url: str, schema: str) -> dict[str, list[tuple]]:
             ]
             select = ", ".join(f'CAST("{c}" AS VARCHAR)' for c in columns)
             rows = conn.query(f'SELECT {select} FROM "{schema}"."{table}"')
-            out[table] = sorted(tuple(row) for row in rows)
+            out[table] = sorted((tuple(row) for row in rows), key=repr)
             out[f"{table}:columns"] = [tuple(columns)]
     return out
 

@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from etl_platform.api.cursor import decode_cursor, encode_cursor
+from etl_platform.normalize.schema import RECORD_COLUMNS
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.test_api_helpers import ADMIN_KEY, T0, auth, client, insert, row, walk
 
@@ -193,3 +194,20 @@ def test_constructed_cursor_starts_after_that_row(warehouse: Warehouse) -> None:
     cursor = encode_cursor(T0 + dt.timedelta(minutes=20), "github/pull_request/000020")
     got = ids(api.get("/data", params={"cursor": cursor, "limit": 3}, headers=auth("acme")))
     assert got == [f"github/pull_request/{n:06d}" for n in (19, 18, 17)]
+
+
+def test_row_json_is_the_same_on_both_backends(warehouse_url: str) -> None:
+    """Every column, typed: timestamps in UTC, JSON attributes as objects, NaN as null."""
+    wh = Warehouse(warehouse_url)
+    insert(wh, "acme", [row("acme", 1, value=float("nan"), created_at=T0, attributes='{"labels": ["a"], "x": 1.5}')])
+    api = client(wh)
+    record = api.get("/data", headers=auth("acme")).json()["data"][0]
+    single = api.get("/data/github/pull_request/000001", headers=auth("acme")).json()["data"]
+    for got in (record, single):
+        assert set(got) == set(RECORD_COLUMNS)
+        assert got["value"] is None and got["attributes"] == {"labels": ["a"], "x": 1.5}
+        assert got["event_date"] == "2024-03-01" and got["is_active"] is True and got["url"] is None
+        for column in ("created_at", "updated_at", "sort_at", "normalized_at"):
+            parsed = dt.datetime.fromisoformat(got[column].replace("Z", "+00:00"))
+            assert parsed.utcoffset() == dt.timedelta(0)
+        assert dt.datetime.fromisoformat(got["sort_at"].replace("Z", "+00:00")) == T0 + dt.timedelta(minutes=1)

@@ -267,3 +267,56 @@ def test_keyring_from_env(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError, match="'acme' and 'globex' have the same API key"):
         KeyRing.from_env(registry(), {"ACME_API_KEY": "same", "GLOBEX_API_KEY": "same"})
     assert KeyRing.from_env(registry(), {}).identify("anything") is None
+
+
+@pytest.mark.postgres
+def test_pool_replaces_connections_the_server_closed(pg_url: str) -> None:
+    """After the server drops the pooled connections (restart, failover), requests still succeed."""
+    import psycopg
+
+    wh = Warehouse(pg_url)
+    insert(wh, "acme", [row("acme", 1)])
+    api = client(wh)
+    assert api.get("/data", headers=auth("acme")).status_code == 200
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'etl-platform-api'"
+        ).fetchall()
+    assert killed
+    time.sleep(0.2)
+    response = api.get("/data", headers=auth("acme"))
+    assert response.status_code == 200 and len(response.json()["data"]) == 1
+
+
+@pytest.mark.postgres
+def test_concurrent_requests_share_a_bounded_pool(pg_url: str) -> None:
+    """40 concurrent pages with a pool of 3: all answer, over at most 3 server connections."""
+    import asyncio
+
+    import psycopg
+
+    wh = Warehouse(pg_url)
+    insert(wh, "acme", [row("acme", n) for n in range(120)])
+    settings = ApiSettings(rate_limit_per_minute=0, pg_pool_size=3)
+    app = client(wh, settings=settings).app
+    peak = []
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+            async def one(n: int) -> int:
+                response = await api.get("/data", params={"limit": 1 + n % 50}, headers=auth("acme"))
+                return len(response.json()["data"]) if response.status_code == 200 else -response.status_code
+
+            async def watch() -> None:
+                with psycopg.connect(pg_url) as conn:
+                    for _ in range(20):
+                        peak.append(conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                                 "WHERE application_name = 'etl-platform-api'").fetchone()[0])
+                        await asyncio.sleep(0.01)
+
+            results = await asyncio.gather(*(one(n) for n in range(40)), watch())
+            return results[:-1]
+
+    assert asyncio.run(main()) == [1 + n % 50 for n in range(40)]
+    assert max(peak) <= 3

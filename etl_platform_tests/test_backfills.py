@@ -23,7 +23,7 @@ from etl_platform.automation.onboarding import sync_tenants
 from etl_platform.config.tenants import load_registry
 from etl_platform.definitions import build_definitions
 from etl_platform.partitions import partition_key
-from etl_platform_tests.orchestration import csv_tenant, launch, stop_process, table_contents
+from etl_platform_tests.orchestration import csv_tenant, launch, quiet_home, stop_process, table_contents
 from etl_platform_tests.platform import write_tenants
 
 FIRST = dt.date(2024, 1, 1)
@@ -60,9 +60,8 @@ def test_single_run_backfill_equals_one_run_per_partition(
     tenants_file = platform_env(tenants, single_url)
 
     # --- the single-run backfill through the CLI, in its own DAGSTER_HOME and warehouse ---------
-    cli_home = tmp_path / "cli_home"
-    cli_home.mkdir()
-    (cli_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    cli_home = quiet_home(tmp_path / "cli_home")
+    quiet_home(dagster_home)
     cli_url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
     with DagsterInstance.from_ref(_ref(cli_home)) as cli_instance:
         sync_tenants(cli_instance, load_registry(tenants_file))
@@ -129,7 +128,7 @@ def test_single_run_backfill_equals_one_run_per_partition(
         assert all(row[columns.index("id")].startswith(f"{tenant}-") for row in events)
         assert not any(row[columns.index("id")].startswith((f"{tenant}--1-", f"{tenant}-{DAYS}-")) for row in events)
         assert len(single["catalog_rows"]) == DAYS * 3
-        assert len(single["records"]) == len(events) + DAYS * 3
+        assert len(single["records"]) == len(events) + 3  # snapshot rows upsert into one record per sku
 
     # --- the daily re-backfill: one ranged run per active tenant over the last 7 days ---------
     _rebackfill(tmp_path, tenants, single_url)
@@ -180,3 +179,63 @@ def _rebackfill(tmp_path: Path, tenants: list[dict], warehouse_url: str) -> None
     amounts = [r for r in t1["records"] if any("999999" in str(v) for v in r)]
     assert len(amounts) == 1  # normalized picked up the corrected row, no duplicate
     assert table_contents(warehouse_url, "tenant_t2") == before_t2
+
+
+def test_queue_tags_every_run_with_its_tenant(platform_env, dagster_home: Path, tmp_path: Path) -> None:
+    """The repo's dagster.yaml queue: runs submitted without platform tags (a UI backfill's
+    ranged run, a manual launch) get `etl/tenant` before the per-tenant limit looks at them."""
+    import yaml
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.run_coordinator.base import SubmitRunContext
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    repo_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(repo_config))
+    tenants = [csv_tenant(t, tmp_path / "data", FIRST, 3) for t in ("t1", "t2", "t3")]
+    platform_env(tenants, f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    with DagsterInstance.get() as instance:
+        coordinator = instance.run_coordinator
+        assert type(coordinator).__name__ == "PlatformRunCoordinator"
+        limits = {(limit["key"], limit["limit"]) for limit in coordinator.get_run_queue_config().tag_concurrency_limits}
+        assert {("etl/tenant", 1), ("dagster/partition/tenant", 1)} <= limits
+        assert coordinator.get_run_queue_config().max_concurrent_runs == 4
+        sync_tenants(instance, load_registry())
+        defs = build_definitions()
+        job = defs.resolve_job_def("ingest")
+
+        origin = RemoteJobOrigin(
+            RemoteRepositoryOrigin(
+                InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name="etl_platform.definitions")),
+                "__repository__",
+            ),
+            "ingest",
+        )
+
+        def submit(tags: dict[str, str], **kwargs):
+            run = instance.create_run_for_job(job, tags=tags, remote_job_origin=origin, **kwargs)
+            coordinator.submit_run(SubmitRunContext(run, workspace=None))
+            queued = instance.get_run_by_id(run.run_id)
+            assert queued.status == DagsterRunStatus.QUEUED
+            return queued.tags
+
+        one_tenant = submit(
+            {
+                "dagster/asset_partition_range_start": f"{day(0)}|t2",
+                "dagster/asset_partition_range_end": f"{day(2)}|t2",
+                "dagster/backfill": "abc",
+            }
+        )
+        assert one_tenant["etl/tenant"] == "t2" and one_tenant["etl/trigger"] == "backfill"
+        spanning = submit(
+            {"dagster/asset_partition_range_start": f"{day(0)}|t1", "dagster/asset_partition_range_end": f"{day(2)}|t3"}
+        )
+        assert "etl/tenant" not in spanning and spanning["etl/tenants"] == "t1,t2,t3"
+        manual = submit(job.partitions_def.get_tags_for_partition_key(str(partition_key("t3", day(1)))))
+        assert manual["etl/tenant"] == "t3" and manual["dagster/partition/tenant"] == "t3"
+        assert manual["etl/trigger"] == "manual"
+        one_source = submit(
+            {"dagster/partition": f"{day(1)}|t1"}, asset_selection=frozenset({RAW_EVENTS, RECORDS})
+        )
+        assert one_source["etl/source"] == "events" and one_source["etl/tenant"] == "t1"
+        scheduled = submit({"dagster/partition": f"{day(1)}|t1", "etl/tenant": "t1", "etl/trigger": "schedule"})
+        assert scheduled["etl/trigger"] == "schedule"  # tags already set are kept

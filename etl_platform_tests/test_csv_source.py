@@ -26,7 +26,7 @@ from etl_platform.sources.csv_files import (
     CsvStats,
     build_csv_source,
 )
-from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window
+from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
 from etl_platform_tests.servers import LocalServer, Response
 
 DATA = Path(__file__).parent / "data" / "csv"
@@ -133,7 +133,7 @@ def test_building_the_source_does_no_io_and_declares_the_raw_contract() -> None:
     lines, rejects = source.resources["lines"], source.resources["rejects"]
     assert lines.write_disposition == rejects.write_disposition == WRITE_DISPOSITION
     assert lines.compute_table_schema()["columns"]["_etl_record"]["data_type"] == "json"
-    assert (lines.schema_contract, rejects.schema_contract) == ("freeze", "evolve")
+    assert (lines.schema_contract, rejects.schema_contract) == (contract("freeze"), contract("evolve"))
     assert rejects.table_name == "rejects"
 
 

@@ -1,9 +1,12 @@
 """With `dagster-daemon run` (PostgreSQL run storage, the repo's dagster.yaml run queue): a run
 failing on a 500 is retried by the sensor with backoff, through the queue, until the source
-recovers and the retry succeeds."""
+recovers and the retry succeeds. Meanwhile three runs of another tenant, queued at once by
+`dagster job backfill` and `dagster job launch` (a ranged run without platform tags), run one
+at a time under the per-tenant limit."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +18,9 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from etl_platform.automation.onboarding import sync_tenants
 from etl_platform.config.settings import project_root
+from etl_platform.config.tenants import load_registry
 from etl_platform_tests.conftest import create_pg_database, drop_pg_database
 from etl_platform_tests.orchestration import Switch, rest_tenant, stop_process, wait_for
 from etl_platform_tests.platform import materialize, table_counts, write_tenants
@@ -40,7 +45,8 @@ def write_home(home: Path, storage_url: str) -> None:
     """The repo's dagster.yaml (run queue with the platform coordinator and its limits), on
     PostgreSQL storage, dequeuing every second."""
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    config["storage"] = {"postgres": {"postgres_url": storage_url}}
+    # psycopg2: dagster-postgres's NOTIFY with a bound parameter fails under psycopg 3 (SQLAlchemy 2.1's default)
+    config["storage"] = {"postgres": {"postgres_url": storage_url.replace("postgresql://", "postgresql+psycopg2://")}}
     config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
@@ -55,9 +61,29 @@ def retries_of(instance: DagsterInstance, parent: str) -> list:
     return instance.get_runs(RunsFilter(tags={"etl/parent_run_id": parent}))
 
 
+def finished(instance: DagsterInstance, tenant: str, count: int) -> list | None:
+    """The run records of `tenant` once `count` of them exist and all are finished."""
+    records = instance.get_run_records(RunsFilter(tags={"etl/tenant": tenant}))
+    if len(records) >= count and all(r.dagster_run.status in FINISHED for r in records):
+        return records
+    return None
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def cli(cwd: Path, *args: str) -> subprocess.Popen:
+    """A `dagster` CLI command in the background (its own session, stopped by PID)."""
+    return subprocess.Popen(
+        [bin_path("dagster"), *args], cwd=cwd, env={**os.environ}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
 @pytest.mark.daemon
 @pytest.mark.postgres
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_daemon_retries_until_the_source_recovers(
     tmp_path: Path, storage_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -81,13 +107,29 @@ def test_daemon_retries_until_the_source_recovers(
     with LocalServer() as server:
         switch = Switch(500)
         server.route("/items", switch)
-        write_tenants(tmp_path / "tenants.yaml", [rest_tenant("flaky", server, "/items")])
+        server.route("/steady", Switch(200))
+        tenants = [rest_tenant("flaky", server, "/items"), rest_tenant("steady", server, "/steady")]
+        write_tenants(tmp_path / "tenants.yaml", tenants)
         log = (tmp_path / "daemon.log").open("w")
+        workspace = str(home / "workspace.yaml")
         daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(home / "workspace.yaml")],
+            [bin_path("dagster-daemon"), "run", "-w", workspace],
             cwd=tmp_path, env={**os.environ}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+        clients: list[subprocess.Popen] = []
         try:
+            with DagsterInstance.get() as instance:
+                sync_tenants(instance, load_registry())
+            # three runs of tenant `steady` queued at once: two partitions, and a range as a manual launch
+            clients.append(cli(tmp_path, "job", "backfill", "-w", workspace, "-j", "ingest", "--noprompt",
+                               "--partitions", "2024-01-03|steady,2024-01-04|steady"))  # fmt: skip
+            ranged = {
+                "dagster/asset_partition_range_start": "2024-01-05|steady",
+                "dagster/asset_partition_range_end": "2024-01-06|steady",
+            }
+            clients.append(
+                cli(tmp_path, "job", "launch", "-w", workspace, "-j", "ingest", "--tags", json.dumps(ranged))
+            )
             with DagsterInstance.get() as instance:
                 # the first run fails for real: the source answers 500
                 first = materialize(instance, "flaky", DAY, raise_on_error=False, tags={"etl/trigger": "manual"})
@@ -127,8 +169,23 @@ def test_daemon_retries_until_the_source_recovers(
                 )  # fmt: skip
                 assert instance.get_run_by_id(root).tags["etl/retry"] == f"retried:{second.run_id}"
                 time.sleep(6)
-                assert len(instance.get_runs()) == 3
+                assert len(retries_of(instance, third.run_id)) == 0
+
+                # tenant `steady`: its three runs ran one at a time, each tagged with the tenant
+                for client in clients:
+                    assert client.wait(timeout=60) == 0, client.stdout.read() if client.stdout else ""
+                steady = wait_for(lambda: finished(instance, "steady", 3), 120, 1, "the steady tenant's runs")
+                assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in steady)
+                assert all(r.dagster_run.tags["etl/tenant"] == "steady" for r in steady)
+                ranged_run = next(r for r in steady if "dagster/asset_partition_range_start" in r.dagster_run.tags)
+                assert ranged_run.dagster_run.tags["etl/trigger"] == "backfill"  # set by the run coordinator
+                spans = sorted((r.start_time, r.end_time) for r in steady)
+                for (_, end), (start, _) in zip(spans, spans[1:]):
+                    assert start >= end, f"runs of one tenant overlapped: {spans}"
             assert table_counts(env["ETL_WAREHOUSE_URL"], "tenant_flaky")["api_items"] == 3
+            assert table_counts(env["ETL_WAREHOUSE_URL"], "tenant_steady")["api_items"] == 3 * 4  # a snapshot, 4 days
         finally:
+            for client in clients:
+                stop_process(client)
             stop_process(daemon)
             log.close()

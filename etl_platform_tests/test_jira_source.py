@@ -19,7 +19,7 @@ import pytest
 from etl_platform.config.tenants import JiraSource, TenantsFileError
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
 from etl_platform.sources.jira import build_jira_source, jira_time
-from etl_platform.sources.lineage import RunContext, Window
+from etl_platform.sources.lineage import RunContext, Window, contract
 from etl_platform_tests.servers import LocalServer, Request, Response
 
 DATASET = "tenant_t1"
@@ -153,7 +153,7 @@ def test_building_the_source_reads_no_secret_and_does_no_io(monkeypatch: pytest.
     assert set(cfg.resource_names) <= set(source.resources)
     for resource in source.resources.values():
         assert resource.write_disposition == {"disposition": "merge", "strategy": "delete-insert"}
-        assert resource.schema_contract == "freeze"
+        assert resource.schema_contract == contract("freeze")
     with pytest.raises(Exception) as excinfo:
         list(source.with_resources("statuses"))
     assert "JIRA_TEST_TOKEN" in str(excinfo.value)

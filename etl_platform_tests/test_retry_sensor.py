@@ -22,7 +22,7 @@ from etl_platform.automation.tags import RANGE_END_TAG, RANGE_START_TAG
 from etl_platform.config.tenants import load_registry
 from etl_platform.definitions import build_definitions
 from etl_platform.partitions import partition_key
-from etl_platform_tests.orchestration import Switch, launch, rest_tenant
+from etl_platform_tests.orchestration import Switch, launch, quiet_home, rest_tenant
 from etl_platform_tests.platform import materialize
 from etl_platform_tests.servers import LocalServer
 
@@ -45,7 +45,7 @@ def flaky(server: LocalServer) -> Switch:
 
 @pytest.fixture
 def instance(
-    platform_env, server: LocalServer, flaky: Switch, tmp_path: Path, monkeypatch
+    platform_env, dagster_home: Path, server: LocalServer, flaky: Switch, tmp_path: Path, monkeypatch
 ) -> Iterator[DagsterInstance]:
     """Tenant `flaky` (500 until the test flips it) and `denied` (always 401); step retries off
     to keep runs short (test_step_retries covers them); the sensor's default policy."""
@@ -57,6 +57,7 @@ def instance(
         [rest_tenant("flaky", server, "/items"), rest_tenant("denied", server, "/secure")],
         f"duckdb:///{tmp_path / 'wh.duckdb'}",
     )
+    quiet_home(dagster_home)
     with DagsterInstance.get() as inst:
         yield inst
 

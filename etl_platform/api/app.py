@@ -63,7 +63,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        reader.close()
+        await reader.close()
 
     app = FastAPI(
         title="etl-platform read API",

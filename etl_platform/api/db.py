@@ -1,132 +1,144 @@
-"""Read-only warehouse access for the API: pooled PostgreSQL connections, or a short
-DuckDB connection per request (shared file lock, so the single writer is respected).
-Both sessions use the UTC time zone, so timestamps are read in UTC."""
+"""Read-only warehouse access for the API: `await reader.query(sql, params)`.
+
+PostgreSQL: a small pool of asynchronous psycopg connections (no thread per query).
+DuckDB: a short read-only connection per query in a worker thread, through
+`Warehouse.connect()` (shared file lock, so the single writer is respected).
+Both sessions use the UTC time zone, so timestamps are read in UTC.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+import asyncio
+import re
+import weakref
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
+from starlette.concurrency import run_in_threadpool
 
-from etl_platform.warehouse import Connection, Warehouse, WarehouseError
+from etl_platform.warehouse import Warehouse, WarehouseError
 
-T = TypeVar("T")
+Row = tuple[Any, ...]
 
 
-class PgPool:
-    """A small thread-safe pool of autocommit, read-only psycopg connections."""
+def pg_sql(sql: str) -> str:
+    """`?` placeholders to psycopg's `%s` (as `warehouse.Connection` does)."""
+    return re.sub(r"\?(?!\|)", "%s", sql.replace("%", "%%"))
+
+
+class AsyncPgPool:
+    """Autocommit, read-only AsyncConnections; at most `size` in use at once (per event loop)."""
 
     def __init__(self, dsn: str, size: int = 8, *, connect_timeout_s: int = 5, statement_timeout_ms: int = 0,
                  wait_timeout_s: float = 10.0) -> None:
         self.dsn = dsn
+        self.size = size
         self.wait_timeout_s = wait_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        options = "-c default_transaction_read_only=on -c TimeZone=UTC"
+        self.options = "-c default_transaction_read_only=on -c TimeZone=UTC"
         if statement_timeout_ms:
-            options += f" -c statement_timeout={int(statement_timeout_ms)}"
-        self._options = options
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[psycopg.Connection] = []
-        self._lock = threading.Lock()
+            self.options += f" -c statement_timeout={int(statement_timeout_ms)}"
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def _connect(self) -> psycopg.Connection:
+    def _limit(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop not in self._limits:
+            self._limits[loop] = asyncio.Semaphore(self.size)
+        return self._limits[loop]
+
+    async def _connect(self) -> psycopg.AsyncConnection:
         try:
-            conn = psycopg.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
-                options=self._options, application_name="etl-platform-api",
+                options=self.options, application_name="etl-platform-api",
             )
         except psycopg.OperationalError as exc:
             raise WarehouseError(f"cannot connect to the warehouse: {str(exc).strip()}") from exc
-        set_json_loads(orjson.loads, conn)  # JSONB `attributes` on every row: the fast parser
+        set_json_loads(orjson.loads, conn)
         return conn
 
-    def run(self, fn: Callable[[Connection], T]) -> T:
-        """Call `fn` with a pooled connection; a reused connection found broken (server
-        restarted) is replaced once."""
-        if not self._slots.acquire(timeout=self.wait_timeout_s):
-            raise WarehouseError("no free warehouse connection (pool exhausted)")
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        """Rows of one query; a pooled connection the server has dropped is replaced once."""
+        limit = self._limit()
+        try:
+            await asyncio.wait_for(limit.acquire(), self.wait_timeout_s)
+        except asyncio.TimeoutError:
+            raise WarehouseError("no free warehouse connection (pool exhausted)") from None
         try:
             for attempt in (0, 1):
-                with self._lock:
-                    raw = self._idle.pop() if self._idle and attempt == 0 else None
-                reused = raw is not None
-                raw = raw or self._connect()
+                conn = self._idle.pop() if self._idle and attempt == 0 else None
+                reused = conn is not None
+                conn = conn or await self._connect()
                 try:
-                    result = fn(Connection(raw, "postgres"))
+                    cursor = await conn.execute(sql, params)
+                    rows = await cursor.fetchall()
                 except psycopg.OperationalError as exc:
-                    broken = raw.broken
-                    raw.close()
+                    broken = conn.broken
+                    await conn.close()
                     if reused and broken:
                         continue
                     raise WarehouseError(f"warehouse query failed: {str(exc).strip()}") from exc
                 except BaseException:
-                    self._release(raw)
+                    await self._release(conn)
                     raise
-                self._release(raw)
-                return result
+                await self._release(conn)
+                return rows
             raise AssertionError("unreachable")
         finally:
-            self._slots.release()
+            limit.release()
 
-    def _release(self, raw: psycopg.Connection) -> None:
-        if raw.closed or raw.info.transaction_status != TransactionStatus.IDLE:
-            raw.close()
-            return
-        with self._lock:
-            self._idle.append(raw)
+    async def _release(self, conn: psycopg.AsyncConnection) -> None:
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE or len(self._idle) >= self.size:
+            await conn.close()
+        else:
+            self._idle.append(conn)
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for raw in idle:
-            raw.close()
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
 
 
 class Reader:
-    """`run(fn)`: call `fn(connection)` on the warehouse, read-only."""
+    """`await query(sql, params)`: rows from the warehouse, read-only (`?` placeholders)."""
 
     def __init__(self, warehouse: Warehouse, *, pool_size: int = 8, statement_timeout_ms: int = 15000,
                  duckdb_lock_timeout_s: float = 30.0) -> None:
         self.warehouse = warehouse
+        self.dialect = warehouse.kind
         self.duckdb_lock_timeout_s = duckdb_lock_timeout_s
         self.pool = (
-            PgPool(warehouse.postgres_dsn, pool_size, statement_timeout_ms=statement_timeout_ms)
+            AsyncPgPool(warehouse.postgres_dsn, pool_size, statement_timeout_ms=statement_timeout_ms)
             if warehouse.kind == "postgres"
             else None
         )
 
-    def run(self, fn: Callable[[Connection], T], *, lock_timeout_s: float | None = None) -> T:
+    async def query(self, sql: str, params: Sequence[Any] = (), *, lock_timeout_s: float | None = None) -> list[Row]:
         if self.pool is not None:
-            return self.pool.run(fn)
-        with self._duckdb(lock_timeout_s) as conn:
-            return fn(conn)
+            return await self.pool.fetch(pg_sql(sql), list(params))
+        timeout = self.duckdb_lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        return await run_in_threadpool(self._duckdb_query, sql, list(params), timeout)
 
-    @contextlib.contextmanager
-    def _duckdb(self, lock_timeout_s: float | None) -> Iterator[Connection]:
+    def _duckdb_query(self, sql: str, params: list[Any], lock_timeout_s: float) -> list[Row]:
         import duckdb
 
-        path = self.warehouse.duckdb_path
-        if not path.exists():  # nothing loaded yet: an empty database, and no folder created
-            raw = duckdb.connect(":memory:")
-            try:
-                yield Connection(raw, "duckdb")
-            finally:
-                raw.close()
-            return
-        timeout = self.duckdb_lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        if not self.warehouse.duckdb_path.exists():  # nothing loaded yet: empty, and no folder created
+            with duckdb.connect(":memory:") as raw:
+                return raw.execute(sql, params).fetchall()
         try:
-            with self.warehouse.connect(timeout_s=timeout) as conn:
-                conn.raw.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, as from PostgreSQL
-                yield conn
+            with self.warehouse.connect(timeout_s=lock_timeout_s) as conn:
+                conn.raw.execute("SET TimeZone = 'UTC'")
+                return conn.raw.execute(sql, params).fetchall()
         except duckdb.IOException as exc:
             raise WarehouseError(f"cannot open the warehouse: {exc}") from exc
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self.pool is not None:
-            self.pool.close()
+            await self.pool.close()

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from etl_platform import runs
 from etl_platform.api.db import Reader
 from etl_platform.api.queries import ping
@@ -19,7 +21,7 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:300]
 
 
-def check_warehouse(reader: Reader) -> dict[str, Any]:
+async def check_warehouse(reader: Reader) -> dict[str, Any]:
     """Reachable and answering; a DuckDB file held by a writer for long is reported busy, not down."""
     started = time.perf_counter()
     warehouse = reader.warehouse
@@ -30,7 +32,7 @@ def check_warehouse(reader: Reader) -> dict[str, Any]:
         if not warehouse.duckdb_path.exists():
             return {"ok": True, "detail": "no database file yet (nothing loaded)"}
     try:
-        reader.run(ping, lock_timeout_s=HEALTH_LOCK_TIMEOUT_S)
+        await ping(reader, lock_timeout_s=HEALTH_LOCK_TIMEOUT_S)
     except Exception as exc:
         if warehouse.kind == "duckdb" and "lock" in str(exc).lower():  # our file lock, or DuckDB's own
             return {"ok": True, "detail": "busy: a writer holds the DuckDB lock"}
@@ -67,18 +69,12 @@ def check_daemon(instance: Any, settings: ApiSettings) -> dict[str, Any]:
     return {**out, "ok": True}
 
 
-def check_health(
-    reader: Reader, get_instance: Callable[[], Any], tenants: list[str], settings: ApiSettings
-) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body): 503 when the warehouse, Dagster or a required daemon fails."""
-    warehouse = check_warehouse(reader)
+def _dagster_checks(
+    get_instance: Callable[[], Any], tenants: list[str], settings: ApiSettings
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(dagster, daemon, last run per tenant): blocking storage calls, run in a worker thread."""
     dagster, instance = check_dagster(get_instance)
     daemon = check_daemon(instance, settings)
-    components = {"warehouse": warehouse, "dagster": dagster, "daemon": daemon}
-    failing = [n for n in ("warehouse", "dagster") if not components[n]["ok"]]
-    degraded: list[str] = []
-    if not daemon["ok"]:
-        (failing if settings.health_require_daemon else degraded).append("daemon")
     last_runs: dict[str, Any] = {}
     if instance is not None:
         try:
@@ -87,7 +83,20 @@ def check_health(
                 last_runs[tenant] = {"status": run.status, "at": at.isoformat()} if run else None
         except Exception as exc:
             dagster.update(ok=False, detail=_error(exc))
-            failing.append("dagster")
+    return dagster, daemon, last_runs
+
+
+async def check_health(
+    reader: Reader, get_instance: Callable[[], Any], tenants: list[str], settings: ApiSettings
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body): 503 when the warehouse, Dagster or a required daemon fails."""
+    warehouse = await check_warehouse(reader)
+    dagster, daemon, last_runs = await run_in_threadpool(_dagster_checks, get_instance, tenants, settings)
+    components = {"warehouse": warehouse, "dagster": dagster, "daemon": daemon}
+    failing = [n for n in ("warehouse", "dagster") if not components[n]["ok"]]
+    degraded: list[str] = []
+    if not daemon["ok"]:
+        (failing if settings.health_require_daemon else degraded).append("daemon")
     status = "unhealthy" if failing else "degraded" if degraded else "ok"
     body = {"status": status, "failing": failing, "degraded": degraded, "components": components,
             "last_runs": last_runs}

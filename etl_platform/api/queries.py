@@ -10,11 +10,17 @@ from typing import Any
 
 import orjson
 
+from etl_platform.api.db import Reader, Row
 from etl_platform.normalize.schema import RECORD_COLUMNS, RECORDS_TABLE
-from etl_platform.warehouse import Connection, quote, tenant_schema
+from etl_platform.warehouse import quote, tenant_schema
 
 COLUMNS = tuple(RECORD_COLUMNS)
 _SELECT = ", ".join(quote(c) for c in COLUMNS)
+# PostgreSQL builds each row's JSON itself (no per-field work in Python); non-finite floats,
+# which JSON cannot hold, become null as they do on DuckDB's path.
+_SELECT_PG = _SELECT.replace(
+    '"value"', """CASE WHEN "value" IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE "value" END AS "value\""""
+)
 
 
 @dataclass(frozen=True)
@@ -33,10 +39,31 @@ class DataQuery:
     after: tuple[dt.datetime, str] | None = None  # (sort_at, record_id) of the previous page's last row
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page: each row as JSON bytes, and the (sort_at, record_id) to continue after."""
+
+    rows: list[bytes]
+    next_after: tuple[dt.datetime, str] | None
+
+
 def is_missing_table(exc: BaseException) -> bool:
     """True when `exc` says the tenant's schema or table does not exist (nothing loaded yet)."""
-    name = type(exc).__name__
-    return name in ("CatalogException", "UndefinedTable", "InvalidSchemaName")
+    return type(exc).__name__ in ("CatalogException", "UndefinedTable", "InvalidSchemaName")
+
+
+async def _rows(reader: Reader, sql: str, params: list[Any]) -> list[Row]:
+    """The query's rows; none when the tenant has no table yet."""
+    try:
+        return await reader.query(sql, params)
+    except Exception as exc:
+        if is_missing_table(exc):
+            return []
+        raise
+
+
+def _table(tenant: str) -> str:
+    return f"{quote(tenant_schema(tenant))}.{quote(RECORDS_TABLE)}"
 
 
 def _like(text: str) -> str:
@@ -44,8 +71,9 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def page_sql(tenant: str, query: DataQuery) -> tuple[str, list[Any]]:
-    """The keyset page query: newest first, `limit + 1` rows (the extra one tells has_more)."""
+def page_sql(tenant: str, query: DataQuery, *, json_rows: bool = False) -> tuple[str, list[Any]]:
+    """The keyset page query: newest first, `limit + 1` rows (the extra one tells has_more).
+    `json_rows` (PostgreSQL): rows are (sort_at, record_id, the record as JSON text)."""
     where, params = ["tenant_id = ?"], [tenant]
     for column in ("source", "record_type", "category"):
         value = getattr(query, column)
@@ -70,15 +98,16 @@ def page_sql(tenant: str, query: DataQuery) -> tuple[str, list[Any]]:
         # the plain bound lets DuckDB prune by zone maps; the row comparison is the keyset
         where.append("sort_at <= ? AND (sort_at, record_id) < (?, ?)")
         params += [query.after[0], query.after[0], query.after[1]]
-    table = f"{quote(tenant_schema(tenant))}.{quote(RECORDS_TABLE)}"
-    sql = (
-        f"SELECT {_SELECT} FROM {table} WHERE {' AND '.join(where)} "
-        "ORDER BY sort_at DESC, record_id DESC LIMIT ?"
-    )
+    order = "ORDER BY sort_at DESC, record_id DESC"
+    sql = f"SELECT {_SELECT_PG if json_rows else _SELECT} FROM {_table(tenant)} WHERE {' AND '.join(where)} {order}"
+    if json_rows:
+        sql = f"SELECT r.sort_at, r.record_id, row_to_json(r)::text FROM ({sql} LIMIT ?) r {order}"
+    else:
+        sql += " LIMIT ?"
     return sql, [*params, query.limit + 1]
 
 
-def to_json_row(row: tuple[Any, ...]) -> dict[str, Any]:
+def to_json_row(row: Row) -> dict[str, Any]:
     """A record as JSON-ready values (the reader's session is UTC): attributes parsed, no NaN."""
     out = dict(zip(COLUMNS, row))
     attributes = out.get("attributes")
@@ -93,50 +122,41 @@ def to_json_row(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-def fetch_page(conn: Connection, tenant: str, query: DataQuery) -> tuple[list[dict[str, Any]], bool]:
-    """(rows, has_more); no table yet means no rows."""
-    sql, params = page_sql(tenant, query)
-    try:
-        rows = conn.query(sql, params)
-    except Exception as exc:
-        if is_missing_table(exc):
-            return [], False
-        raise
-    return [to_json_row(r) for r in rows[: query.limit]], len(rows) > query.limit
+async def fetch_page(reader: Reader, tenant: str, query: DataQuery) -> Page:
+    """One page of the tenant's records; no table yet means no rows."""
+    json_rows = reader.dialect == "postgres"
+    rows = await _rows(reader, *page_sql(tenant, query, json_rows=json_rows))
+    has_more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    if json_rows:
+        out = [r[2].encode() for r in rows]
+        last = rows[-1][:2] if rows else None
+    else:
+        records = [to_json_row(r) for r in rows]
+        out = [orjson.dumps(r, option=orjson.OPT_UTC_Z) for r in records]
+        last = (records[-1]["sort_at"], records[-1]["record_id"]) if records else None
+    return Page(out, tuple(last) if has_more and last else None)
 
 
-def fetch_record(conn: Connection, tenant: str, record_id: str) -> dict[str, Any] | None:
+async def fetch_record(reader: Reader, tenant: str, record_id: str) -> dict[str, Any] | None:
     """One record of the tenant by record_id (inactive ones too), or None."""
-    table = f"{quote(tenant_schema(tenant))}.{quote(RECORDS_TABLE)}"
-    sql = f"SELECT {_SELECT} FROM {table} WHERE tenant_id = ? AND record_id = ? LIMIT 1"
-    try:
-        rows = conn.query(sql, [tenant, record_id])
-    except Exception as exc:
-        if is_missing_table(exc):
-            return None
-        raise
+    sql = f"SELECT {_SELECT} FROM {_table(tenant)} WHERE tenant_id = ? AND record_id = ? LIMIT 1"
+    rows = await _rows(reader, sql, [tenant, record_id])
     return to_json_row(rows[0]) if rows else None
 
 
-def active_counts(conn: Connection, tenant: str) -> list[dict[str, Any]]:
+async def active_counts(reader: Reader, tenant: str) -> list[dict[str, Any]]:
     """Active records per (source, record_type), with the newest sort_at of each."""
-    table = f"{quote(tenant_schema(tenant))}.{quote(RECORDS_TABLE)}"
     sql = (
-        f"SELECT source, record_type, count(*), max(sort_at) FROM {table} "
+        f"SELECT source, record_type, count(*), max(sort_at) FROM {_table(tenant)} "
         "WHERE tenant_id = ? AND is_active GROUP BY source, record_type ORDER BY source, record_type"
     )
-    try:
-        rows = conn.query(sql, [tenant])
-    except Exception as exc:
-        if is_missing_table(exc):
-            return []
-        raise
     return [
         {"source": s, "record_type": t, "active_records": int(n), "newest_record_at": newest}
-        for s, t, n, newest in rows
+        for s, t, n, newest in await _rows(reader, sql, [tenant])
     ]
 
 
-def ping(conn: Connection) -> None:
+async def ping(reader: Reader, *, lock_timeout_s: float | None = None) -> None:
     """Raise unless the database answers."""
-    conn.query("SELECT 1")
+    await reader.query("SELECT 1", lock_timeout_s=lock_timeout_s)

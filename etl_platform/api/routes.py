@@ -72,16 +72,17 @@ async def get_data(
         source=source, record_type=record_type, category=category, status=status, updated_since=since,
         updated_until=until, q=q, include_inactive=include_inactive, limit=limit, after=after,
     )
-    tenant = principal.tenant_id
-    rows, has_more = await run_in_threadpool(
-        request.app.state.reader.run, lambda conn: queries.fetch_page(conn, tenant, query)
-    )
-    next_cursor = encode_cursor(rows[-1]["sort_at"], rows[-1]["record_id"]) if has_more else None
+    page = await queries.fetch_page(request.app.state.reader, principal.tenant_id, query)
     meta = metadata(request)
-    meta["pagination"] = {"limit": limit, "next_cursor": next_cursor, "has_more": has_more}
-    # encoded here (orjson) rather than re-validated by FastAPI: the hot path; rows are typed by the SQL
-    return Response(orjson.dumps({"data": rows, "metadata": meta}, option=orjson.OPT_UTC_Z),
-                    media_type="application/json")
+    meta["pagination"] = {
+        "limit": limit,
+        "next_cursor": encode_cursor(*page.next_after) if page.next_after else None,
+        "has_more": page.next_after is not None,
+    }
+    # assembled from each row's JSON (built by PostgreSQL, or orjson on DuckDB) rather than
+    # re-validated by FastAPI: this is the hot path, and the rows are typed by the table
+    body = b'{"data":[' + b",".join(page.rows) + b'],"metadata":' + orjson.dumps(meta) + b"}"
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -94,27 +95,27 @@ async def get_record(
     """One record by record_id (inactive ones too); another tenant's record is 404 as well."""
     if "\x00" in record_id or len(record_id) > 1024:
         raise HTTPException(404, "record not found")
-    tenant = principal.tenant_id
-    row = await run_in_threadpool(
-        request.app.state.reader.run, lambda conn: queries.fetch_record(conn, tenant, record_id)
-    )
+    row = await queries.fetch_record(request.app.state.reader, principal.tenant_id, record_id)
     if row is None:
         raise HTTPException(404, "record not found")
     return {"data": row, "metadata": metadata(request)}
 
 
-def tenant_stats(request: Request, tenant: str, window_hours: float) -> dict[str, Any]:
-    """Run stats per source (Dagster) merged with active-record counts (warehouse)."""
-    state = request.app.state
-    now = dt.datetime.now(dt.timezone.utc)
-    records = state.reader.run(lambda conn: queries.active_counts(conn, tenant))
-    configured = [s.name for s in state.registry.tenant(tenant).sources]
-    in_warehouse = [r["source"] for r in records]
+def _run_stats(state: Any, tenant: str, window_hours: float, sources: list[str], now: dt.datetime) -> list:
     instance = state.get_instance()
     try:
-        sources = runs.source_stats(instance, tenant, window_hours, sources=[*configured, *in_warehouse], now=now)
+        return runs.source_stats(instance, tenant, window_hours, sources=sources, now=now)
     except SQLAlchemyError as exc:
         raise DagsterUnavailable(f"Dagster run storage query failed: {exc}") from exc
+
+
+async def tenant_stats(request: Request, tenant: str, window_hours: float) -> dict[str, Any]:
+    """Run stats per source (Dagster, in a worker thread) merged with active-record counts (warehouse)."""
+    state = request.app.state
+    now = dt.datetime.now(dt.timezone.utc)
+    records = await queries.active_counts(state.reader, tenant)
+    names = [s.name for s in state.registry.tenant(tenant).sources] + [r["source"] for r in records]
+    sources = await run_in_threadpool(_run_stats, state, tenant, window_hours, names, now)
     for item in sources:
         mine = [r for r in records if r["source"] == item["source"]]
         newest = max((r["newest_record_at"] for r in mine if r["newest_record_at"]), default=None)
@@ -139,7 +140,7 @@ async def get_stats(
     source: str | None = Query(None, max_length=200, pattern=TEXT, description="only this source"),
 ) -> Any:
     """Per source: last success, last failure and why, runs by status, loads, freshness."""
-    stats = await run_in_threadpool(tenant_stats, request, principal.tenant_id, window_hours)
+    stats = await tenant_stats(request, principal.tenant_id, window_hours)
     if source is not None:
         stats["sources"] = [s for s in stats["sources"] if s["source"] == source]
         stats["records"] = [r for r in stats["records"] if r["source"] == source]
@@ -164,7 +165,7 @@ async def get_admin_stats(
         if tenant not in ids:
             raise HTTPException(404, "tenant not found")
         ids = [tenant]
-    tenants = await run_in_threadpool(lambda: [tenant_stats(request, t, window_hours) for t in ids])
+    tenants = [await tenant_stats(request, t, window_hours) for t in ids]
     return {"tenants": tenants, "metadata": metadata(request)}
 
 
@@ -175,9 +176,7 @@ async def get_admin_stats(
 async def get_health(request: Request) -> Any:
     """Warehouse and Dagster storage reachable, daemon heartbeat, last run per tenant; no key."""
     state = request.app.state
-    code, body = await run_in_threadpool(
-        check_health, state.reader, state.get_instance, state.registry.tenant_ids, state.settings
-    )
+    code, body = await check_health(state.reader, state.get_instance, state.registry.tenant_ids, state.settings)
     if code != 200:
         return JSONResponse(HealthResponse.model_validate(body).model_dump(mode="json"), status_code=code)
     return body

@@ -180,6 +180,7 @@ def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now:
             child = _retry_child(instance, run.run_id)
             if child:  # the requested retry was launched: done with this run
                 instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{RETRIED}:{child}"})
+                notes.append(f"{label}: retried by run {child[:8]}")
                 continue
         attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
         failed_at = record.end_time or record.update_timestamp.timestamp()

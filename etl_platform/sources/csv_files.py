@@ -50,10 +50,8 @@ import contextlib
 import csv
 import datetime as dt
 import gzip
-import hashlib
 import io
 import itertools
-import json
 import logging
 import re
 from collections import deque
@@ -61,11 +59,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import dlt
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.common.schema import Schema
 from dlt.extract.source import DltSource
@@ -84,7 +84,6 @@ SNIFF_BYTES = 32 * 1024
 SNIFF_DELIMITERS = ",;\t|"
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _NAMING = NamingConvention()
-_JSON = json.JSONEncoder(ensure_ascii=False)
 _ARROW_TYPES = {
     "text": pa.string(),
     "json": pa.string(),
@@ -296,8 +295,10 @@ class _Lines:
 
     def take(self) -> tuple[int, str]:
         """(first line, raw text without its final line ending) of the lines read since the last call."""
-        start, raw = self.line - len(self._raw) + 1, "".join(self._raw).removesuffix("\n").removesuffix("\r")
-        self._raw.clear()
+        lines = self._raw
+        text = lines[0] if len(lines) == 1 else "".join(lines)
+        start, raw = self.line - len(lines) + 1, text.removesuffix("\n").removesuffix("\r")
+        lines.clear()
         return start, raw
 
 
@@ -333,16 +334,9 @@ def _column_names(header: list[str]) -> list[str]:
     return names
 
 
-def _hash64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-
-
-class _Row(NamedTuple):
-    line: int
-    fields: list[str]
-    key: str
-    event_time: dt.datetime | None
-    day: dt.date | None
+def _json_record(names: list[str], fields: list[str]) -> str:
+    """The record as a JSON object keyed by the header names (orjson: compact, key order kept)."""
+    return orjson.dumps(dict(zip(names, fields))).decode()
 
 
 @dataclass
@@ -357,8 +351,14 @@ class _Records:
     lines: _Lines
     names: list[str] = field(default_factory=list)
     nulls: frozenset[str] = frozenset()
+    # hash of "<day>|<row key>" -> first line (str hash: 64-bit, stable within one pass)
     seen: dict[int, int] = field(default_factory=dict)
-    rows: list[_Row] = field(default_factory=list)
+    # the pending batch, one entry per row in parallel lists (no per-row tuple objects)
+    rows: list[list[str]] = field(default_factory=list)
+    _row_lines: list[int] = field(default_factory=list)
+    _row_keys: list[str] = field(default_factory=list)
+    _row_times: list[dt.datetime | None] = field(default_factory=list)
+    _row_days: list[dt.date | None] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     _key_index: list[int] = field(default_factory=list)
     _time_index: int | None = None
@@ -456,7 +456,7 @@ class _Records:
                 if value in self.nulls:
                     return self._reject(line, raw, f"missing primary key {self.names[index]!r}")
             row_key = "|".join(key_values)
-            first = self.seen.setdefault(_hash64(f"{day}|{row_key}"), line)
+            first = self.seen.setdefault(hash(f"{day}|{row_key}"), line)
             if first != line:
                 return self._reject(line, raw, f"duplicate primary key {row_key!r} (first at line {first})", day)
         else:
@@ -464,7 +464,12 @@ class _Records:
             digest = int(row_key[:16], 16)
             occurrence = self.seen[digest] = self.seen.get(digest, 0) + 1
             row_key = f"{row_key}#{occurrence}"
-        self.rows.append(_Row(line, fields, row_key, event_time, day))
+        self.rows.append(fields)
+        self._row_lines.append(line)
+        self._row_keys.append(row_key)
+        if self._time_index is not None:
+            self._row_times.append(event_time)
+            self._row_days.append(day)
         self.stats.rows_emitted += 1
         return None
 
@@ -487,28 +492,41 @@ class _Records:
             self.rejected = []
 
     def _flush_rows(self) -> Iterator[_Out]:
+        """The pending rows as one Arrow table (per window day for a snapshot), built column by
+        column: null spellings, positions and constant lineage are computed by Arrow kernels."""
         if not self.rows:
             return
-        rows, self.rows = self.rows, []
-        count, nulls = len(rows), self.nulls
-        columns = {
-            name: [None if row.fields[i] in nulls else row.fields[i] for row in rows]
-            for i, name in enumerate(self.names)
-        }
+        rows, lines, keys, times, days = self.rows, self._row_lines, self._row_keys, self._row_times, self._row_days
+        self.rows, self._row_lines, self._row_keys, self._row_times, self._row_days = [], [], [], [], []
+        count, schema = len(rows), self._schema
+        null_set = pa.array(sorted(self.nulls), pa.string()) if self.nulls else None
+        no_value = pa.scalar(None, pa.string())
+        columns: dict[str, pa.Array] = {}
+        for name, values in zip(self.names, zip(*rows)):
+            array = pa.array(values, pa.string())
+            if null_set is not None:
+                array = pc.if_else(pc.is_in(array, value_set=null_set), no_value, array)
+            columns[name] = array
         constant = self.ctx.lineage(
             resource=self.config.resource, partition_date=self.ctx.window.days[0], position=None, row_key=""
         )
-        columns.update({name: [value] * count for name, value in constant.items()})
-        columns[lineage.POSITION] = [f"{self.location}:{row.line}" for row in rows]
-        columns[lineage.ROW_KEY] = [row.key for row in rows]
-        columns[lineage.EVENT_TIME] = [row.event_time for row in rows]
-        columns[lineage.RECORD] = [_JSON.encode(dict(zip(self.names, row.fields))) for row in rows]
+        for name, value in constant.items():
+            columns[name] = pa.repeat(pa.scalar(value, schema.field(name).type), count)
+        columns[lineage.POSITION] = pc.binary_join_element_wise(
+            pa.scalar(f"{self.location}:"), pc.cast(pa.array(lines, pa.int64()), pa.string()), ""
+        )
+        columns[lineage.ROW_KEY] = pa.array(keys, pa.string())
         snapshot = self._time_index is None
-        columns[lineage.PARTITION_DATE] = [self.ctx.window.days[0]] * count if snapshot else [row.day for row in rows]
-        table = pa.table(columns, schema=self._schema)
+        time_type = schema.field(lineage.EVENT_TIME).type
+        columns[lineage.EVENT_TIME] = pa.nulls(count, time_type) if snapshot else pa.array(times, time_type)
+        names = self.names
+        columns[lineage.RECORD] = pa.array([_json_record(names, fields) for fields in rows], pa.string())
+        if not snapshot:
+            columns[lineage.PARTITION_DATE] = pa.array(days, pa.date32())
+        table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
         yield _Out(self.config.resource, table)
         if snapshot:
-            index = self._schema.get_field_index(lineage.PARTITION_DATE)
+            index = schema.get_field_index(lineage.PARTITION_DATE)
             for day in self.ctx.window.days[1:]:
-                days = pa.array([day] * count, pa.date32())
-                yield _Out(self.config.resource, table.set_column(index, self._schema.field(index), days))
+                days_column = pa.repeat(pa.scalar(day, pa.date32()), count)
+                yield _Out(self.config.resource, table.set_column(index, schema.field(index), days_column))

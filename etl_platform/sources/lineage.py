@@ -43,7 +43,17 @@ LINEAGE_COLUMNS: dict[str, dict[str, Any]] = {
 # deduplicated on (partition date, row key) within the load.
 MERGE_KEY = [PARTITION_DATE, SOURCE]
 PRIMARY_KEY = [PARTITION_DATE, ROW_KEY]
-WRITE_DISPOSITION = {"disposition": "merge", "strategy": "delete-insert"}
+# The rows a load replaces: those of the loaded (source, partition date) slices. Said explicitly
+# as dlt's `destination_scope` because with both keys dlt deletes `WHERE EXISTS (... pk match OR
+# merge-key match)`, which DuckDB and PostgreSQL can only run as a nested loop: re-loading a day
+# of N rows over N existing rows then costs N² comparisons (hours at 1M rows). The primary-key
+# branch adds nothing (a row key match within a source table is a slice match) except, in the
+# shared `rejects` table, deleting another source's reject that happens to share a row key.
+DESTINATION_SCOPE = (
+    f'EXISTS (SELECT 1 FROM {{staging_table}} AS s WHERE s."{SOURCE}" = {{table}}."{SOURCE}" '
+    f'AND s."{PARTITION_DATE}" = {{table}}."{PARTITION_DATE}")'
+)
+WRITE_DISPOSITION = {"disposition": "merge", "strategy": "delete-insert", "destination_scope": DESTINATION_SCOPE}
 
 
 @dataclass(frozen=True)
