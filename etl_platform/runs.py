@@ -167,21 +167,26 @@ def recent_runs(
 def _last_run(
     instance: DagsterInstance, tenant: str, source: str, statuses: Sequence[DagsterRunStatus] = ()
 ) -> RunRecord | None:
-    """The newest run of (tenant, source) with one of `statuses`; ALL_SOURCES: untagged runs."""
+    """The newest run of (tenant, source) with one of `statuses`: a run of that source, or an
+    untagged run (it loads every source); ALL_SOURCES: untagged runs only."""
+    candidates: list[RunRecord] = []
     if source != ALL_SOURCES:
         filters = RunsFilter(tags={TENANT_TAG: tenant, SOURCE_TAG: source}, statuses=list(statuses))
-        records = instance.get_run_records(filters, limit=1)
-        return records[0] if records else None
+        candidates.extend(instance.get_run_records(filters, limit=1))
     filters = RunsFilter(tags={TENANT_TAG: tenant}, statuses=list(statuses))
     for record in instance.get_run_records(filters, limit=RECENT_SCAN):
         if SOURCE_TAG not in record.dagster_run.tags:
-            return record
-    return None
+            candidates.append(record)
+            break
+    return max(candidates, key=lambda r: r.create_timestamp) if candidates else None
 
 
-def _load_counts(instance: DagsterInstance, run_id: str, tenant: str) -> tuple[Counter[str], float | None]:
+def _load_counts(
+    instance: DagsterInstance, run_id: str, tenant: str, source: str = ALL_SOURCES
+) -> tuple[Counter[str], float | None]:
     """Sums of `records_written`/`rejects`/`raw_rows` over the run's `normalized/records`
-    materializations of this tenant's partitions, and the newest such materialization time."""
+    materializations of this tenant's partitions (for one source: its raw tables' share), and
+    the newest such materialization time."""
     totals: Counter[str] = Counter()
     newest: float | None = None
     connection = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
@@ -193,6 +198,11 @@ def _load_counts(instance: DagsterInstance, run_id: str, tenant: str) -> tuple[C
         if partition and partition.split("|")[-1] != tenant:
             continue
         metadata = event.step_materialization_data.materialization.metadata
+        if source != ALL_SOURCES:
+            totals.update(_source_share(metadata, tenant, source))
+            ts = record.event_log_entry.timestamp
+            newest = ts if newest is None else max(newest, ts)
+            continue
         for name in LOAD_COUNTS:
             value = getattr(metadata.get(name), "value", metadata.get(name))
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -200,6 +210,18 @@ def _load_counts(instance: DagsterInstance, run_id: str, tenant: str) -> tuple[C
         ts = record.event_log_entry.timestamp
         newest = ts if newest is None else max(newest, ts)
     return totals, newest
+
+
+def _source_share(metadata: Any, tenant: str, source: str) -> Counter[str]:
+    """One source's figures from the per-table breakdown (`by_tenant.<t>.by_table`)."""
+    by_tenant = getattr(metadata.get("by_tenant"), "value", None) or {}
+    share: Counter[str] = Counter()
+    for table, figures in (by_tenant.get(tenant, {}).get("by_table") or {}).items():
+        if table.startswith(f"{source}_"):
+            share["raw_rows"] += int(figures.get("raw_rows", 0))
+            share["records_written"] += int(figures.get("records", 0))
+            share["rejects"] += int(figures.get("rejects", 0))
+    return share
 
 
 def source_stats(
@@ -231,7 +253,13 @@ def source_stats(
     names = list(dict.fromkeys([*sources, *sorted(seen - {ALL_SOURCES})]))
     if ALL_SOURCES in seen:
         names.append(ALL_SOURCES)
-    return [_one_source(instance, tenant, name, by_source.get(name, []), now) for name in names]
+    untagged = by_source.get(ALL_SOURCES, [])  # runs of every source count for each source
+    return [
+        _one_source(
+            instance, tenant, name, by_source.get(name, []) + (untagged if name != ALL_SOURCES else []), now
+        )
+        for name in names
+    ]
 
 
 def _one_source(
@@ -243,10 +271,15 @@ def _one_source(
     newest: float | None = None
     durations = [r.end_time - r.start_time for r in window if r.start_time is not None and r.end_time]
     in_window = {r.dagster_run.run_id for r in window if r.dagster_run.status in FINISHED}
+    # a run of this source counts whole; a run of every source counts with this source's share
+    source_tagged = {r.dagster_run.run_id for r in window if SOURCE_TAG in r.dagster_run.tags}
+    if success is not None and SOURCE_TAG in success.dagster_run.tags:
+        source_tagged.add(success.dagster_run.run_id)
     # the last success may predate the window: it still tells the last materialization
     scanned = in_window | ({success.dagster_run.run_id} if success else set())
     for run_id in scanned:
-        totals, ts = _load_counts(instance, run_id, tenant)
+        tagged = run_id in source_tagged
+        totals, ts = _load_counts(instance, run_id, tenant, ALL_SOURCES if tagged else source)
         if run_id in in_window:
             counts.update(totals)
         if ts is not None:

@@ -55,10 +55,11 @@ def test_source_stats(dagster) -> None:
     stats = {s["source"]: s for s in runs.source_stats(instance, "acme", sources=["github", "tickets", "jira"])}
     assert list(stats) == ["github", "tickets", "jira", runs.ALL_SOURCES]
     github = stats["github"]
-    assert github["last_success"]["run_id"] == ids["github_retry"]
+    # the newest success is the run of every source (it loaded github too)
+    assert github["last_success"]["run_id"] == ids["all_sources"]
     assert github["last_failure"]["run_id"] == ids["github_failed"]
     assert REASON in github["last_failure"]["failure_reason"]
-    assert github["runs_by_status"] == {"FAILURE": 1, "SUCCESS": 2} and github["runs_in_window"] == 3
+    assert github["runs_by_status"] == {"FAILURE": 1, "SUCCESS": 3} and github["runs_in_window"] == 4
     assert (github["records_written"], github["rejects"], github["raw_rows"]) == (150, 15, 165)
     assert github["avg_duration_s"] > 0
     assert 0 <= github["materialization_age_s"] < 600
@@ -66,9 +67,9 @@ def test_source_stats(dagster) -> None:
     assert tickets["last_failure"] is None and tickets["records_written"] == 30
     assert stats[runs.ALL_SOURCES]["records_written"] == 7
     assert stats[runs.ALL_SOURCES]["last_success"]["run_id"] == ids["all_sources"]
-    jira = stats["jira"]
-    assert jira["last_success"] is None and jira["runs_by_status"] == {} and jira["records_written"] == 0
-    assert jira["last_materialization_at"] is None
+    jira = stats["jira"]  # only the run of every source touched it, and its breakdown has no jira rows
+    assert jira["last_success"]["run_id"] == ids["all_sources"] and jira["runs_by_status"] == {"SUCCESS": 1}
+    assert jira["records_written"] == 0
     # globex's run never counts for acme
     assert all(s["records_written"] < 999 for s in stats.values())
 
@@ -79,7 +80,7 @@ def test_source_stats_outside_the_window(dagster) -> None:
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=48)
     github = runs.source_stats(instance, "acme", window_hours=24, now=later)[0]
     assert github["source"] == "github" and github["runs_in_window"] == 0 and github["records_written"] == 0
-    assert github["last_success"]["run_id"] == ids["github_retry"]
+    assert github["last_success"]["run_id"] == ids["all_sources"]
     assert github["last_failure"]["run_id"] == ids["github_failed"]
     assert github["materialization_age_s"] > 47 * 3600
 
@@ -94,3 +95,15 @@ def test_last_run_by_tenant_and_heartbeats(dagster) -> None:
     ages = runs.daemon_heartbeat_ages(instance)
     assert list(ages) == ["SCHEDULER"] and 29 < ages["SCHEDULER"] < 120
     instance.wipe_daemon_heartbeats()
+
+
+def test_source_share_of_a_run_of_every_source() -> None:
+    from dagster import MetadataValue
+
+    metadata = {"by_tenant": MetadataValue.json({"acme": {"by_table": {
+        "github_pull_requests": {"raw_rows": 10, "records": 9, "rejects": 1},
+        "github_reviews": {"raw_rows": 5, "records": 5, "rejects": 0},
+        "tickets_rows": {"raw_rows": 7, "records": 7, "rejects": 0},
+    }}})}
+    assert runs._source_share(metadata, "acme", "github") == {"raw_rows": 15, "records_written": 14, "rejects": 1}
+    assert runs._source_share(metadata, "globex", "github") == {}
