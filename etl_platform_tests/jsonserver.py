@@ -33,13 +33,19 @@ def collection_handler(items: list[dict[str, Any]], base_url: str, path: str):
         return Response(
             200,
             chunk,
-            {"X-Total-Count": str(len(items)), "Link": ", ".join(rels), "Access-Control-Expose-Headers": "X-Total-Count, Link"},
+            {
+                "X-Total-Count": str(len(items)),
+                "Link": ", ".join(rels),
+                "Access-Control-Expose-Headers": "X-Total-Count, Link",
+            },
         )
 
     return handle
 
 
-def serve_jsonplaceholder(server: LocalServer, data_dir: Path, resources=("users", "posts", "comments", "todos")) -> None:
+def serve_jsonplaceholder(
+    server: LocalServer, data_dir: Path, resources=("users", "posts", "comments", "todos")
+) -> None:
     """Route /<resource> to the fixture's data, json-server style."""
     for name in resources:
         items = json.loads((data_dir / f"{name}.json").read_text())

@@ -18,7 +18,7 @@ import pytest
 from etl_platform.config.tenants import FeedSource
 from etl_platform.sources.errors import permanent_cause
 from etl_platform.sources.feeds import FeedError, FeedFormatError, FeedStats, build_feed_source
-from etl_platform.sources.lineage import RunContext, Window, contract
+from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
 from etl_platform_tests.servers import LocalServer, Response
 
 DATA = Path(__file__).parent / "data" / "feeds"
@@ -119,7 +119,7 @@ def test_building_the_source_does_no_io(tmp_path: Path) -> None:
     assert list(source.resources) == ["entries"]
     resource = source.resources["entries"]
     assert resource.table_name == "entries"
-    assert resource.write_disposition == {"disposition": "merge", "strategy": "delete-insert"}
+    assert resource.write_disposition == WRITE_DISPOSITION
     assert resource.schema_contract == contract("freeze")
     assert source.etl_stats == FeedStats()
     with pytest.raises(Exception) as excinfo:

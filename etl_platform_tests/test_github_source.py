@@ -13,13 +13,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dlt
-import duckdb
 import pytest
 
 from etl_platform.config.tenants import GithubSource
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
 from etl_platform.sources.github import MAX_WAIT_ENV, build_github_source
 from etl_platform.sources.lineage import RunContext, Window
+from etl_platform_tests import dlt_loads
 from etl_platform_tests.servers import LocalServer, Request, Response
 
 DATASET = "tenant_t1"
@@ -51,28 +51,10 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pipeline(tmp_path: Path, name: str = "github", destination: Any = None) -> Any:
-    return dlt.pipeline(
-        pipeline_name=name,
-        destination=destination or dlt.destinations.duckdb(str(tmp_path / "warehouse.duckdb")),
-        dataset_name=DATASET,
-        pipelines_dir=str(tmp_path / "pipelines"),
-    )
+    return dlt_loads.pipeline(tmp_path, name, destination)
 
 
-def table(tmp_path: Path, name: str) -> list[dict[str, Any]]:
-    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
-        exists = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-            [DATASET, name],
-        ).fetchone()[0]
-        if not exists:
-            return []
-        cursor = conn.execute(f"SELECT * FROM {DATASET}.{name} ORDER BY _etl_partition_date, _etl_row_key")
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-    for row in rows:
-        row["_etl_record"] = json.loads(row["_etl_record"])
-    return rows
+table = dlt_loads.table
 
 
 def empty_lists(server: LocalServer) -> None:

@@ -19,7 +19,8 @@ import pytest
 from etl_platform.config.tenants import JiraSource, TenantsFileError
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
 from etl_platform.sources.jira import build_jira_source, jira_time
-from etl_platform.sources.lineage import RunContext, Window, contract
+from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
+from etl_platform_tests import dlt_loads
 from etl_platform_tests.servers import LocalServer, Request, Response
 
 DATASET = "tenant_t1"
@@ -54,28 +55,10 @@ def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pipeline(tmp_path: Path, name: str = "jira", destination: Any = None) -> Any:
-    return dlt.pipeline(
-        pipeline_name=name,
-        destination=destination or dlt.destinations.duckdb(str(tmp_path / "warehouse.duckdb")),
-        dataset_name=DATASET,
-        pipelines_dir=str(tmp_path / "pipelines"),
-    )
+    return dlt_loads.pipeline(tmp_path, name, destination)
 
 
-def table(tmp_path: Path, name: str) -> list[dict[str, Any]]:
-    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
-        exists = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-            [DATASET, name],
-        ).fetchone()[0]
-        if not exists:
-            return []
-        cursor = conn.execute(f"SELECT * FROM {DATASET}.{name} ORDER BY _etl_partition_date, _etl_row_key")
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-    for row in rows:
-        row["_etl_record"] = json.loads(row["_etl_record"])
-    return rows
+table = dlt_loads.table
 
 
 def tables(tmp_path: Path) -> set[str]:
@@ -152,7 +135,7 @@ def test_building_the_source_reads_no_secret_and_does_no_io(monkeypatch: pytest.
     assert list(source.resources) == RESOURCES
     assert set(cfg.resource_names) <= set(source.resources)
     for resource in source.resources.values():
-        assert resource.write_disposition == {"disposition": "merge", "strategy": "delete-insert"}
+        assert resource.write_disposition == WRITE_DISPOSITION
         assert resource.schema_contract == contract("freeze")
     with pytest.raises(Exception) as excinfo:
         list(source.with_resources("statuses"))

@@ -37,10 +37,8 @@ def _records(url):
 
 def _checks(instance, run_id):
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
-    return {
-        r.event_log_entry.dagster_event.event_specific_data.check_name: r.event_log_entry.dagster_event.event_specific_data
-        for r in records
-    }
+    evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return {e.check_name: e for e in evaluations}
 
 
 ORDERS = """id,name,state,updated_at

@@ -95,6 +95,7 @@ def test_backoff_policy(monkeypatch) -> None:
     assert decide(attempt=4, now=9999, **facts).action == "give_up"
     assert decide(attempt=1, now=9999, **{**facts, "permanent": True}).action == "give_up"
     assert decide(attempt=1, now=9999, **{**facts, "succeeded_since": True}).action == "skip"
+    assert decide(attempt=1, now=9999, superseded_by="abc", **facts).action == "skip"
 
 
 def test_retries_with_backoff_then_gives_up(instance: DagsterInstance) -> None:
@@ -199,6 +200,16 @@ def test_no_retry_when_the_partition_succeeded_since(instance: DagsterInstance, 
     result = evaluate_retries(context(instance), JOBS, now=record.end_time + 10_000)
     assert isinstance(result, SkipReason)
     assert retry_state(instance, record.dagster_run.run_id) == "skipped:partition succeeded since"
+
+
+def test_one_retry_chain_per_partition(instance: DagsterInstance) -> None:
+    """The next hourly run of a partition failing too: only the newest failure is retried."""
+    older = fail(instance, tags={"etl/trigger": "schedule"})
+    newer = fail(instance, tags={"etl/trigger": "schedule"})
+    requests = evaluate_retries(context(instance), JOBS, now=newer.end_time + 301)
+    assert [r.tags["etl/parent_run_id"] for r in requests] == [newer.dagster_run.run_id]
+    state = retry_state(instance, older.dagster_run.run_id)
+    assert state == f"skipped:superseded by the newer run {newer.dagster_run.run_id} of the partition"
 
 
 def test_retries_a_failed_range_run(instance: DagsterInstance) -> None:
