@@ -126,8 +126,12 @@ def test_building_the_source_does_no_io(tmp_path: Path) -> None:
         list(source)
     message = str(feed_error(excinfo))
     assert "tenant 't1'" in message and "source 'news'" in message and str(missing) in message
+    # the tenants file refuses other schemes; the source guards on its own too
+    with pytest.raises(ValueError, match="must be an http"):
+        FeedSource(name="news", kind="rss", url="ftp://example.com/feed.xml")
+    config = FeedSource(name="news", kind="rss", url="feed.xml")
     with pytest.raises(Exception) as excinfo:
-        list(feed_source("ftp://example.com/feed.xml", context(MAR[1])))
+        list(build_feed_source(config, "ftp://example.com/feed.xml", context(MAR[1])))
     assert "unsupported URL scheme 'ftp'" in str(feed_error(excinfo)) and permanent_cause(excinfo.value)
 
 
