@@ -292,3 +292,8 @@ os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 # normalizer and the stale-row sweep rely on the load id.
 os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
 os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")
+# Load files are local and short-lived: dlt gzips them by default (gzip level 9 in one thread:
+# most of the time of a large CSV load into PostgreSQL), and keeps them after loading (a copy of
+# every load on disk, forever). Write them uncompressed and delete them once loaded.
+os.environ.setdefault("NORMALIZE__DATA_WRITER__DISABLE_COMPRESSION", "true")
+os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")

@@ -181,6 +181,10 @@ def _load_tenant(
 ) -> dict[AssetKey, dict[str, Any]]:
     """One tenant's load through its own pipeline; returns per-asset figures."""
     source = build_source(config, registry, ctx)
+    if config.kind == "csv":
+        from etl_platform.sources.csv_files import apply_load_hints
+
+        apply_load_hints(source, config, warehouse.kind)
     pipeline = dlt.pipeline(
         pipeline_name=pipeline_name(ctx.tenant_id, config.name),
         destination=warehouse.dlt_destination(),

@@ -7,10 +7,12 @@ The retry carries the partition (key or range), the asset selection, `etl/attemp
 `etl/parent_run_id` (the failed run) and `etl/root_run_id` (the first run of the chain).
 
 Never retried: canceled runs (only FAILURE runs are considered), permanent failures (bad config,
-auth 401/403, schema contract: a step Failure tagged `etl/error_kind=permanent`), and runs whose
-partition has succeeded since. The sensor records its decision on the failed run
-(`etl/retry`): `requested:<n>` → `retried:<retry run id>`, `gave_up:<why>` (permanent, or the
-last attempt failed), `skipped:<why>`. Dagster's own run retries stay off (dagster.yaml).
+auth 401/403, schema contract: a step Failure tagged `etl/error_kind=permanent`), runs whose
+partition has succeeded since, and runs superseded by a newer run of their partition (the next
+hourly run failing too continues alone: one retry chain per partition). The sensor records its
+decision on the failed run (`etl/retry`): `requested:<n>` → `retried:<retry run id>`,
+`gave_up:<why>` (permanent, or the last attempt failed), `skipped:<why>`. Dagster's own run
+retries stay off (dagster.yaml).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.storage.dagster_run import RunRecord
+from dagster._core.storage.dagster_run import DagsterRun, RunRecord
 
 from etl_platform.assets.errors import ERROR_KIND_KEY, PERMANENT
 from etl_platform.automation.jobs import INGEST_JOB
@@ -80,13 +82,22 @@ class Decision:
 
 
 def decide(
-    *, attempt: int, permanent: bool, succeeded_since: bool, failed_at: float, now: float, policy: RetryPolicySettings
+    *,
+    attempt: int,
+    permanent: bool,
+    succeeded_since: bool,
+    failed_at: float,
+    now: float,
+    policy: RetryPolicySettings,
+    superseded_by: str | None = None,
 ) -> Decision:
     """What to do with one failed run (pure; the sensor supplies the facts)."""
     if permanent:
         return Decision("give_up", "permanent failure, not retried")
     if succeeded_since:
         return Decision("skip", "partition succeeded since")
+    if superseded_by:
+        return Decision("skip", f"superseded by the newer run {superseded_by} of the partition")
     if attempt > policy.max_attempts:
         return Decision("give_up", f"attempt {attempt} failed, {policy.max_attempts} retries exhausted")
     due = failed_at + policy.delay(attempt)
@@ -119,17 +130,40 @@ def partition_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k in PARTITION_TAGS}
 
 
-def partition_succeeded_since(instance: DagsterInstance, job_name: str, tags: dict[str, str], since: float) -> bool:
-    """A run of the same job (or of `ingest`, which loads everything) on the same partition or
-    range succeeded after `since`."""
-    partition = partition_tags(tags)
-    if not partition:
+def _covers(newer: DagsterRun, run: DagsterRun) -> bool:
+    """`newer` loads at least what `run` loads: the same job or `ingest` (every asset), and all
+    of the job's assets or a superset of `run`'s selection."""
+    if newer.job_name not in (run.job_name, INGEST_JOB):
         return False
-    jobs = {job_name, INGEST_JOB}
+    if newer.asset_selection is None:
+        return newer.job_name == INGEST_JOB or newer.job_name == run.job_name
+    return run.asset_selection is not None and set(newer.asset_selection) >= set(run.asset_selection)
+
+
+def _newer_runs(instance: DagsterInstance, run: DagsterRun, since: float, statuses=None) -> list[DagsterRun]:
+    """Runs of the same partition (or range) created after `since` that cover `run`."""
+    partition = partition_tags(run.tags)
+    if not partition:
+        return []
     records = instance.get_run_records(
-        RunsFilter(statuses=[DagsterRunStatus.SUCCESS], tags=partition, created_after=_dt(since)), limit=20
+        RunsFilter(tags=partition, created_after=_dt(since), statuses=statuses), limit=50
     )
-    return any(r.dagster_run.job_name in jobs for r in records)
+    return [r.dagster_run for r in records if r.dagster_run.run_id != run.run_id and _covers(r.dagster_run, run)]
+
+
+def partition_succeeded_since(instance: DagsterInstance, run: DagsterRun, since: float) -> bool:
+    """A run covering `run`'s assets on the same partition or range succeeded after `since`."""
+    return bool(_newer_runs(instance, run, since, [DagsterRunStatus.SUCCESS]))
+
+
+def superseded_by(instance: DagsterInstance, run: DagsterRun, since: float) -> str | None:
+    """A newer run of the partition (queued, running or failed, e.g. the next hourly run) that
+    covers `run`: that one carries on, so that a failing source gets one retry chain, not one
+    per tick. Canceled runs and `run`'s own retries do not count."""
+    for newer in _newer_runs(instance, run, since):
+        if newer.status != DagsterRunStatus.CANCELED and newer.tags.get(PARENT_RUN_TAG) != run.run_id:
+            return newer.run_id
+    return None
 
 
 def _retry_child(instance: DagsterInstance, run_id: str) -> str | None:
@@ -185,11 +219,13 @@ def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now:
         attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
         failed_at = record.end_time or record.update_timestamp.timestamp()
         permanent = is_permanent_failure(instance, run.run_id)
+        created = record.create_timestamp.timestamp()
+        succeeded = not permanent and partition_succeeded_since(instance, run, created)
         decision = decide(
             attempt=attempt,
             permanent=permanent,
-            succeeded_since=not permanent
-            and partition_succeeded_since(instance, run.job_name, run.tags, record.create_timestamp.timestamp()),
+            succeeded_since=succeeded,
+            superseded_by=None if permanent or succeeded else superseded_by(instance, run, created),
             failed_at=failed_at,
             now=now,
             policy=policy,

@@ -159,6 +159,25 @@ def build_csv_source(config: CsvSource, location: str, ctx: RunContext) -> DltSo
     return source
 
 
+def apply_load_hints(source: DltSource, config: CsvSource, warehouse_kind: str) -> None:
+    """How a run loads the source's tables (not part of the raw contract, which stays
+    `lineage.WRITE_DISPOSITION`):
+
+    - ``deduplicated``: the reader already rejects a repeated primary key and numbers identical
+      rows without one, so (partition day, row key) is unique within a load; dlt then skips its
+      ROW_NUMBER() over the whole staging table (on DuckDB most of the load time, and about 1 GB of
+      memory per million rows).
+    - PostgreSQL: the Arrow rows go through dlt's ``csv`` loader file format (pyarrow writes the
+      file, COPY loads it) instead of INSERT statements rendered row by row. Its COPY reads an
+      empty field as NULL (FORCE_NULL), which is this source's own reading only while "" is one of
+      its null spellings (the default), so other sources keep the INSERT path.
+    """
+    for name, resource in source.selected_resources.items():
+        resource.apply_hints(write_disposition={**lineage.WRITE_DISPOSITION, "deduplicated": True})
+        if warehouse_kind == "postgres" and name != REJECTS_TABLE and "" in config.null_values:
+            resource.apply_hints(file_format="csv")
+
+
 # --- reading ------------------------------------------------------------------------------
 
 
