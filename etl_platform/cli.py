@@ -77,6 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from etl_platform.warehouse import get_warehouse
 
     ensure_dagster_home()
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", args.log_level)  # dlt's own logger
     registry = load_registry()
     tenant = registry.tenant(args.tenant)
     day = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.timezone.utc).date()
