@@ -110,3 +110,18 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dagster_home: 
         return path
 
     return configure
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_defs_state_storage():
+    """An instance not closed in its own context (async tests) leaves Dagster's context-wide
+    defs-state storage pointing at a dead instance; loading definitions later then fails.
+    Each test starts without one, as a fresh process would."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    token = _current_storage.set(None)
+    yield
+    try:
+        _current_storage.reset(token)
+    except ValueError:
+        _current_storage.set(None)
