@@ -31,13 +31,14 @@ from urllib.parse import urlencode
 
 import httpx
 import orjson
+import pgdb
 import psycopg
+from pgdb import drop_database
 
 from etl_platform.api.cursor import encode_cursor
 from etl_platform.normalize.schema import ensure_tables
 from etl_platform.warehouse import Connection
 
-ADMIN_URL = os.environ.get("ETL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TENANT = "bench"
 KEY = "bench-" + uuid.uuid4().hex
 SOURCES = [("github", "github", "pull_request"), ("jira", "jira", "issue"), ("tickets", "csv", "ticket"),
@@ -49,15 +50,7 @@ T0 = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def create_database() -> str:
-    name = f"etl_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_database(url: str) -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    return pgdb.create_database("etl_bench")
 
 
 def load(url: str, rows: int) -> float:

@@ -39,13 +39,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
+import pgdb
 import yaml
+from pgdb import drop_database
 
-ADMIN_URL = os.environ.get("ETL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIRST = dt.date(2024, 1, 1)
@@ -54,15 +53,7 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
 def create_database() -> str:
-    name = f"etl_bench_dagster_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_database(url: str) -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    return pgdb.create_database("etl_bench_dagster")
 
 
 def tenant_ids(count: int) -> list[str]:

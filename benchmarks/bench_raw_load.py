@@ -36,10 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-ADMIN_URL = os.environ.get("ETL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+import pgdb
+from pgdb import drop_database
+
 TENANT = "bench"
 SOURCE = "items"
 DAY = dt.date(2024, 3, 1)
@@ -80,19 +81,7 @@ def generate_csv(path: Path, rows: int, seed: int = 42) -> int:
 
 
 def create_database() -> str:
-    import psycopg
-
-    name = f"etl_bench_raw_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_database(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    return pgdb.create_database("etl_bench_raw")
 
 
 # --- cases (run in a child process) -------------------------------------------------------------
