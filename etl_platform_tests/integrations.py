@@ -273,3 +273,17 @@ def expected_metrics(day: dt.date = DAY) -> dict[tuple[str, str], float]:
                 out[(name, repo)] = float(value)
     out.update({(name, ""): value for name, value in JIRA_EXPECTED.items()})
     return out
+
+
+# records per record type the fixture tenant (a Jira project, two GitHub repositories) normalizes into
+RECORDS = {
+    "jira_issue": 3,
+    "jira_transition": 8,
+    "jira_status": 37,
+    "jira_issue_type": 2,
+    "pull_request": 4,
+    "review": 2,
+    "commit": 3,
+    "release": 2,
+    "deployment": 2,
+}

@@ -15,6 +15,7 @@ from dagster import AssetCheckSeverity, AssetKey, DagsterEventType, DagsterInsta
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.integrations import (
     DAY,
+    RECORDS,
     REPO_A,
     REPO_B,
     SECRETS,
@@ -50,17 +51,6 @@ RAW_TABLES = {
     "github_commits": 3,
     "github_releases": 2,
     "github_deployments": 2,
-}
-RECORDS = {
-    "jira_issue": 3,
-    "jira_transition": 8,
-    "jira_status": 37,
-    "jira_issue_type": 2,
-    "pull_request": 4,
-    "review": 2,
-    "commit": 3,
-    "release": 2,
-    "deployment": 2,
 }
 
 
