@@ -63,9 +63,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import dlt
-import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.common.schema import Schema
 from dlt.extract.source import DltSource
@@ -73,23 +71,21 @@ from dlt.sources.helpers import requests
 
 from etl_platform.config.tenants import CsvSource
 from etl_platform.sources import lineage
+from etl_platform.sources.csv_arrow import ArrowPass, CheckedStream, FallBack, TableBuilder
 from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, apply_raw_hints, content_key, parse_time
 from etl_platform.sources.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
-BATCH_ROWS = 10_000  # rows per Arrow table: bounds the memory of a pass (1M rows: ~150 MB less than 50_000)
+BATCH_ROWS = 10_000  # rows per Arrow table of the row-by-row reader
 CHUNK_BYTES = 1 << 16
+FAST_PASS = True  # use `csv_arrow.ArrowPass` where it applies (tests compare both readers)
+HEAD_BYTES = 1 << 18  # where the fast pass looks for skipped lines, the header and the sniff sample
 SNIFF_BYTES = 32 * 1024
 SNIFF_DELIMITERS = ",;\t|"
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _NAMING = NamingConvention()
-_ARROW_TYPES = {
-    "text": pa.string(),
-    "json": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", "UTC"),
-}
 
 
 class CsvSourceError(RuntimeError):
@@ -111,6 +107,8 @@ class CsvStats:
     bytes_read: int = 0
     empty_file: bool = False
     warning: str | None = None
+    # "arrow" (the fast pass), "rows" (row by row) or "arrow, then rows from record <n>: <why>"
+    reader: str = "rows"
 
     @property
     def bytes(self) -> int:
@@ -163,18 +161,24 @@ def apply_load_hints(source: DltSource, config: CsvSource, warehouse_kind: str) 
     """How a run loads the source's tables (not part of the raw contract, which stays
     `lineage.WRITE_DISPOSITION`):
 
-    - ``deduplicated``: the reader already rejects a repeated primary key and numbers identical
-      rows without one, so (partition day, row key) is unique within a load; dlt then skips its
-      ROW_NUMBER() over the whole staging table (on DuckDB most of the load time, and about 1 GB of
-      memory per million rows).
+    - the data rows are appended straight into their table, with no staging copy and merge (on
+      PostgreSQL that halves the load). The raw asset then deletes the rows of the loaded slices
+      (source, partition days) from earlier loads (`_sweep_stale_rows`, under the same lock), so
+      a partition still holds one copy of each record once the run is done. A run that dies
+      between the two leaves both copies until the partition's next run (the retry sensor's).
+    - rejects: delete-insert, ``deduplicated``: the reader already makes (partition day, row key)
+      unique within a load, so dlt skips its ROW_NUMBER() over the whole staging table.
     - PostgreSQL: the Arrow rows go through dlt's ``csv`` loader file format (pyarrow writes the
       file, COPY loads it) instead of INSERT statements rendered row by row. Its COPY reads an
       empty field as NULL (FORCE_NULL), which is this source's own reading only while "" is one of
       its null spellings (the default), so other sources keep the INSERT path.
     """
     for name, resource in source.selected_resources.items():
-        resource.apply_hints(write_disposition={**lineage.WRITE_DISPOSITION, "deduplicated": True})
-        if warehouse_kind == "postgres" and name != REJECTS_TABLE and "" in config.null_values:
+        if name == REJECTS_TABLE:
+            resource.apply_hints(write_disposition={**lineage.WRITE_DISPOSITION, "deduplicated": True})
+            continue
+        resource.apply_hints(write_disposition="append")
+        if warehouse_kind == "postgres" and "" in config.null_values:
             resource.apply_hints(file_format="csv")
 
 
@@ -182,18 +186,90 @@ def apply_load_hints(source: DltSource, config: CsvSource, warehouse_kind: str) 
 
 
 def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) -> Iterator[_Out]:
+    """The fast columnar pass where it applies, handing over to the row-by-row reader
+    (resuming after the records already yielded) at the first row only that reader handles."""
     where = f"tenant {ctx.tenant_id!r}, source {config.name!r}"
-    stats.reset()
     shown = _shown(location)
+    resume, handover = 0, ""
+    if FAST_PASS and codecs.lookup(config.encoding).name == "utf-8" and (config.delimiter or ",").isascii():
+        stats.reset()
+        with _open_binary(location, where, stats) as binary:
+            fast = _fast_pass(config, shown, ctx, stats, where, binary)
+            if fast is not None:
+                arrow_pass, stream = fast
+                try:
+                    stats.reader = "arrow"
+                    for table in arrow_pass.tables(stream):
+                        yield _Out(config.resource, table)
+                    return
+                except FallBack as exc:
+                    resume = exc.records_done
+                    handover = f"arrow, then rows from record {resume + 1}: {exc}"
+                    log.info("%s: %s: %s", where, shown, handover)
+    stats.reset()
+    stats.reader = handover or "rows"
     with _open_text(location, config.encoding, where, stats) as text:
         lines = _Lines(text)
         try:
-            yield from _Records(config, shown, ctx, stats, where, lines).batches()
+            yield from _Records(config, shown, ctx, stats, where, lines, resume_after=resume).batches()
         except CsvSourceError:
             raise
         except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
             message = redact_text(str(exc))
             raise CsvSourceError(f"{where}: reading {shown} failed near line {lines.line}: {message}") from None
+
+
+def _fast_pass(
+    config: CsvSource, shown: str, ctx: RunContext, stats: CsvStats, where: str, binary: IO[bytes]
+) -> tuple[ArrowPass, CheckedStream] | None:
+    """The fast pass over the data records after the header, when the head of the file is
+    plain (no NUL, blank or undecodable line before the data, header within `HEAD_BYTES`)."""
+    head = binary.read(HEAD_BYTES)
+    at_end = len(head) < HEAD_BYTES
+    head = head.removeprefix(codecs.BOM_UTF8)
+    if b"\0" in head:
+        return None
+    lines = _LINE.findall(head.decode("utf-8", "surrogateescape"))
+    after = lines[config.skip_lines :]
+    sample, size = [], 0
+    for line in after:
+        if size >= SNIFF_BYTES:
+            break
+        sample.append(line)
+        size += len(line)
+    if size < SNIFF_BYTES and not at_end:
+        return None
+    delimiter = config.delimiter or _sniff("".join(sample))
+    if not delimiter.isascii() or len(delimiter) != 1:
+        return None
+    reader = csv.reader(iter(after), delimiter=delimiter)
+    try:
+        first = next(reader)
+    except (StopIteration, csv.Error):
+        return None
+    used = reader.line_num if config.has_header else 0
+    header_text = "".join(after[: max(used, 1)])
+    if (
+        not first
+        or _undecodable(header_text)
+        or len(after) <= used
+        or (used == len(after) - 1 and not at_end)
+        or any(line in ("\n", "\r", "\r\n") for line in lines[: config.skip_lines + used])
+    ):
+        return None
+    names = _column_names(first) if config.has_header else [f"col_{i}" for i in range(1, len(first) + 1)]
+    rest = "".join(after[used:]).encode("utf-8", "surrogateescape")
+    builder = TableBuilder(names, shown, config, ctx, snapshot=not config.event_time)
+    arrow_pass = ArrowPass(
+        builder=builder,
+        delimiter=delimiter,
+        first_line=config.skip_lines + used + 1,
+        stats=stats,
+        key_index=[_column(names, name, "primary_key", where, shown) for name in config.primary_key],
+        time_index=_column(names, config.event_time, "event_time", where, shown) if config.event_time else None,
+        content_key=_ContentKeys(),
+    )
+    return arrow_pass, CheckedStream(rest, binary)
 
 
 def _is_url(location: str) -> bool:
@@ -207,12 +283,19 @@ def _shown(location: str) -> str:
 
 @contextlib.contextmanager
 def _open_text(location: str, encoding: str, where: str, stats: CsvStats) -> Iterator[IO[str]]:
-    """The decoded text of a path or URL, gunzipped when it starts with the gzip magic bytes.
+    """The decoded text of a path or URL (see `_open_binary`).
 
     Lines keep their own endings (\\n, \\r\\n or \\r); undecodable bytes become lone
     surrogates so that the reader can reject the line holding them."""
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"
+    with _open_binary(location, where, stats) as binary:
+        yield io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
+
+
+@contextlib.contextmanager
+def _open_binary(location: str, where: str, stats: CsvStats) -> Iterator[IO[bytes]]:
+    """The bytes of a path or URL, gunzipped when they start with the gzip magic bytes."""
     with contextlib.ExitStack() as stack:
         scheme = urlsplit(location).scheme.lower()
         if _is_url(location):
@@ -231,7 +314,7 @@ def _open_text(location: str, encoding: str, where: str, stats: CsvStats) -> Ite
         binary: IO[bytes] = io.BufferedReader(_ChunkStream(chunks, stats), CHUNK_BYTES)
         if binary.peek(2)[:2] == b"\x1f\x8b":
             binary = gzip.GzipFile(fileobj=binary, mode="rb")
-        yield io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
+        yield binary
 
 
 def _http_chunks(url: str, where: str, stack: contextlib.ExitStack) -> Iterator[bytes]:
@@ -353,14 +436,36 @@ def _column_names(header: list[str]) -> list[str]:
     return names
 
 
-def _json_record(names: list[str], fields: list[str]) -> str:
-    """The record as a JSON object keyed by the header names (orjson: compact, key order kept)."""
-    return orjson.dumps(dict(zip(names, fields))).decode()
+def _column(names: list[str], name: str, setting: str, where: str, location: str) -> int:
+    """The index of a configured column, by its header name or its snake_case form."""
+    snake = _NAMING.normalize_identifier(name)
+    for matches in (lambda own: own == name, lambda own: _NAMING.normalize_identifier(own) == snake):
+        for index, own in enumerate(names):
+            if matches(own):
+                return index
+    raise CsvSourceError(
+        f"{where}: {setting} column {name!r} is not in the header of {location} (columns: {', '.join(names)})"
+    )
+
+
+class _ContentKeys:
+    """Row keys of a source without primary key: ``content_key(values)#<n>`` for the n-th
+    identical row (one small counter per distinct row)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, int] = {}
+
+    def __call__(self, fields: list[str]) -> str:
+        key = content_key(fields)
+        digest = int(key[:16], 16)
+        occurrence = self._seen[digest] = self._seen.get(digest, 0) + 1
+        return f"{key}#{occurrence}"
 
 
 @dataclass
 class _Records:
-    """One pass over the records of a file, yielding Arrow batches and rejects."""
+    """One row-by-row pass over the records of a file, yielding Arrow batches and rejects;
+    records up to `resume_after` (already yielded by the fast pass) are read, not yielded."""
 
     config: CsvSource
     location: str
@@ -368,10 +473,12 @@ class _Records:
     stats: CsvStats
     where: str
     lines: _Lines
+    resume_after: int = 0
     names: list[str] = field(default_factory=list)
     nulls: frozenset[str] = frozenset()
     # hash of "<day>|<row key>" -> first line (str hash: 64-bit, stable within one pass)
     seen: dict[int, int] = field(default_factory=dict)
+    content_keys: _ContentKeys = field(default_factory=_ContentKeys)
     # the pending batch, one entry per row in parallel lists (no per-row tuple objects)
     rows: list[list[str]] = field(default_factory=list)
     _row_lines: list[int] = field(default_factory=list)
@@ -381,7 +488,7 @@ class _Records:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     _key_index: list[int] = field(default_factory=list)
     _time_index: int | None = None
-    _schema: pa.Schema | None = None
+    _builder: TableBuilder | None = None
 
     def batches(self) -> Iterator[_Out]:
         config = self.config
@@ -403,15 +510,10 @@ class _Records:
                 "source's encoding and delimiter"
             )
         self.names = _column_names(fields) if config.has_header else [f"col_{i}" for i in range(1, len(fields) + 1)]
-        self._key_index = [self._column(name, "primary_key") for name in config.primary_key]
-        self._time_index = self._column(config.event_time, "event_time") if config.event_time else None
-        self._schema = pa.schema(
-            [pa.field(name, pa.string()) for name in self.names]
-            + [
-                pa.field(name, _ARROW_TYPES[hint["data_type"]], nullable=hint.get("nullable", True))
-                for name, hint in lineage.LINEAGE_COLUMNS.items()
-            ]
-        )
+        self._key_index = [_column(self.names, n, "primary_key", self.where, self.location) for n in config.primary_key]
+        if config.event_time:
+            self._time_index = _column(self.names, config.event_time, "event_time", self.where, self.location)
+        self._builder = TableBuilder(self.names, self.location, config, self.ctx, snapshot=self._time_index is None)
         for line, raw, fields, error in itertools.chain([] if config.has_header else [first], records):
             self.stats.rows_read += 1
             if fields is None:
@@ -440,18 +542,6 @@ class _Records:
             if fields != []:
                 yield line, raw, fields, error
 
-    def _column(self, name: str, setting: str) -> int:
-        """The index of a configured column, by its header name or its snake_case form."""
-        snake = _NAMING.normalize_identifier(name)
-        for matches in (lambda own: own == name, lambda own: _NAMING.normalize_identifier(own) == snake):
-            for index, own in enumerate(self.names):
-                if matches(own):
-                    return index
-        raise CsvSourceError(
-            f"{self.where}: {setting} column {name!r} is not in the header of {self.location} "
-            f"(columns: {', '.join(self.names)})"
-        )
-
     def _record(self, line: int, raw: str, fields: list[str]) -> None:
         if bad := _undecodable(raw):
             return self._reject(
@@ -479,17 +569,16 @@ class _Records:
             if first != line:
                 return self._reject(line, raw, f"duplicate primary key {row_key!r} (first at line {first})", day)
         else:
-            row_key = content_key(fields)
-            digest = int(row_key[:16], 16)
-            occurrence = self.seen[digest] = self.seen.get(digest, 0) + 1
-            row_key = f"{row_key}#{occurrence}"
+            row_key = self.content_keys(fields)
+        self.stats.rows_emitted += 1
+        if self.stats.rows_read <= self.resume_after:
+            return None
         self.rows.append(fields)
         self._row_lines.append(line)
         self._row_keys.append(row_key)
         if self._time_index is not None:
             self._row_times.append(event_time)
             self._row_days.append(day)
-        self.stats.rows_emitted += 1
         return None
 
     def _reject(self, line: int, raw: str, reason: str, day: dt.date | None = None) -> None:
@@ -511,41 +600,18 @@ class _Records:
             self.rejected = []
 
     def _flush_rows(self) -> Iterator[_Out]:
-        """The pending rows as one Arrow table (per window day for a snapshot), built column by
-        column: null spellings, positions and constant lineage are computed by Arrow kernels."""
-        if not self.rows:
+        """The pending rows as Arrow tables (`TableBuilder`)."""
+        if not self.rows or self._builder is None:
             return
-        rows, lines, keys, times, days = self.rows, self._row_lines, self._row_keys, self._row_times, self._row_days
-        self.rows, self._row_lines, self._row_keys, self._row_times, self._row_days = [], [], [], [], []
-        count, schema = len(rows), self._schema
-        null_set = pa.array(sorted(self.nulls), pa.string()) if self.nulls else None
-        no_value = pa.scalar(None, pa.string())
-        columns: dict[str, pa.Array] = {}
-        for name, values in zip(self.names, zip(*rows)):
-            array = pa.array(values, pa.string())
-            if null_set is not None:
-                array = pc.if_else(pc.is_in(array, value_set=null_set), no_value, array)
-            columns[name] = array
-        constant = self.ctx.lineage(
-            resource=self.config.resource, partition_date=self.ctx.window.days[0], position=None, row_key=""
-        )
-        for name, value in constant.items():
-            columns[name] = pa.repeat(pa.scalar(value, schema.field(name).type), count)
-        columns[lineage.POSITION] = pc.binary_join_element_wise(
-            pa.scalar(f"{self.location}:"), pc.cast(pa.array(lines, pa.int64()), pa.string()), ""
-        )
-        columns[lineage.ROW_KEY] = pa.array(keys, pa.string())
+        raw = [pa.array(values, pa.string()) for values in zip(*self.rows)]
         snapshot = self._time_index is None
-        time_type = schema.field(lineage.EVENT_TIME).type
-        columns[lineage.EVENT_TIME] = pa.nulls(count, time_type) if snapshot else pa.array(times, time_type)
-        names = self.names
-        columns[lineage.RECORD] = pa.array([_json_record(names, fields) for fields in rows], pa.string())
-        if not snapshot:
-            columns[lineage.PARTITION_DATE] = pa.array(days, pa.date32())
-        table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
-        yield _Out(self.config.resource, table)
-        if snapshot:
-            index = schema.get_field_index(lineage.PARTITION_DATE)
-            for day in self.ctx.window.days[1:]:
-                days_column = pa.repeat(pa.scalar(day, pa.date32()), count)
-                yield _Out(self.config.resource, table.set_column(index, schema.field(index), days_column))
+        tables = self._builder.tables(
+            raw,
+            self._row_lines,
+            self._row_keys,
+            None if snapshot else self._row_times,
+            None if snapshot else self._row_days,
+        )
+        self.rows, self._row_lines, self._row_keys, self._row_times, self._row_days = [], [], [], [], []
+        for table in tables:
+            yield _Out(self.config.resource, table)
