@@ -50,18 +50,25 @@ class FallBack(Exception):
 # --- raw tables ----------------------------------------------------------------------------
 
 
-def json_objects(names: list[str], columns: list[pa.Array]) -> pa.Array:
-    """Each row as a compact JSON object keyed by `names` in order, as orjson writes it."""
+def json_objects(names: list[str], columns: list[pa.Array], special: list[bool] | None = None) -> pa.Array:
+    """Each row as a compact JSON object keyed by `names` in order, as orjson writes it;
+    `special[i]`: whether column i may hold characters to escape (`has_special`)."""
     parts: list[Any] = []
     for index, (name, column) in enumerate(zip(names, columns)):
+        escape = has_special(column) if special is None else special[index]
         parts.append(("{" if index == 0 else ",") + orjson.dumps(name).decode() + ":")
-        parts.append(pc.fill_null(_json_string(column), "null"))
+        parts.append(pc.fill_null(_json_string(column, escape), "null"))
     parts.append("}" if parts else "{}")
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _json_string(column: pa.Array) -> pa.Array:
-    if _any(pc.match_substring_regex(column, _SPECIAL)):
+def has_special(column: pa.Array) -> bool:
+    """Whether any value holds a control character (line breaks too), a quote or a backslash."""
+    return _any(pc.match_substring_regex(column, _SPECIAL))
+
+
+def _json_string(column: pa.Array, escape: bool) -> pa.Array:
+    if escape:
         for char, escaped in _SHORT_ESCAPES.items():  # backslash first
             column = pc.replace_substring(column, char, escaped)
         if _any(pc.match_substring_regex(column, r"[\x00-\x1f]")):
@@ -100,6 +107,7 @@ class TableBuilder:
         keys: Any,
         times: list[dt.datetime | None] | None = None,
         days: list[dt.date | None] | None = None,
+        special: list[bool] | None = None,
     ) -> Iterator[pa.Table]:
         """One table of the rows (one per window day for a snapshot): values as received except
         null spellings, which become null (the `_etl_record` JSON keeps them)."""
@@ -109,8 +117,9 @@ class TableBuilder:
         no_value = pa.scalar(None, pa.string())
         columns: dict[str, Any] = {}
         for name, array in zip(self.names, raw):
-            if null_set is not None and _any(pc.is_in(array, value_set=null_set)):
-                array = pc.if_else(pc.is_in(array, value_set=null_set), no_value, array)
+            is_null = pc.is_in(array, value_set=null_set) if null_set is not None else None
+            if is_null is not None and _any(is_null):
+                array = pc.if_else(is_null, no_value, array)
             columns[name] = array
         constant = self.ctx.lineage(
             resource=self.config.resource, partition_date=self.ctx.window.days[0], position=None, row_key=""
@@ -123,7 +132,7 @@ class TableBuilder:
         columns[lineage.ROW_KEY] = keys if isinstance(keys, pa.Array) else pa.array(keys, pa.string())
         time_type = schema.field(lineage.EVENT_TIME).type
         columns[lineage.EVENT_TIME] = pa.nulls(count, time_type) if self.snapshot else pa.array(times, time_type)
-        columns[lineage.RECORD] = json_objects(self.names, raw)
+        columns[lineage.RECORD] = json_objects(self.names, raw, special)
         if not self.snapshot:
             columns[lineage.PARTITION_DATE] = pa.array(days, pa.date32())
         table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
@@ -212,7 +221,8 @@ class ArrowPass:
         raw, count = list(batch.columns), batch.num_rows
         if count == 0:
             return []
-        lines = self._lines(raw, count)
+        special = [has_special(column) for column in raw]
+        lines = self._lines(raw, count, special)
         times = days = None
         keep: list[bool] | None = None
         if self.time_index is not None:
@@ -234,14 +244,14 @@ class ArrowPass:
         if kept == 0:
             return []
         keys = self._keys(raw, days)
-        return list(self.builder.tables(raw, lines, keys, times, days))
+        return list(self.builder.tables(raw, lines, keys, times, days, special))
 
-    def _lines(self, raw: list[pa.Array], count: int) -> np.ndarray:
+    def _lines(self, raw: list[pa.Array], count: int, special: list[bool]) -> np.ndarray:
         """Physical line of each record: one more than the last, plus the line breaks inside
         the last record's quoted values."""
         breaks = np.zeros(count, np.int64)
-        for column in raw:
-            if _any(pc.match_substring_regex(column, "[\r\n]")):
+        for column, maybe in zip(raw, special):
+            if maybe and _any(pc.match_substring_regex(column, "[\r\n]")):
                 crlf = pc.count_substring(column, "\r\n")
                 each = pc.subtract(pc.add(pc.count_substring(column, "\n"), pc.count_substring(column, "\r")), crlf)
                 breaks += each.to_numpy(zero_copy_only=False)
