@@ -8,40 +8,46 @@ import pytest
 
 from etl_platform.normalize.drift import diff_schemas
 from etl_platform.normalize.mapping import build_mapping
-from etl_platform.normalize.sql import POSTGRES_FUNCTIONS, select_for
-from etl_platform.warehouse import Warehouse
+from etl_platform.normalize.run import STAGE, _stage
+from etl_platform.normalize.sql import POSTGRES_FUNCTIONS, select_for, to_timestamp
+from etl_platform.warehouse import Connection, Warehouse
 
 DAY = dt.date(2024, 3, 1)
 UTC = dt.timezone.utc
 
 
+def _raw_table(conn: Connection, mapping, records: list[dict], extra_columns: dict | None = None) -> set[str]:
+    """Create the raw table t.raw holding `records` (+ the functions); its columns."""
+    extra_columns = extra_columns or {}
+    json_type = "JSON" if conn.dialect == "duckdb" else "JSONB"
+    conn.execute("CREATE SCHEMA IF NOT EXISTS t")
+    conn.execute("DROP TABLE IF EXISTS t.raw")
+    extra_ddl = "".join(f", {c} VARCHAR" for c in extra_columns)
+    conn.execute(
+        f"CREATE TABLE t.raw (_etl_record {json_type}, _etl_source VARCHAR, _etl_partition_date DATE, "
+        f"_etl_row_key VARCHAR, _etl_event_time TIMESTAMPTZ, _dlt_load_id VARCHAR{extra_ddl})"
+    )
+    for i, rec in enumerate(records):
+        values = [
+            json.dumps(rec),
+            mapping.source,
+            DAY,
+            f"row{i}",
+            None,
+            "1700000000.1",
+            *[v[i] for v in extra_columns.values()],
+        ]
+        marks = ", ".join("?" for _ in values)
+        conn.execute(f"INSERT INTO t.raw VALUES ({marks})", values)
+    if conn.dialect == "postgres":
+        conn.execute(POSTGRES_FUNCTIONS)
+    return set(conn.columns("t", "raw"))
+
+
 def _map(warehouse_url, mapping, records: list[dict], extra_columns: dict | None = None) -> list[dict]:
     """Create a raw table holding `records`, run the mapping's SELECT, return rows by source_id order."""
-    extra_columns = extra_columns or {}
     with Warehouse(warehouse_url).connect(write=True) as conn:
-        json_type = "JSON" if conn.dialect == "duckdb" else "JSONB"
-        conn.execute("CREATE SCHEMA IF NOT EXISTS t")
-        conn.execute("DROP TABLE IF EXISTS t.raw")
-        extra_ddl = "".join(f", {c} VARCHAR" for c in extra_columns)
-        conn.execute(
-            f"CREATE TABLE t.raw (_etl_record {json_type}, _etl_source VARCHAR, _etl_partition_date DATE, "
-            f"_etl_row_key VARCHAR, _etl_event_time TIMESTAMPTZ, _dlt_load_id VARCHAR{extra_ddl})"
-        )
-        for i, rec in enumerate(records):
-            values = [
-                json.dumps(rec),
-                mapping.source,
-                DAY,
-                f"row{i}",
-                None,
-                "1700000000.1",
-                *[v[i] for v in extra_columns.values()],
-            ]
-            marks = ", ".join("?" for _ in values)
-            conn.execute(f"INSERT INTO t.raw VALUES ({marks})", values)
-        if conn.dialect == "postgres":
-            conn.execute(POSTGRES_FUNCTIONS)
-        columns = set(conn.columns("t", "raw"))
+        columns = _raw_table(conn, mapping, records, extra_columns)
         sql = select_for(conn.dialect, mapping, "t", "raw", "acme", f"DATE '{DAY}'", columns)
         rows = conn.query_dicts(sql)
     for row in rows:
@@ -195,3 +201,65 @@ def test_drift_diff():
     assert drift.added == ["d"] and drift.removed == ["c"] and drift.retyped == {"b": ("number", "string")}
     assert drift.breaking and "retyped b: number -> string" in drift.describe()
     assert not diff_schemas({"a": "string"}, {"a": "string", "b": "number"}).breaking
+
+
+# --- PostgreSQL: plain timestamp casts first, the exception-block function as the fallback -------
+
+DATES = [
+    "2024-03-01",
+    "2024-03-01T10:00:00Z",
+    "2024-03-01 10:00",
+    "2024-02-29T23:59:59.123456+02:00",
+    "2024-03-01T10:00:00-0530",
+    "2024-03-01T10:00:00+05",
+    "2024-03-01T10:00:00.000+0000",
+    "Mar 1 2024 10:00",
+]
+NOT_DATES = ["yesterday", "now", "infinity", "", None]  # no digit: NULL without a cast
+INVALID_DATES = ["2024-02-30", "2023-02-29T10:00:00Z", "2024-13-01", "2024-03-01T25:00:00Z", "31/02/2024", "12abc"]
+
+
+@pytest.mark.postgres
+def test_plain_timestamp_cast_matches_the_function_or_raises(pg_url):
+    """Where the plain cast does not raise it equals `etl_try_timestamptz`; where the function
+    returns NULL for a string with digits, the plain cast raises a data exception."""
+    import psycopg
+
+    safe, plain = to_timestamp("postgres", "v"), to_timestamp("postgres", "v", safe=False)
+    with Warehouse(pg_url).connect(write=True) as conn:
+        conn.execute(POSTGRES_FUNCTIONS)
+        for value in DATES + NOT_DATES:
+            ((expected, got),) = conn.query(f"SELECT {safe}, {plain} FROM (SELECT CAST(? AS TEXT) AS v) AS s", [value])
+            assert got == expected and (expected is None) == (value in NOT_DATES), value
+        for value in INVALID_DATES:
+            assert conn.query(f"SELECT {safe} FROM (SELECT CAST(? AS TEXT) AS v) AS s", [value]) == [(None,)]
+            with pytest.raises(psycopg.errors.DataError):
+                conn.query(f"SELECT {plain} FROM (SELECT CAST(? AS TEXT) AS v) AS s", [value])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("bad", [False, True])
+def test_stage_falls_back_to_the_function_on_an_invalid_date(pg_url, bad):
+    """The stage is first built with plain casts; an invalid date rolls that back (savepoint) and
+    the safe SELECT builds it: same rows either way, the invalid date a reject."""
+    mapping = build_mapping("api", "rest_api", "items", primary_key=["id"])
+    records = [{"id": i, "created_at": d} for i, d in enumerate(DATES + NOT_DATES)]
+    if bad:
+        records.append({"id": 99, "updated_at": "2024-02-30T10:00:00Z"})
+    with Warehouse(pg_url).connect(write=True) as conn:
+        columns = _raw_table(conn, mapping, records)
+        calls = []
+
+        def selects(safe_times: bool) -> list[str]:
+            calls.append(safe_times)
+            return [select_for("postgres", mapping, "t", "raw", "acme", f"DATE '{DAY}'", columns, safe_times)]
+
+        expected = conn.query_dicts(selects(True)[0] + " ORDER BY raw_row_key")
+        calls.clear()
+        with conn.transaction():
+            _stage(conn, selects)
+            staged = conn.query_dicts(f"SELECT * FROM {STAGE} ORDER BY raw_row_key")
+    assert calls == ([False, True] if bad else [False])
+    assert staged == expected and len(staged) == len(records)
+    rejects = {r["reject_reason"] for r in staged}
+    assert ("unparseable date in updated_at: 2024-02-30T10:00:00Z" in rejects) is bad

@@ -10,6 +10,7 @@ Everything runs as set-based SQL inside one transaction:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from etl_platform.config.tenants import SourceConfig, TenantConfig
@@ -72,45 +73,75 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
         ensure_tables(conn, schema)
         if conn.dialect == "postgres":
             conn.execute(POSTGRES_FUNCTIONS)
-        selects = []
+        tables = []
         for source in tenant.sources:
             for table, mapping in mappings_for(source):
                 columns = conn.columns(schema, table)
-                if not columns:
-                    continue
-                selects.append(select_for(conn.dialect, mapping, schema, table, tenant.id, days_sql, set(columns)))
+                if columns:
+                    tables.append((mapping, table, set(columns)))
         result.ingest_rejects = _ingest_rejects(conn, schema, days_sql)
+
+        def selects(safe_times: bool) -> list[str]:
+            return [
+                select_for(conn.dialect, mapping, schema, table, tenant.id, days_sql, columns, safe_times)
+                for mapping, table, columns in tables
+            ]
+
         with conn.transaction():
             _delete_rejects(conn, schema, tenant, days_sql)
-            if selects:
+            if tables:
                 _stage(conn, selects)
                 _count(conn, result)
                 _insert_rejects(conn, schema)
-                result.records_upserted = _upsert(conn, schema)
+                result.records_upserted = _upsert(conn, schema, result.records_written)
                 conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
     return result
 
 
-def _stage(conn: Connection, selects: list[str]) -> None:
+def _stage(conn: Connection, selects: Callable[[bool], list[str]]) -> None:
+    """Create the stage from `selects(safe_times)`. PostgreSQL: first with plain timestamp casts
+    (no exception block per value, parallel scan) in a savepoint; only when one of them raises
+    (a value is not a date) with the safe function, so the stage is the same either way."""
     conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    if conn.dialect != "postgres":
+        _create_stage(conn, selects(True))
+        return
+    conn.execute("SET LOCAL jit = off")  # compiling the wide generated expressions costs more than it saves
+    conn.execute("SET LOCAL work_mem = '64MB'")  # the upsert's key count hashes in memory
+    if not _try_create_stage(conn, selects(False)):
+        _create_stage(conn, selects(True))
+    # a new table has no statistics: the planner would sort the keys to count them, not hash them
+    conn.execute(f"ANALYZE {STAGE} (reject_reason, source, record_type, source_id)")
+
+
+def _create_stage(conn: Connection, selects: list[str]) -> None:
     conn.execute(f"CREATE TEMP TABLE {STAGE} AS " + "\nUNION ALL\n".join(selects))
 
 
+def _try_create_stage(conn: Connection, selects: list[str]) -> bool:
+    """Create the stage in a savepoint (PostgreSQL); False, and no stage, on a data exception."""
+    import psycopg
+
+    try:
+        with conn.transaction():
+            _create_stage(conn, selects)
+    except psycopg.errors.DataError:  # SQLSTATE class 22, e.g. 22008 for '2024-02-30'
+        return False
+    return True
+
+
 def _count(conn: Connection, result: NormalizeResult) -> None:
-    rows = conn.query(f"SELECT raw_table, reject_reason IS NULL AS ok, count(*) FROM {STAGE} GROUP BY 1, 2")
-    for table, ok, count in rows:
+    rows = conn.query(f"SELECT raw_table, split_part(reject_reason, ':', 1), count(*) FROM {STAGE} GROUP BY 1, 2")
+    for table, reason, count in rows:
         entry = result.by_table.setdefault(table, {"raw_rows": 0, "records": 0, "rejects": 0})
         entry["raw_rows"] += count
-        entry["records" if ok else "rejects"] += count
+        entry["records" if reason is None else "rejects"] += count
         result.raw_rows += count
-        if ok:
+        if reason is None:
             result.records_written += count
         else:
             result.rejects += count
-    for reason, count in conn.query(
-        f"SELECT split_part(reject_reason, ':', 1), count(*) FROM {STAGE} WHERE reject_reason IS NOT NULL GROUP BY 1"
-    ):
-        result.reject_reasons[reason] = count
+            result.reject_reasons[reason] = result.reject_reasons.get(reason, 0) + count
 
 
 def _delete_rejects(conn: Connection, schema: str, tenant: TenantConfig, days_sql: str) -> None:
@@ -127,7 +158,8 @@ def _insert_rejects(conn: Connection, schema: str) -> None:
     )
 
 
-def _upsert(conn: Connection, schema: str) -> int:
+def _upsert(conn: Connection, schema: str, valid: int) -> int:
+    """Upsert the `valid` staged rows; the number of distinct keys among them."""
     target = f"{quote(schema)}.{quote(RECORDS_TABLE)}"
     columns = list(RECORD_COLUMNS)
     computed = {
@@ -140,10 +172,9 @@ def _upsert(conn: Connection, schema: str) -> int:
     keys = ", ".join(quote(k) for k in UPSERT_KEY if k != "tenant_id")
     # one row per key: the newest version. Usually every key occurs once: then the rows are
     # inserted as they are, without sorting the whole stage (and the count is that of the keys)
-    valid, distinct = conn.query(
-        f"SELECT (SELECT count(*) FROM {STAGE} WHERE reject_reason IS NULL), "
-        f"(SELECT count(*) FROM (SELECT 1 FROM {STAGE} WHERE reject_reason IS NULL GROUP BY {keys}) AS k)"
-    )[0]
+    distinct = conn.query(
+        f"SELECT count(*) FROM (SELECT 1 FROM {STAGE} WHERE reject_reason IS NULL GROUP BY {keys}) AS k"
+    )[0][0]
     if valid == distinct:
         newest = f"SELECT {select_cols} FROM {STAGE} WHERE reject_reason IS NULL"
     else:
