@@ -93,6 +93,18 @@ def test_rest_api_defaults_trim_utc_lowercase_and_attributes(warehouse_url):
     assert row["event_date"] == DAY and row["raw_row_key"] == "row0"
 
 
+NUMBERS = {"12.5": 12.5, " -3 ": -3.0, "9,50": 9.5, "1e3": 1000.0, "1e999": None, "-1e999": None, "1.2.3": None}
+
+
+def test_value_is_a_finite_number_or_null(warehouse_url):
+    """A value out of the double range ('1e999') is NULL, as is text that is no number; neither
+    fails the normalization nor makes a reject."""
+    mapping = build_mapping("api", "rest_api", "items", primary_key=["id"])
+    rows = _map(warehouse_url, mapping, [{"id": f"n{i}", "amount": v} for i, v in enumerate(NUMBERS)])
+    assert {r["source_id"]: r["value"] for r in rows} == {f"n{i}": v for i, v in enumerate(NUMBERS.values())}
+    assert all(r["reject_reason"] is None for r in rows)
+
+
 def test_missing_id_and_bad_dates_are_rejects_with_reasons(warehouse_url):
     mapping = build_mapping("api", "rest_api", "items", primary_key=["id"])
     rows = _map(
@@ -238,21 +250,28 @@ def test_plain_timestamp_cast_matches_the_function_or_raises(pg_url):
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("bad", [False, True])
-def test_stage_falls_back_to_the_function_on_an_invalid_date(pg_url, bad):
-    """The stage is first built with plain casts; an invalid date rolls that back (savepoint) and
-    the safe SELECT builds it: same rows either way, the invalid date a reject."""
+@pytest.mark.parametrize(
+    "bad, reject",
+    [
+        (None, None),
+        ({"updated_at": "2024-02-30T10:00:00Z"}, "unparseable date in updated_at: 2024-02-30T10:00:00Z"),
+        ({"amount": "1e999"}, None),  # out of range: value NULL, not a reject
+    ],
+)
+def test_stage_falls_back_to_the_safe_functions_on_a_data_error(pg_url, bad, reject):
+    """The stage is first built with plain casts; an invalid date or a number out of range rolls
+    that back (savepoint) and the safe SELECT builds it: same rows either way."""
     mapping = build_mapping("api", "rest_api", "items", primary_key=["id"])
-    records = [{"id": i, "created_at": d} for i, d in enumerate(DATES + NOT_DATES)]
+    records = [{"id": i, "created_at": d, "amount": str(i)} for i, d in enumerate(DATES + NOT_DATES)]
     if bad:
-        records.append({"id": 99, "updated_at": "2024-02-30T10:00:00Z"})
+        records.append({"id": 99, **bad})
     with Warehouse(pg_url).connect(write=True) as conn:
         columns = _raw_table(conn, mapping, records)
         calls = []
 
-        def selects(safe_times: bool) -> list[str]:
-            calls.append(safe_times)
-            return [select_for("postgres", mapping, "t", "raw", "acme", f"DATE '{DAY}'", columns, safe_times)]
+        def selects(safe_casts: bool) -> list[str]:
+            calls.append(safe_casts)
+            return [select_for("postgres", mapping, "t", "raw", "acme", f"DATE '{DAY}'", columns, safe_casts)]
 
         expected = conn.query_dicts(selects(True)[0] + " ORDER BY raw_row_key")
         calls.clear()
@@ -261,5 +280,6 @@ def test_stage_falls_back_to_the_function_on_an_invalid_date(pg_url, bad):
             staged = conn.query_dicts(f"SELECT * FROM {STAGE} ORDER BY raw_row_key")
     assert calls == ([False, True] if bad else [False])
     assert staged == expected and len(staged) == len(records)
-    rejects = {r["reject_reason"] for r in staged}
-    assert ("unparseable date in updated_at: 2024-02-30T10:00:00Z" in rejects) is bad
+    assert [r["reject_reason"] for r in staged if r["source_id"] == "99"] == ([reject] if bad else [])
+    values = {r["source_id"]: r["value"] for r in staged if r["source_id"] != "99"}
+    assert values == {str(i): float(i) for i in range(len(DATES + NOT_DATES))}

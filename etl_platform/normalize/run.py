@@ -81,9 +81,9 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
                     tables.append((mapping, table, set(columns)))
         result.ingest_rejects = _ingest_rejects(conn, schema, days_sql)
 
-        def selects(safe_times: bool) -> list[str]:
+        def selects(safe_casts: bool) -> list[str]:
             return [
-                select_for(conn.dialect, mapping, schema, table, tenant.id, days_sql, columns, safe_times)
+                select_for(conn.dialect, mapping, schema, table, tenant.id, days_sql, columns, safe_casts)
                 for mapping, table, columns in tables
             ]
 
@@ -99,9 +99,9 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
 
 
 def _stage(conn: Connection, selects: Callable[[bool], list[str]]) -> None:
-    """Create the stage from `selects(safe_times)`. PostgreSQL: first with plain timestamp casts
+    """Create the stage from `selects(safe_casts)`. PostgreSQL: first with plain timestamp and number casts
     (no exception block per value, parallel scan) in a savepoint; only when one of them raises
-    (a value is not a date) with the safe function, so the stage is the same either way."""
+    (a value is not a date, a number out of range) with the safe functions, so the stage is the same either way."""
     conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
     if conn.dialect != "postgres":
         _create_stage(conn, selects(True))

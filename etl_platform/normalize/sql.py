@@ -119,11 +119,19 @@ def number_text(text_expr: str) -> str:
     return f"(CASE WHEN {text_expr} LIKE '%,%' THEN {fixed} ELSE {text_expr} END)"
 
 
-def to_number(dialect: str, number_text_expr: str) -> str:
+NUMBER_PATTERN = "'^\\s*-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?\\s*$'"
+
+
+def to_number(dialect: str, number_text_expr: str, safe: bool = True) -> str:
+    """Text as a finite double, NULL when it is not a number or out of range ('1e999'). On
+    PostgreSQL `safe` calls `etl_try_float8`; else a plain cast that raises when out of range
+    (see `to_timestamp`)."""
     if dialect == "duckdb":
-        return f"TRY_CAST({number_text_expr} AS DOUBLE)"
-    number = "'^\\s*-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?\\s*$'"
-    return f"(CASE WHEN {number_text_expr} ~ {number} THEN CAST({number_text_expr} AS DOUBLE PRECISION) END)"
+        number = f"TRY_CAST({number_text_expr} AS DOUBLE)"
+        return f"(CASE WHEN isfinite({number}) THEN {number} END)"
+    if safe:
+        return f"etl_try_float8({number_text_expr})"
+    return f"(CASE WHEN {number_text_expr} ~ {NUMBER_PATTERN} THEN CAST({number_text_expr} AS DOUBLE PRECISION) END)"
 
 
 def _first_of(dialect: str, aliases: list[str]) -> str:
@@ -194,12 +202,12 @@ def select_for(
     tenant_id: str,
     days_sql: str,
     has_columns: set[str],
-    safe_times: bool = True,
+    safe_casts: bool = True,
 ) -> str:
     """A SELECT of the unified columns (+ `reject_reason`) over one raw table's partition slice.
 
     Candidates reading raw columns ('@col', templates) that the table lacks are dropped.
-    `safe_times=False` (PostgreSQL): the SELECT raises on an invalid date (see `to_timestamp`).
+    `safe_casts=False` (PostgreSQL): the SELECT raises on an invalid date (see `to_timestamp`).
 
     Rendered in layers so that each value is computed once per row (PostgreSQL would otherwise
     inline and re-evaluate every expression where it is used; `OFFSET 0` keeps the layers):
@@ -277,7 +285,7 @@ def select_for(
     ts = {col: alias("ts", col) for col in TIME_COLUMNS}
     for col in TIME_COLUMNS:
         first = _first_of(dialect, [cand[n] for n in c.get(col, [])])
-        layer2_cols.append(f"{to_timestamp(dialect, first, safe_times)} AS {ts[col]}")
+        layer2_cols.append(f"{to_timestamp(dialect, first, safe_casts)} AS {ts[col]}")
     number = alias("n", "value")
     layer2_cols.append(f"{number_text(_first_of(dialect, [cand[n] for n in c.get('value', [])]))} AS {number}")
     layer2 = f"SELECT {', '.join(layer2_cols)} FROM ({layer1}) AS l1{fence}"
@@ -310,7 +318,7 @@ def select_for(
         "author": get("author"),
         "category": f"LOWER({get('category')})" if "category" in CATEGORICAL_COLUMNS else get("category"),
         "status": f"LOWER({status})",
-        "value": to_number(dialect, number),
+        "value": to_number(dialect, number, safe_casts),
         "created_at": ts["created_at"],
         "updated_at": ts["updated_at"],
         "event_date": quote(lineage.PARTITION_DATE),
@@ -328,7 +336,7 @@ def select_for(
     return f"SELECT\n  {select}\nFROM ({layer2}) AS l2"
 
 
-POSTGRES_FUNCTIONS = """
+POSTGRES_FUNCTIONS = f"""
 CREATE OR REPLACE FUNCTION public.etl_try_timestamptz(v TEXT) RETURNS TIMESTAMPTZ
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
@@ -338,6 +346,17 @@ BEGIN
   END IF;
   RETURN v::timestamptz;
 EXCEPTION WHEN others THEN
+  RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION public.etl_try_float8(v TEXT) RETURNS DOUBLE PRECISION
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF v IS NULL OR v !~ {NUMBER_PATTERN} THEN
+    RETURN NULL;
+  END IF;
+  RETURN v::double precision;
+EXCEPTION WHEN others THEN  -- out of range, e.g. '1e999'
   RETURN NULL;
 END $$;
 """
