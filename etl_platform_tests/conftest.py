@@ -116,9 +116,14 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dagster_home: 
 def _no_stale_defs_state_storage():
     """An instance not closed in its own context (async tests) leaves Dagster's context-wide
     defs-state storage pointing at a dead instance; loading definitions later then fails.
-    Each test starts without one, as a fresh process would."""
+    Each test starts without one, as a fresh process would. A generator abandoned inside
+    `with instance:` resets the storage whenever the garbage collector closes it, so that is
+    done first (else it could happen mid-test, restoring an earlier test's dead instance)."""
+    import gc
+
     from dagster._core.storage.defs_state.base import _current_storage
 
+    gc.collect()
     token = _current_storage.set(None)
     yield
     try:
