@@ -14,6 +14,9 @@ peak RSS (ru_maxrss of that process, from wait4) belongs to that case alone:
   SQLite instance in a temporary DAGSTER_HOME). The time is that of the run; building the
   definitions is reported apart (``setup s``). dlt's own step times come from the pipeline trace.
 
+"stored MB" is what the table takes in the database (DuckDB: blocks in use in the file;
+PostgreSQL: ``pg_total_relation_size``): a raw row holds the original record as JSON and the
+lineage columns besides the CSV's own columns, so the raw load writes several times the bytes.
 Both ``raw`` at ``--small-rows`` and at ``--rows`` are run to show that memory stays flat;
 ``reload`` materializes the same day twice in one process and times the second run (the day's
 rows replaced: the hourly schedule's case).
@@ -80,6 +83,10 @@ def generate_csv(path: Path, rows: int, seed: int = 42) -> int:
     return path.stat().st_size
 
 
+# bytes in use in a DuckDB file (the warehouse's other tables, dlt's state, are a few KB)
+DUCKDB_USED_BYTES = "SELECT used_blocks * block_size FROM pragma_database_size() WHERE database_name = current_database()"
+
+
 def create_database() -> str:
     return pgdb.create_database("etl_bench_raw")
 
@@ -94,8 +101,11 @@ def bare_duckdb(csv_path: Path, work: Path) -> dict:
     conn = duckdb.connect(str(work / "bare.duckdb"))
     conn.execute(f"CREATE TABLE bare AS SELECT * FROM read_csv('{csv_path}', header = true)")
     rows = conn.execute("SELECT count(*) FROM bare").fetchone()[0]
+    seconds = time.perf_counter() - started
+    conn.execute("CHECKPOINT")
+    stored = conn.execute(DUCKDB_USED_BYTES).fetchall()[0][0]
     conn.close()
-    return {"seconds": time.perf_counter() - started, "rows": rows}
+    return {"seconds": seconds, "rows": rows, "stored_mb": stored / 1e6}
 
 
 def bare_postgres(csv_path: Path, url: str) -> dict:
@@ -110,7 +120,9 @@ def bare_postgres(csv_path: Path, url: str) -> dict:
                 while chunk := handle.read(1 << 20):
                     copy.write(chunk)
         rows = conn.execute("SELECT count(*) FROM bare").fetchone()[0]
-    return {"seconds": time.perf_counter() - started, "rows": rows}
+        seconds = time.perf_counter() - started
+        stored = conn.execute("SELECT pg_total_relation_size('bare')").fetchone()[0]
+    return {"seconds": seconds, "rows": rows, "stored_mb": stored / 1e6}
 
 
 def raw_asset(csv_path: Path, work: Path, warehouse_url: str, profile: bool, runs: int = 1) -> dict:
@@ -182,8 +194,13 @@ def raw_asset(csv_path: Path, work: Path, warehouse_url: str, profile: bool, run
             conn.query(f'SELECT count(*) FROM "tenant_{TENANT}"."rejects"')[0][0]
             if conn.table_exists(f"tenant_{TENANT}", "rejects") else 0
         )
+        if conn.dialect == "duckdb":
+            stored = conn.query(DUCKDB_USED_BYTES)[0][0]
+        else:
+            stored = conn.query(f"SELECT pg_total_relation_size('\"tenant_{TENANT}\".\"{SOURCE}_rows\"')")[0][0]
     instance.dispose()
-    return {"seconds": seconds, "rows": rows, "setup": setup, "steps": steps, "rejects": rejects}
+    return {"seconds": seconds, "rows": rows, "setup": setup, "steps": steps, "rejects": rejects,
+            "stored_mb": stored / 1e6}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -284,7 +301,8 @@ def main() -> None:
 def print_table(results: list[dict]) -> None:
     bare = {(r["warehouse"], r["n"]): r["n"] / r["seconds"] for r in results if r["case"] == "bare"}
     print()
-    header = f"{'case':<26} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak RSS MB':>12} {'ratio':>7}  target"
+    header = (f"{'case':<26} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak RSS MB':>12} {'stored MB':>10} "
+              f"{'ratio':>7}  target")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -300,7 +318,7 @@ def print_table(results: list[dict]) -> None:
         if r["case"] != "bare":
             target += f"{'; ' if target else ''}RSS < 600 {'ok' if r['peak_rss_mb'] < 600 else 'MISSED'}"
         print(f"{r['warehouse'] + ' ' + name:<26} {r['n']:>10,} {r['seconds']:>8.1f} {rate:>10,.0f} "
-              f"{r['peak_rss_mb']:>12.0f} {ratio:>7}  {target}")
+              f"{r['peak_rss_mb']:>12.0f} {r['stored_mb']:>10.0f} {ratio:>7}  {target}")
     for warehouse in sorted({r["warehouse"] for r in results}):
         raws = sorted((r["n"], r["peak_rss_mb"]) for r in results if r["warehouse"] == warehouse and r["case"] == "raw")
         if len(raws) == 2:
