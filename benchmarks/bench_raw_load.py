@@ -84,7 +84,9 @@ def generate_csv(path: Path, rows: int, seed: int = 42) -> int:
 
 
 # bytes in use in a DuckDB file (the warehouse's other tables, dlt's state, are a few KB)
-DUCKDB_USED_BYTES = "SELECT used_blocks * block_size FROM pragma_database_size() WHERE database_name = current_database()"
+DUCKDB_USED_BYTES = (
+    "SELECT used_blocks * block_size FROM pragma_database_size() WHERE database_name = current_database()"
+)
 
 
 def create_database() -> str:
