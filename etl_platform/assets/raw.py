@@ -273,8 +273,9 @@ def _schema_changes(load_info: Any) -> dict[str, list[str]]:
 def _sweep_stale_rows(
     warehouse: Warehouse, dataset: str, source: str, ctx: lineage.RunContext, load_ids: list[str]
 ) -> dict[str, int]:
-    """Delete-insert replaces a partition slice only where the new load has rows; remove the
-    rest of the slice (rows of this source and these days from earlier loads)."""
+    """Remove the rest of the partition slice: rows of this source and these days from earlier
+    loads. Delete-insert replaces a slice only where the new load has rows; appended CSV data
+    replaces nothing until this runs."""
     if not load_ids:
         return {}
     removed: dict[str, int] = {}
