@@ -238,6 +238,11 @@ class Connection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._run(sql, params)
 
+    def delete(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a DELETE; the number of rows it removed."""
+        cursor = self._run(sql, params)
+        return int(cursor.rowcount if self.dialect == "postgres" else cursor.fetchall()[0][0])
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._run(sql, params).fetchall()
 

@@ -94,6 +94,9 @@ def test_one_partition_loads_each_record_once(warehouse_url, platform_env, fixtu
             again = materialize(instance, "acme", DAY)
             assert again.success
             assert table_counts(warehouse_url, "tenant_acme") == counts
+            # the CSV rows are appended, then the first run's copy of the day is swept
+            titanic = instance.get_latest_materialization_event(AssetKey(["raw", "titanic", "passengers"]))
+            assert titanic.asset_materialization.metadata["tenants"].value["acme"]["stale_rows_removed"] == 891
         # the lineage names this run and this partition
         from etl_platform.warehouse import Warehouse
 

@@ -210,7 +210,7 @@ def _load_tenant(
         figures[key] = {
             "rows_loaded": int(_value(meta.get("rows_loaded")) or 0),
             "table": f"{dataset}.{_table(config.name, resource)}",
-            "stale_rows_removed": swept.get(resource, 0),
+            "stale_rows_removed": swept.get(_table(config.name, resource), 0),
             "schema_changes": changes.get(_table(config.name, resource), []),
             "observed_schema": observed.get(resource, {}),
             "column_schema": meta.get("dagster/column_schema"),
@@ -290,17 +290,15 @@ def _sweep_stale_rows(
         ]
         for table in tables:
             target = f"{quote(dataset)}.{quote(table)}"
-            in_days = ", ".join("?" for _ in days)
+            in_days = ", ".join("CAST(? AS DATE)" for _ in days)
             in_loads = ", ".join("?" for _ in load_ids)
             where = (
-                f"{quote(lineage.SOURCE)} = ? AND CAST({quote(lineage.PARTITION_DATE)} AS VARCHAR) IN ({in_days}) "
+                f"{quote(lineage.SOURCE)} = ? AND {quote(lineage.PARTITION_DATE)} IN ({in_days}) "
                 f"AND _dlt_load_id NOT IN ({in_loads})"
             )
-            params = [source, *days, *load_ids]
-            count = conn.query(f"SELECT count(*) FROM {target} WHERE {where}", params)[0][0]
+            count = conn.delete(f"DELETE FROM {target} WHERE {where}", [source, *days, *load_ids])
             if count:
-                conn.execute(f"DELETE FROM {target} WHERE {where}", params)
-                removed[table] = int(count)
+                removed[table] = count
     return removed
 
 

@@ -39,13 +39,12 @@ LINEAGE_COLUMNS: dict[str, dict[str, Any]] = {
     EVENT_TIME: {"data_type": "timestamp"},
     RECORD: {"data_type": "json"},
 }
-# Re-loading a partition replaces its slice: delete-insert on (partition date, source),
-# deduplicated on (partition date, row key) within the load.
-MERGE_KEY = [PARTITION_DATE, SOURCE]
+# Re-loading a partition replaces its slice: delete-insert of the loaded (partition date, source)
+# slices, deduplicated on (partition date, row key) within the load.
 PRIMARY_KEY = [PARTITION_DATE, ROW_KEY]
-# The rows a load replaces: those of the loaded (source, partition date) slices. Said explicitly
-# as dlt's `destination_scope` because with both keys dlt deletes `WHERE EXISTS (... pk match OR
-# merge-key match)`, which DuckDB and PostgreSQL can only run as a nested loop: re-loading a day
+# The rows a load replaces: those of the loaded (source, partition date) slices. Said as dlt's
+# `destination_scope`, not as a merge key, because with both keys dlt deletes `WHERE EXISTS (...
+# pk match OR merge-key match)`, which DuckDB and PostgreSQL can only run as a nested loop: re-loading a day
 # of N rows over N existing rows then costs N² comparisons (hours at 1M rows). The primary-key
 # branch adds nothing (a row key match within a source table is a slice match) except, in the
 # shared `rejects` table, deleting another source's reject that happens to share a row key.
@@ -191,7 +190,6 @@ def apply_raw_hints(resource: Any, *, schema_contract: str = "evolve", table_nam
         table_name=table_name or resource.name,
         columns=LINEAGE_COLUMNS,
         write_disposition=WRITE_DISPOSITION,
-        merge_key=MERGE_KEY,
         primary_key=PRIMARY_KEY,
         schema_contract=contract(schema_contract),
     )
