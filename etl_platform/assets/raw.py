@@ -206,15 +206,15 @@ def _load_tenant(
     changes = _schema_changes(load_info)
     for key, meta in figures.items():
         resource = key.path[-1]
-        table = meta.get("dagster/table_name")
+        table = _table(config.name, resource)
         figures[key] = {
             "rows_loaded": int(_value(meta.get("rows_loaded")) or 0),
-            "table": f"{dataset}.{_table(config.name, resource)}",
-            "stale_rows_removed": swept.get(_table(config.name, resource), 0),
-            "schema_changes": changes.get(_table(config.name, resource), []),
+            "table": f"{dataset}.{table}",
+            "stale_rows_removed": swept.get(table, 0),
+            "schema_changes": changes.get(table, []),
             "observed_schema": observed.get(resource, {}),
             "column_schema": meta.get("dagster/column_schema"),
-            "table_name": _value(table),
+            "table_name": _value(meta.get("dagster/table_name")),
             **_stats_figures(stats, resource),
         }
     return figures

@@ -207,7 +207,8 @@ def select_for(
     """A SELECT of the unified columns (+ `reject_reason`) over one raw table's partition slice.
 
     Candidates reading raw columns ('@col', templates) that the table lacks are dropped.
-    `safe_casts=False` (PostgreSQL): the SELECT raises on an invalid date (see `to_timestamp`).
+    `safe_casts=False` (PostgreSQL): the SELECT raises on an invalid date or a number out of range
+    (see `to_timestamp`, `to_number`).
 
     Rendered in layers so that each value is computed once per row (PostgreSQL would otherwise
     inline and re-evaluate every expression where it is used; `OFFSET 0` keeps the layers):
