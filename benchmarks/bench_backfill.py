@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from dagster._core.instance.ref import InstanceRef
 
     from etl_platform.automation.onboarding import sync_tenants
-    from etl_platform.config.tenants import load_registry
+    from etl_platform.config.registry import load_registry
 
     print(
         f"DAGSTER_EVENT_BATCH_SIZE={os.environ.get('DAGSTER_EVENT_BATCH_SIZE')} "

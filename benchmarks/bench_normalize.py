@@ -128,7 +128,7 @@ def setup(work: Path, warehouse_url: str, rows: int) -> dict:
     """The raw table via the platform's CSV raw path (3 rows), then `rows` rows by SQL."""
     import dlt
 
-    from etl_platform.config.tenants import load_registry
+    from etl_platform.config.registry import load_registry
     from etl_platform.sources import lineage
     from etl_platform.sources.build import build_source
     from etl_platform.sources.csv_files import apply_load_hints
@@ -197,7 +197,7 @@ def baseline(warehouse_url: str) -> dict:
 
 
 def normalize(warehouse_url: str) -> dict:
-    from etl_platform.config.tenants import load_registry
+    from etl_platform.config.registry import load_registry
     from etl_platform.normalize.run import normalize_tenant
     from etl_platform.warehouse import Warehouse
 

@@ -36,7 +36,7 @@ def _instance():
 
 def cmd_tenants_sync(args: argparse.Namespace) -> int:
     from etl_platform.automation.onboarding import sync_tenants
-    from etl_platform.config.tenants import load_registry
+    from etl_platform.config.registry import load_registry
 
     registry = load_registry(args.file)
     with _instance() as instance:
@@ -47,7 +47,7 @@ def cmd_tenants_sync(args: argparse.Namespace) -> int:
 
 def cmd_tenants_list(args: argparse.Namespace) -> int:
     from etl_platform.automation.onboarding import registered_tenants
-    from etl_platform.config.tenants import load_registry
+    from etl_platform.config.registry import load_registry
 
     registry = load_registry(args.file)
     with _instance() as instance:
@@ -71,8 +71,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Register tenants, materialize today's partition of the demo tenant, print row counts."""
     from etl_platform.automation.onboarding import sync_tenants
     from etl_platform.automation.tags import TENANT_TAG, TRIGGER_TAG
+    from etl_platform.config.registry import load_registry
     from etl_platform.config.settings import get_settings
-    from etl_platform.config.tenants import load_registry
     from etl_platform.partitions import partition_key
     from etl_platform.warehouse import get_warehouse
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from etl_platform.config.tenants import TenantsFileError
+    from etl_platform.config.models import TenantsFileError
 
     try:
         return args.func(args)

@@ -11,7 +11,7 @@ from etl_platform.assets.raw import build_raw_assets
 from etl_platform.automation.jobs import build_jobs
 from etl_platform.automation.schedules import build_schedules
 from etl_platform.automation.sensors import sensors
-from etl_platform.config.tenants import load_registry
+from etl_platform.config.registry import load_registry
 from etl_platform.resources import platform_resources
 from etl_platform.warehouse import get_warehouse
 

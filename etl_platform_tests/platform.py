@@ -10,7 +10,7 @@ import yaml
 from dagster import DagsterInstance
 
 from etl_platform.automation.onboarding import sync_tenants
-from etl_platform.config.tenants import load_registry
+from etl_platform.config.registry import load_registry
 from etl_platform.partitions import partition_key
 
 

@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from etl_platform.config.tenants import CsvSource
+from etl_platform.config.models import CsvSource
 from etl_platform.sources import csv_arrow, csv_files
 from etl_platform.sources.csv_arrow import json_objects
 from etl_platform.sources.csv_files import REJECTS_TABLE, CsvStats, _read

@@ -19,7 +19,7 @@ import pytest
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
-from etl_platform.config.tenants import CsvSource
+from etl_platform.config.models import CsvSource
 from etl_platform.sources.csv_files import (
     CsvFileNotFoundError,
     CsvSourceError,

@@ -19,8 +19,8 @@ import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from etl_platform.automation.onboarding import sync_tenants
+from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import project_root
-from etl_platform.config.tenants import load_registry
 from etl_platform_tests.conftest import create_pg_database, drop_pg_database
 from etl_platform_tests.orchestration import Switch, rest_tenant, stop_process, wait_for
 from etl_platform_tests.platform import materialize, table_counts, write_tenants

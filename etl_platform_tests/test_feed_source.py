@@ -15,7 +15,7 @@ import duckdb
 import feedparser
 import pytest
 
-from etl_platform.config.tenants import FeedSource
+from etl_platform.config.models import FeedSource
 from etl_platform.sources.errors import permanent_cause
 from etl_platform.sources.feeds import FeedError, FeedFormatError, FeedStats, build_feed_source
 from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract

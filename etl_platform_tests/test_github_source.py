@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import dlt
 import pytest
 
-from etl_platform.config.tenants import GithubSource
+from etl_platform.config.models import GithubSource
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
 from etl_platform.sources.github import MAX_WAIT_ENV, build_github_source
 from etl_platform.sources.lineage import RunContext, Window

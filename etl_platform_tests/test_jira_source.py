@@ -16,7 +16,7 @@ import dlt
 import duckdb
 import pytest
 
-from etl_platform.config.tenants import JiraSource, TenantsFileError
+from etl_platform.config.models import JiraSource, TenantsFileError
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
 from etl_platform.sources.jira import build_jira_source, jira_time
 from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract

@@ -13,7 +13,7 @@ import dlt
 import duckdb
 import pytest
 
-from etl_platform.config.tenants import TenantConfig
+from etl_platform.config.models import TenantConfig
 from etl_platform.normalize.mapping import KIND_DEFAULTS, RECORD_TYPES, build_mapping
 from etl_platform.normalize.run import mappings_for, normalize_tenant
 from etl_platform.normalize.sql import candidate_text, is_record_path, raw_columns, select_for, template_parts

@@ -8,7 +8,7 @@ from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_cont
 
 from etl_platform.automation.onboarding import registered_tenants, sync_tenants
 from etl_platform.automation.sensors import tenant_onboarding_sensor
-from etl_platform.config.tenants import load_registry
+from etl_platform.config.registry import load_registry
 from etl_platform_tests.platform import write_tenants
 
 

@@ -12,7 +12,7 @@ import pytest
 from dagster import DagsterInstance, build_schedule_context
 
 from etl_platform.automation.onboarding import sync_tenants
-from etl_platform.config.tenants import load_registry
+from etl_platform.config.registry import load_registry
 from etl_platform.definitions import build_definitions
 
 UTC = dt.timezone.utc

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from etl_platform.config.tenants import TenantsFileError, load_registry, parse_registry, secret
+from etl_platform.config.models import TenantsFileError, secret
+from etl_platform.config.registry import load_registry, parse_registry
 
 REPO_TENANTS = Path(__file__).resolve().parents[1] / "tenants.yaml"
 

@@ -18,7 +18,7 @@ from etl_platform.api.params import DagsterUnavailable
 from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.routes import router
 from etl_platform.api.settings import ApiSettings
-from etl_platform.config.tenants import Registry, load_registry
+from etl_platform.config.registry import Registry, load_registry
 from etl_platform.warehouse import Warehouse, WarehouseError, get_warehouse
 
 

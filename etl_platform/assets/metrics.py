@@ -18,8 +18,8 @@ from dagster import (
 )
 
 from etl_platform.assets.normalized import RECORDS_KEY
+from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.config.tenants import load_registry
 from etl_platform.metrics.run import METRICS_TABLE, MetricsResult, compute_tenant_metrics
 from etl_platform.partitions import days_by_tenant, tenant_date_partitions
 from etl_platform.warehouse import get_warehouse

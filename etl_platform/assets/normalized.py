@@ -24,7 +24,7 @@ from etl_platform.assets.quality import (
     check_unique_key,
 )
 from etl_platform.automation.tags import ensure_run_tags
-from etl_platform.config.tenants import load_registry
+from etl_platform.config.registry import load_registry
 from etl_platform.normalize.run import NormalizeResult, normalize_tenant
 from etl_platform.partitions import days_by_tenant, tenant_date_partitions
 from etl_platform.warehouse import get_warehouse

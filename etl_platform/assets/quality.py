@@ -17,7 +17,7 @@ from dagster import (
     multi_asset_check,
 )
 
-from etl_platform.config.tenants import TenantConfig
+from etl_platform.config.models import TenantConfig
 from etl_platform.normalize.drift import diff_schemas
 from etl_platform.normalize.run import mappings_for
 from etl_platform.normalize.schema import NOT_NULL, RECORD_REJECTS_TABLE, RECORDS_TABLE, UPSERT_KEY
@@ -131,7 +131,7 @@ def freshness_check() -> AssetChecksDefinition:
         blocking=False,
     )
     def tenant_freshness() -> AssetCheckResult:
-        from etl_platform.config.tenants import load_registry
+        from etl_platform.config.registry import load_registry
         from etl_platform.warehouse import get_warehouse
 
         return evaluate_freshness(get_warehouse(), load_registry().active_tenants(), dt.datetime.now(dt.timezone.utc))

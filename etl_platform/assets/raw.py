@@ -23,10 +23,11 @@ from dagster import (
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
-from etl_platform.assets.errors import classify, failure_for
 from etl_platform.automation.tags import ensure_run_tags
+from etl_platform.config.models import SourceConfig
+from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.config.tenants import Registry, RestApiSource, SourceConfig, load_registry
+from etl_platform.failures import classify, failure_for
 from etl_platform.normalize.drift import observed_schema
 from etl_platform.partitions import days_by_tenant, tenant_date_partitions
 from etl_platform.sources import lineage
@@ -82,25 +83,12 @@ class RawTranslator(DagsterDltTranslator):
         )
 
 
-def _template_config(registry: Registry, source_name: str) -> SourceConfig:
-    """The config an asset is defined from: the first tenant's, with every tenant's
-    REST resources merged so the asset set covers them all."""
-    configs = [s for t in registry.tenants for s in t.sources if s.name == source_name]
-    first = configs[0]
-    if isinstance(first, RestApiSource):
-        seen = {r.name for r in first.resources}
-        extra = [r for c in configs[1:] for r in c.resources if r.name not in seen and not seen.add(r.name)]
-        if extra:
-            first = first.model_copy(update={"resources": [*first.resources, *extra]})
-    return first
-
-
 def build_raw_assets(registry: Registry, warehouse: Warehouse) -> list[AssetsDefinition]:
     """Every source name in the tenants file becomes one multi-asset."""
     settings = get_settings()
     assets = []
     for source_name in registry.resources_by_source():
-        config = _template_config(registry, source_name)
+        config = registry.template_config(source_name)
         ctx = lineage.RunContext(
             "template", source_name, "template", lineage.Window((settings.start_date,), settings.timezone)
         )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Backoff, Jitter, RetryPolicy, define_asset_job
 
+from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
-from etl_platform.config.tenants import Registry
 from etl_platform.partitions import tenant_date_partitions
 
 INGEST_JOB = "ingest"

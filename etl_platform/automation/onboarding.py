@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from dagster import DagsterInstance
 
-from etl_platform.config.tenants import Registry
+from etl_platform.config.registry import Registry
 from etl_platform.partitions import tenant_partitions
 
 

@@ -34,7 +34,6 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import DagsterRun, RunRecord
 
-from etl_platform.assets.errors import ERROR_KIND_KEY, PERMANENT
 from etl_platform.automation.jobs import INGEST_JOB
 from etl_platform.automation.tags import (
     ATTEMPT_TAG,
@@ -47,6 +46,7 @@ from etl_platform.automation.tags import (
     TRIGGER_TAG,
 )
 from etl_platform.config.settings import get_settings
+from etl_platform.failures import ERROR_KIND_KEY, PERMANENT
 
 SENSOR_NAME = "retry_failed_runs"
 LOOKBACK_SECONDS = 2 * 24 * 3600

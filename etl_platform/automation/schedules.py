@@ -29,8 +29,9 @@ from etl_platform.automation.tags import (
     TENANT_TAG,
     TRIGGER_TAG,
 )
+from etl_platform.config.models import TenantConfig
+from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.config.tenants import Registry, TenantConfig, load_registry
 from etl_platform.partitions import partition_key, tenant_partitions
 
 

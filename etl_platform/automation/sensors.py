@@ -3,7 +3,7 @@
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from etl_platform.automation.onboarding import plan_sync, registered_tenants
-from etl_platform.config.tenants import load_registry
+from etl_platform.config.registry import load_registry
 from etl_platform.partitions import tenant_partitions
 
 

@@ -87,7 +87,7 @@ def sources_of_job(job_name: str | None) -> list[str]:
     """The sources an `ingest_<kind>` job loads (all of that kind in the tenants file)."""
     if not job_name or not job_name.startswith("ingest_"):
         return []
-    from etl_platform.config.tenants import load_registry
+    from etl_platform.config.registry import load_registry
 
     kind = job_name.removeprefix("ingest_")
     return sorted(s for s, k in load_registry().source_kinds().items() if k == kind)

@@ -1,13 +1,8 @@
-"""Configuration: environment settings and the tenants file."""
+"""Configuration: environment settings, the tenants file's models and its registry."""
 
+from etl_platform.config.models import SourceConfig, TenantConfig, TenantsFileError
+from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import Settings, get_settings
-from etl_platform.config.tenants import (
-    Registry,
-    SourceConfig,
-    TenantConfig,
-    TenantsFileError,
-    load_registry,
-)
 
 __all__ = [
     "Registry",

@@ -35,6 +35,11 @@ class Settings:
     def data_dir(self) -> Path:
         return project_root() / "data"
 
+    @property
+    def cache_dir(self) -> Path:
+        """ETL_CACHE_DIR: the compiled tenants file (default `data/cache`)."""
+        return Path(os.environ.get("ETL_CACHE_DIR") or self.data_dir / "cache")
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from etl_platform.config.tenants import TenantConfig
+from etl_platform.config.models import TenantConfig
 from etl_platform.metrics.engineering import (
     Commit,
     Deployment,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from etl_platform.config.tenants import MAPPABLE_COLUMNS
+from etl_platform.config.models import MAPPABLE_COLUMNS
 from etl_platform.sources import lineage
 
 # Unified text/number/time columns filled from the record

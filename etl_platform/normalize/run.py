@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from etl_platform.config.tenants import SourceConfig, TenantConfig
+from etl_platform.config.models import SourceConfig, TenantConfig
 from etl_platform.normalize.mapping import Mapping, build_mapping
 from etl_platform.normalize.schema import (
     RECORD_COLUMNS,

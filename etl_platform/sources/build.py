@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dlt.sources import DltSource
 
-from etl_platform.config.tenants import Registry, SourceConfig
+from etl_platform.config.models import SourceConfig
+from etl_platform.config.registry import Registry
 from etl_platform.sources.lineage import REJECTS_TABLE, RunContext
 
 

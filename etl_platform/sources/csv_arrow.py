@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from etl_platform.config.tenants import CsvSource
+from etl_platform.config.models import CsvSource
 from etl_platform.sources import lineage
 from etl_platform.sources.lineage import RunContext, parse_time
 

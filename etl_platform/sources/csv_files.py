@@ -75,7 +75,7 @@ from dlt.common.schema import Schema
 from dlt.extract.source import DltSource
 from dlt.sources.helpers import requests
 
-from etl_platform.config.tenants import CsvSource
+from etl_platform.config.models import CsvSource
 from etl_platform.sources import lineage
 from etl_platform.sources.csv_arrow import ArrowPass, CheckedStream, FallBack, TableBuilder
 from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, apply_raw_hints, content_key, parse_time

@@ -46,7 +46,7 @@ import feedparser
 from dlt.extract.source import DltSource
 from dlt.sources.helpers import requests
 
-from etl_platform.config.tenants import FeedSource
+from etl_platform.config.models import FeedSource
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import RECORD, RunContext, apply_raw_hints, content_key
 from etl_platform.sources.redact import redact_text, redact_url

@@ -37,7 +37,7 @@ from dlt.sources.helpers.requests import Response
 from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.paginators import HeaderLinkPaginator
 
-from etl_platform.config.tenants import GithubSource, secret
+from etl_platform.config.models import GithubSource, secret
 from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
 from etl_platform.sources.lineage import PARTITION_DATE, RECORD, RunContext, apply_raw_hints, parse_time
 

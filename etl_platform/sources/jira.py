@@ -38,7 +38,7 @@ from dlt.sources.helpers.rest_client.paginators import (
     SinglePagePaginator,
 )
 
-from etl_platform.config.tenants import JiraSource, secret
+from etl_platform.config.models import JiraSource, secret
 from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
 from etl_platform.sources.lineage import (
     PARTITION_DATE,

@@ -20,18 +20,8 @@ from dlt.sources.helpers.rest_client.auth import OAuth2ClientCredentials
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from dlt.sources.rest_api import rest_api_source
 
-from etl_platform.config.tenants import (
-    ApiKeyAuth,
-    BasicAuth,
-    BearerAuth,
-    Paginator,
-    RestApiSource,
-    RestResource,
-    secret,
-)
-from etl_platform.config.tenants import (
-    OAuth2ClientCredentials as OAuth2Config,
-)
+from etl_platform.config.models import ApiKeyAuth, BasicAuth, BearerAuth, Paginator, RestApiSource, RestResource, secret
+from etl_platform.config.models import OAuth2ClientCredentials as OAuth2Config
 from etl_platform.sources import lineage
 from etl_platform.sources.redact import redact_url
 

@@ -1,5 +1,10 @@
-"""Classify load errors as permanent (bad config, auth, schema contract) or transient,
-and turn them into Dagster failures with secrets redacted."""
+"""What a failure means: permanent (retrying cannot help: configuration, credentials, data that
+will fail the same way again) or transient (network, 429/5xx, an unreachable database), and the
+Dagster failure that says so with secrets redacted.
+
+Shared knowledge of sources, assets and automation (the retry sensor), so it lives below all
+three. Classification is by type (`isinstance`), along the whole cause chain.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 
 from dagster import Failure, MetadataValue
 
-from etl_platform.config.tenants import TenantsFileError
+from etl_platform.config.models import TenantsFileError
 from etl_platform.sources.redact import redact_text
 
 PERMANENT = "permanent"
@@ -34,24 +39,43 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
+def _permanent_types() -> tuple[type[BaseException], ...]:
+    """Exception types that fail the same way on every attempt."""
+    from dlt.common.schema.exceptions import DataValidationError
+    from pydantic import ValidationError
+
+    from etl_platform.sources.errors import PermanentSourceError
+
+    return (
+        TenantsFileError,  # the tenants file or a secret it names
+        PermanentSourceError,  # 4xx, bad query, malformed feed, CSV configuration...
+        DataValidationError,  # a schema contract (freeze) refused the data
+        ValidationError,
+        FileNotFoundError,
+        UnicodeError,
+        RecursionError,  # data nested deeper than the parser can follow
+        MemoryError,
+        KeyError,
+    )
+
+
+def _deterministic_database_error(exc: BaseException) -> bool:
+    """DuckDB running out of its memory cap on the same input fails the same way again."""
+    return type(exc).__name__ == "OutOfMemoryException" and type(exc).__module__.startswith("duckdb")
+
+
 def classify(exc: BaseException) -> str:
-    """`permanent` when retrying cannot help: bad config, auth, schema contract violation."""
-    names = {type(e).__name__ for e in _chain(exc)}
-    if names & {
-        "TenantsFileError",
-        "PermanentSourceError",
-        "DataValidationError",
-        "ValidationError",
-        "KeyError",
-        "FileNotFoundError",
-        "UnicodeDecodeError",
-    }:
-        return PERMANENT
-    if any(isinstance(e, (TenantsFileError, ValueError)) and "environment variable" in str(e) for e in _chain(exc)):
-        return PERMANENT
+    """`permanent` when retrying cannot help (configuration, auth, schema contract, data that
+    cannot be read); `transient` otherwise (network, 429/5xx, an unreachable database)."""
     status = http_status(exc)
     if status in PERMANENT_HTTP_STATUSES:
         return PERMANENT
+    if status is not None and (status in (408, 429) or status >= 500):
+        return TRANSIENT
+    permanent = _permanent_types()
+    for err in _chain(exc):
+        if isinstance(err, permanent) or _deterministic_database_error(err):
+            return PERMANENT
     return TRANSIENT
 
 

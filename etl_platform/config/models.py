@@ -1,28 +1,32 @@
-"""The tenants file: typed, validated models of tenants and their sources.
+"""The tenants file's models: tenants and their sources, typed and validated.
 
 Secrets are never literal: a source names the environment variable that holds
 each secret (fields ending in ``_env``); the value is read only when a source runs.
+Loading, caching and error reporting live in `registry.py`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
+# Every name derived from a tenant id must fit PostgreSQL's 63-byte identifiers unshortened:
+# the schema `tenant_<id>` (dlt's dataset), dlt's pipeline `etl__<id>__<source>`. Longer ids
+# are refused, never hashed (two long ids would otherwise share a schema).
+MAX_TENANT_ID = 48
+# a raw table is `<source>_<resource>`; dlt adds `__<field>` for nested lists
+MAX_TABLE_NAME = 48
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Field names that would hold a secret literally; the message points at the *_env form.
 LITERAL_SECRET_FIELDS = {
@@ -175,6 +179,17 @@ class _SourceBase(_Model):
             raise ValueError(f"source name {v!r} must match [a-z][a-z0-9_]*")
         return v
 
+    @model_validator(mode="after")
+    def _table_names_fit(self) -> _SourceBase:
+        for resource in self.resource_names:
+            table = f"{self.name}_{resource}"
+            if len(table) > MAX_TABLE_NAME:
+                raise ValueError(
+                    f"raw table name {table!r} (source name + '_' + resource name) is {len(table)} characters; "
+                    f"at most {MAX_TABLE_NAME} fit the warehouse's identifiers: shorten the source or resource name"
+                )
+        return self
+
     @field_validator("field_mapping")
     @classmethod
     def _mappable(cls, v: dict[str, str]) -> dict[str, str]:
@@ -301,6 +316,9 @@ class TenantConfig(_Model):
         "in_progress": ["in progress", "in review", "review"],
         "done": ["done", "closed", "resolved"],
     }
+    # the tenant's own warehouse (a PostgreSQL database or server): the variable holding its URL;
+    # unset: the platform's ETL_WAREHOUSE_URL
+    warehouse_url_env: EnvName | None = None
     sources: list[SourceConfig] = []
 
     @field_validator("id")
@@ -308,6 +326,11 @@ class TenantConfig(_Model):
     def _slug(cls, v: str) -> str:
         if not SLUG.match(v):
             raise ValueError(f"tenant id {v!r} must be a slug matching [a-z][a-z0-9_]*")
+        if len(v) > MAX_TENANT_ID:
+            raise ValueError(
+                f"tenant id {v!r} is {len(v)} characters; at most {MAX_TENANT_ID} fit every name derived from it "
+                f"(schema tenant_<id>, dlt pipeline etl__<id>__<source>) within PostgreSQL's 63-byte identifiers"
+            )
         return v
 
     @model_validator(mode="after")
@@ -325,135 +348,6 @@ class TenantConfig(_Model):
 
     def source(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
-
-
-class Registry(BaseModel):
-    """All tenants of the file, plus where the file lives (relative paths resolve there)."""
-
-    model_config = ConfigDict(frozen=True)
-    path: Path
-    tenants: list[TenantConfig]
-
-    def tenant(self, tenant_id: str) -> TenantConfig:
-        for tenant in self.tenants:
-            if tenant.id == tenant_id:
-                return tenant
-        raise KeyError(f"unknown tenant {tenant_id!r} (not in {self.path})")
-
-    @property
-    def tenant_ids(self) -> list[str]:
-        return [t.id for t in self.tenants]
-
-    def active_tenants(self) -> list[TenantConfig]:
-        return [t for t in self.tenants if not t.paused]
-
-    def resolve(self, location: str) -> str:
-        """A source location: URLs as-is, relative paths against the tenants file's folder."""
-        if re.match(r"^[a-z][a-z0-9+.-]*://", location):
-            return location
-        path = Path(os.path.expandvars(location)).expanduser()
-        return str(path if path.is_absolute() else (self.path.parent / path).resolve())
-
-    def source_kinds(self) -> dict[str, str]:
-        """source name -> kind across all tenants (a name must mean one kind everywhere)."""
-        return {s.name: s.kind for t in self.tenants for s in t.sources}
-
-    def resources_by_source(self) -> dict[str, list[str]]:
-        """source name -> union of resource names across tenants, in first-seen order."""
-        out: dict[str, list[str]] = {}
-        for tenant in self.tenants:
-            for source in tenant.sources:
-                names = out.setdefault(source.name, [])
-                names.extend(r for r in source.resource_names if r not in names)
-        return out
-
-
-def _describe(loc: tuple[Any, ...], raw_tenant: dict[str, Any]) -> str:
-    """Turn a pydantic error location into 'source X, field a.b' using the raw YAML for names."""
-    parts: list[str] = []
-    rest = list(loc)
-    if rest[:1] == ["sources"] and len(rest) > 1 and isinstance(rest[1], int):
-        index = rest[1]
-        sources = raw_tenant.get("sources") or []
-        name = sources[index].get("name") if index < len(sources) and isinstance(sources[index], dict) else None
-        parts.append(f"source {name!r}" if name else f"source #{index + 1}")
-        rest = rest[2:]
-        # drop the discriminator tag pydantic inserts (e.g. 'rest_api')
-        kind = sources[index].get("kind") if index < len(sources) and isinstance(sources[index], dict) else None
-        if rest and rest[0] == kind:
-            rest = rest[1:]
-    field = ".".join(str(p) for p in rest if not str(p).startswith("function-"))
-    if field:
-        parts.append(f"field {field!r}")
-    return ", ".join(parts)
-
-
-def parse_registry(data: Any, path: Path) -> Registry:
-    """Validate parsed YAML into a Registry, with errors naming tenant, source and field."""
-    where = str(path)
-    if not isinstance(data, dict) or not isinstance(data.get("tenants"), list):
-        raise TenantsFileError(f"{where}: expected a mapping with a 'tenants' list")
-    unknown = set(data) - {"tenants"}
-    if unknown:
-        raise TenantsFileError(f"{where}: unknown top-level keys {sorted(unknown)}")
-    tenants: list[TenantConfig] = []
-    errors: list[str] = []
-    seen: set[str] = set()
-    for index, raw in enumerate(data["tenants"]):
-        tenant_id = raw.get("id") if isinstance(raw, dict) else None
-        label = f"tenant {tenant_id!r}" if tenant_id else f"tenant #{index + 1}"
-        if not isinstance(raw, dict):
-            errors.append(f"{label}: expected a mapping")
-            continue
-        kind_errors = [
-            f"{label}, source {source.get('name')!r}, field 'kind': unknown source kind "
-            f"{source.get('kind')!r} (expected one of {', '.join(SOURCE_KINDS)})"
-            for source in raw.get("sources") or []
-            if isinstance(source, dict) and source.get("kind") is not None and source.get("kind") not in SOURCE_KINDS
-        ]
-        if kind_errors:
-            errors.extend(kind_errors)
-            continue
-        try:
-            tenant = TenantConfig.model_validate(raw)
-        except ValidationError as exc:
-            for err in exc.errors():
-                where_in = _describe(tuple(err["loc"]), raw)
-                msg = err["msg"].removeprefix("Value error, ")
-                errors.append(f"{label}{', ' + where_in if where_in else ''}: {msg}")
-            continue
-        if tenant.id in seen:
-            errors.append(f"{label}: duplicate tenant id")
-        seen.add(tenant.id)
-        tenants.append(tenant)
-    if errors:
-        raise TenantsFileError(f"invalid tenants file {where}:\n  " + "\n  ".join(errors))
-    kinds: dict[str, str] = {}
-    for tenant in tenants:
-        for source in tenant.sources:
-            if kinds.setdefault(source.name, source.kind) != source.kind:
-                raise TenantsFileError(
-                    f"invalid tenants file {where}:\n  tenant {tenant.id!r}, source {source.name!r}, "
-                    f"field 'kind': source name is used with kind {kinds[source.name]!r} by another "
-                    "tenant; a source name must mean one kind everywhere"
-                )
-    return Registry(path=path, tenants=tenants)
-
-
-def load_registry(path: str | Path | None = None) -> Registry:
-    """Load and validate the tenants file (ETL_TENANTS_FILE, else ./tenants.yaml)."""
-    if path is None:
-        from etl_platform.config.settings import get_settings
-
-        path = get_settings().tenants_file
-    path = Path(path)
-    if not path.exists():
-        raise TenantsFileError(f"tenants file not found: {path} (set ETL_TENANTS_FILE or create tenants.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TenantsFileError(f"tenants file {path} is not valid YAML: {exc}") from exc
-    return parse_registry(data, path)
 
 
 def secret(env_name: str | None, *, what: str) -> str | None:
