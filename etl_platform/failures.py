@@ -8,6 +8,9 @@ three. Classification is by type (`isinstance`), along the whole cause chain.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster import Failure, MetadataValue
@@ -18,6 +21,8 @@ from etl_platform.sources.redact import redact_text
 PERMANENT = "permanent"
 TRANSIENT = "transient"
 ERROR_KIND_KEY = "etl/error_kind"
+FAILURES_KEY = "etl/failures"  # metadata of a run's Failure: every failed (tenant, source), as JSON
+FAILED_TENANTS_TAG = "etl/failed_tenants"  # run tag: the tenants a run failed for, comma-separated
 PERMANENT_HTTP_STATUSES = {400, 401, 403, 404, 405, 410, 422}
 
 
@@ -131,3 +136,93 @@ def failure_for(exc: BaseException, tenant: str, source: str, *, permanent: bool
         },
         allow_retries=not permanent,
     )
+
+
+@dataclass(frozen=True)
+class TenantFailure:
+    """One tenant's failure within a run: which source (None: the tenant as a whole, e.g. its
+    normalization), permanent or transient, the error class and its redacted message, and the
+    partition days it concerned."""
+
+    tenant: str
+    source: str | None
+    kind: str
+    error: str
+    message: str
+    days: tuple[str, ...] = ()
+    http_status: int | None = None
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind == PERMANENT
+
+    def describe(self) -> str:
+        where = f"tenant {self.tenant!r}" + (f", source {self.source!r}" if self.source else "")
+        return f"[{self.kind}] {where}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "days": list(self.days)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TenantFailure:
+        return cls(**{**data, "days": tuple(data.get("days") or ())})
+
+
+def tenant_failure(
+    exc: BaseException, tenant: str, source: str | None, days: Iterable[Any] = (), *, config: Any = None
+) -> TenantFailure:
+    """Classify and redact one failure (secrets of `config` and URL secrets removed)."""
+    extra = []
+    if config is not None and getattr(getattr(config, "auth", None), "location", None) == "query":
+        extra.append(config.auth.name)
+    return TenantFailure(
+        tenant=tenant,
+        source=source,
+        kind=classify(exc),
+        error=type(_chain(exc)[-1]).__name__,
+        message=redact_text(root_message(exc), _secrets_of(config), extra),
+        days=tuple(str(getattr(d, "isoformat", lambda d=d: d)()) for d in days),
+        http_status=http_status(exc),
+    )
+
+
+def run_failure(failures: list[TenantFailure], tenants_in_run: int) -> Failure:
+    """The Failure a run step raises after finishing every tenant it could: it names each failed
+    tenant and source. Permanent when every failure is; the retry sensor then retries only the
+    tenants whose failure was transient."""
+    kind = PERMANENT if all(f.permanent for f in failures) else TRANSIENT
+    failed = sorted({f.tenant for f in failures})
+    head = (
+        failures[0].describe()
+        if len(failures) == 1
+        else f"[{kind}] {len(failed)} of {tenants_in_run} tenants failed: "
+        + "; ".join(f.describe() for f in failures[:10])
+        + (f"; and {len(failures) - 10} more" if len(failures) > 10 else "")
+    )
+    return Failure(
+        description=head,
+        metadata={
+            ERROR_KIND_KEY: MetadataValue.text(kind),
+            FAILURES_KEY: MetadataValue.json([f.to_json() for f in failures]),
+            "failed_tenants": MetadataValue.json(failed),
+        },
+        allow_retries=False,  # the retry sensor retries the failed tenants, not the whole run
+    )
+
+
+def run_failures(instance: Any, run_id: str) -> list[TenantFailure]:
+    """The failed (tenant, source) pairs of a finished run, from its step failure events."""
+    from dagster import DagsterEventType
+
+    out: list[TenantFailure] = []
+    records = instance.get_records_for_run(run_id, of_type={DagsterEventType.STEP_FAILURE}).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        user = getattr(getattr(event, "event_specific_data", None), "user_failure_data", None)
+        metadata = getattr(user, "metadata", None) or {}
+        listed = getattr(metadata.get(FAILURES_KEY), "value", None)
+        if isinstance(listed, str):
+            listed = json.loads(listed)
+        if listed:
+            out.extend(TenantFailure.from_json(item) for item in listed)
+    return out

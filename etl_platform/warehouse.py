@@ -282,6 +282,22 @@ class Connection:
             self.raw.execute("COMMIT")
 
 
+def warehouse_for(tenant: Any = None) -> Warehouse:
+    """The warehouse holding a tenant's data: its own (`warehouse_url_env` in the tenants file,
+    a PostgreSQL database or server of its own) or the platform's (ETL_WAREHOUSE_URL)."""
+    env = getattr(tenant, "warehouse_url_env", None)
+    if env:
+        url = os.environ.get(env)
+        if not url:
+            from etl_platform.config.models import TenantsFileError
+
+            raise TenantsFileError(
+                f"tenant {tenant.id!r}, field 'warehouse_url_env': environment variable {env} is not set"
+            )
+        return Warehouse(url)
+    return get_warehouse()
+
+
 def get_warehouse(url: str | None = None) -> Warehouse:
     """The warehouse named by ETL_WAREHOUSE_URL (or `url`)."""
     if url is None:
