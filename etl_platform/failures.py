@@ -225,4 +225,17 @@ def run_failures(instance: Any, run_id: str) -> list[TenantFailure]:
             listed = json.loads(listed)
         if listed:
             out.extend(TenantFailure.from_json(item) for item in listed)
+        elif metadata.get("tenant") is not None:  # a step that failed for one (tenant, source)
+            value = lambda name: getattr(metadata.get(name), "value", metadata.get(name))  # noqa: E731
+            description = getattr(user, "description", None) or ""
+            out.append(
+                TenantFailure(
+                    tenant=value("tenant"),
+                    source=value("source"),
+                    kind=value(ERROR_KIND_KEY) or TRANSIENT,
+                    error=description.split(": ", 2)[1] if description.count(": ") >= 2 else "Failure",
+                    message=description.split(": ", 1)[-1],
+                    http_status=value("http_status"),
+                )
+            )
     return out
