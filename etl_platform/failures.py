@@ -226,7 +226,7 @@ def run_failures(instance: Any, run_id: str) -> list[TenantFailure]:
         if listed:
             out.extend(TenantFailure.from_json(item) for item in listed)
         elif metadata.get("tenant") is not None:  # a step that failed for one (tenant, source)
-            value = lambda name: getattr(metadata.get(name), "value", metadata.get(name))  # noqa: E731
+            value = {k: getattr(v, "value", v) for k, v in metadata.items()}.get
             description = getattr(user, "description", None) or ""
             out.append(
                 TenantFailure(
