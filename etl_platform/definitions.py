@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor, multiprocess_executor
+from dagster import Definitions, in_process_executor
 
-from etl_platform.assets.metrics import build_metrics_assets
-from etl_platform.assets.normalized import build_normalized_assets
-from etl_platform.assets.quality import drift_checks, freshness_check
-from etl_platform.assets.raw import build_raw_assets
+from etl_platform.assets.checks import freshness_check
+from etl_platform.assets.ingest import build_ingest_assets
+from etl_platform.assets.keys import source_of
 from etl_platform.automation.jobs import build_jobs
 from etl_platform.automation.schedules import build_schedules
 from etl_platform.automation.sensors import sensors
@@ -19,21 +18,21 @@ from etl_platform.warehouse import get_warehouse
 def build_definitions() -> Definitions:
     registry = load_registry()
     warehouse = get_warehouse()
-    raw = build_raw_assets(registry, warehouse)
-    raw_keys = [key for assets_def in raw for key in assets_def.keys]
-    normalized = build_normalized_assets(raw_keys, warehouse.kind)
+    assets = build_ingest_assets(registry, warehouse)
+    keys_by_source: dict[str, list] = {}
+    for key in sorted(assets.keys, key=str):
+        if source_of(key):
+            keys_by_source.setdefault(source_of(key), []).append(key)
     jobs = build_jobs(registry)
     return Definitions(
-        assets=[*raw, normalized, build_metrics_assets(warehouse.kind)],
-        asset_checks=[freshness_check(), *([drift_checks(raw_keys)] if raw_keys else [])],
+        assets=[assets],
+        asset_checks=[freshness_check()],
         jobs=jobs,
-        schedules=build_schedules(jobs),
+        schedules=build_schedules(jobs, keys_by_source),
         sensors=sensors(jobs),
         resources=platform_resources(),
-        # DuckDB has one writer: run steps in one process; PostgreSQL loads sources in parallel
-        executor=in_process_executor if warehouse.kind == "duckdb" else multiprocess_executor.configured(
-            {"max_concurrent": 4}
-        ),
+        # a run is one step (assets/ingest.py): no process per step to start
+        executor=in_process_executor,
     )
 
 

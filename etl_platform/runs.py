@@ -1,8 +1,10 @@
-"""Queries over Dagster's run storage: recent runs, per-source stats, daemon heartbeats.
+"""Queries over Dagster's run storage: a tenant's runs, per-source stats, daemon heartbeats.
 
-Shared by the read API (/stats, /health) and the CLI (`etl-platform runs`). Runs are
-found by the tags the platform puts on them (`etl/tenant`, `etl/source`, ...); a run
-without `etl/source` loads every source of its tenant and is reported under `ALL_SOURCES`.
+Shared by the read API (/stats, /health) and the CLI (`etl-platform runs`). A run covers one
+tenant (tag `etl/tenant`) or several (`etl/tenants`, with `etl/multi_tenant=true` so they can be
+found); in a run of several tenants each tenant succeeds or fails on its own (the failed ones are
+tagged `etl/failed_tenants`). Load figures come from the per-partition materializations of
+`normalized/records`: each partition counted once, at its latest materialization.
 """
 
 from __future__ import annotations
@@ -14,10 +16,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunRecord,
+    RunsFilter,
+)
 
+from etl_platform.automation.coverage import run_coverage
 from etl_platform.automation.tags import (
     ATTEMPT_TAG,
+    MULTI_TENANT_TAG,
     PARENT_RUN_TAG,
     PARTITION_TAG,
     RANGE_END_TAG,
@@ -26,15 +38,15 @@ from etl_platform.automation.tags import (
     TENANT_TAG,
     TENANTS_TAG,
     TRIGGER_TAG,
+    sources_of_selection,
 )
+from etl_platform.failures import FAILED_TENANTS_TAG
 
-ALL_SOURCES = "*"
 NORMALIZED_ASSET = AssetKey(["normalized", "records"])
 LOAD_COUNTS = ("records_written", "rejects", "raw_rows")
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 REASON_MAX_CHARS = 500
-# recent runs of a tenant scanned for its sources and its last all-source run
-RECENT_SCAN = 200
+RECENT_SCAN = 200  # a tenant's recent runs scanned for its last success and failure per source
 
 
 def _utc(ts: float | None) -> dt.datetime | None:
@@ -47,7 +59,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One run as the platform sees it: tenant, source, trigger, partition, timing, failure."""
+    """One run as the platform sees it: tenant(s), source, trigger, partition, timing, failure."""
 
     run_id: str
     job_name: str
@@ -62,6 +74,7 @@ class RunSummary:
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
     failure_reason: str | None = None
+    failed_tenants: str | None = None  # of a run of several tenants: those that failed
 
     @property
     def duration_s(self) -> float | None:
@@ -100,6 +113,7 @@ def summarize(record: RunRecord, failure_reason: str | None = None) -> RunSummar
         started_at=_utc(record.start_time),
         ended_at=_utc(record.end_time),
         failure_reason=failure_reason,
+        failed_tenants=tags.get(FAILED_TENANTS_TAG),
     )
 
 
@@ -140,6 +154,43 @@ def _status_list(statuses: Iterable[str | DagsterRunStatus] | None) -> list[Dags
     return [s if isinstance(s, DagsterRunStatus) else DagsterRunStatus(str(s).upper()) for s in statuses or ()]
 
 
+def covers_tenant(record: RunRecord, tenant: str) -> bool:
+    tags = record.dagster_run.tags
+    return tags.get(TENANT_TAG) == tenant or tenant in (tags.get(TENANTS_TAG) or "").split(",")
+
+
+def tenant_runs(
+    instance: DagsterInstance,
+    tenant: str,
+    *,
+    statuses: Sequence[DagsterRunStatus] = (),
+    created_after: dt.datetime | None = None,
+    limit: int = RECENT_SCAN,
+    extra_tags: dict[str, str] | None = None,
+) -> list[RunRecord]:
+    """The tenant's runs, newest first: its own runs and the runs of several tenants it is in."""
+    base = dict(extra_tags or {})
+    own = instance.get_run_records(
+        RunsFilter(tags={**base, TENANT_TAG: tenant}, statuses=list(statuses), created_after=created_after),
+        limit=limit,
+    )
+    shared = instance.get_run_records(
+        RunsFilter(tags={**base, MULTI_TENANT_TAG: "true"}, statuses=list(statuses), created_after=created_after),
+        limit=limit,
+    )
+    merged = own + [r for r in shared if covers_tenant(r, tenant)]
+    return sorted(merged, key=lambda r: r.create_timestamp, reverse=True)[:limit]
+
+
+def tenant_status(record: RunRecord, tenant: str) -> str:
+    """The run's outcome for one tenant: a run of several tenants failed only for those it names."""
+    run = record.dagster_run
+    failed = run.tags.get(FAILED_TENANTS_TAG)
+    if run.status == DagsterRunStatus.FAILURE and failed is not None and tenant not in failed.split(","):
+        return DagsterRunStatus.SUCCESS.value
+    return run.status.value
+
+
 def recent_runs(
     instance: DagsterInstance,
     tenant: str | None = None,
@@ -151,8 +202,12 @@ def recent_runs(
 ) -> list[RunSummary]:
     """The newest runs (of one tenant and/or source, with the given statuses), newest first;
     failed runs carry their failure reason unless `with_reasons` is false."""
-    tags = {k: v for k, v in ((TENANT_TAG, tenant), (SOURCE_TAG, source)) if v}
-    records = instance.get_run_records(RunsFilter(tags=tags, statuses=_status_list(statuses)), limit=limit)
+    wanted = _status_list(statuses)
+    source_tags = {SOURCE_TAG: source} if source else {}
+    if tenant:
+        records = tenant_runs(instance, tenant, statuses=wanted, limit=limit, extra_tags=source_tags)
+    else:
+        records = instance.get_run_records(RunsFilter(tags=source_tags, statuses=wanted), limit=limit)
     return [
         summarize(
             r,
@@ -164,64 +219,55 @@ def recent_runs(
     ]
 
 
-def _last_run(
-    instance: DagsterInstance, tenant: str, source: str, statuses: Sequence[DagsterRunStatus] = ()
-) -> RunRecord | None:
-    """The newest run of (tenant, source) with one of `statuses`: a run of that source, or an
-    untagged run (it loads every source); ALL_SOURCES: untagged runs only."""
-    candidates: list[RunRecord] = []
-    if source != ALL_SOURCES:
-        filters = RunsFilter(tags={TENANT_TAG: tenant, SOURCE_TAG: source}, statuses=list(statuses))
-        candidates.extend(instance.get_run_records(filters, limit=1))
-    filters = RunsFilter(tags={TENANT_TAG: tenant}, statuses=list(statuses))
-    for record in instance.get_run_records(filters, limit=RECENT_SCAN):
-        if SOURCE_TAG not in record.dagster_run.tags:
-            candidates.append(record)
-            break
-    return max(candidates, key=lambda r: r.create_timestamp) if candidates else None
+def sources_of_run(record: RunRecord) -> set[str] | None:
+    """The sources a run loaded; None: every source of its tenants."""
+    run = record.dagster_run
+    if run.tags.get(SOURCE_TAG):
+        return {run.tags[SOURCE_TAG]}
+    if run.asset_selection:
+        return set(sources_of_selection(run.asset_selection))
+    return None
 
 
-def _load_counts(
-    instance: DagsterInstance, run_id: str, tenant: str, source: str = ALL_SOURCES
-) -> tuple[Counter[str], float | None]:
-    """Sums of `records_written`/`rejects`/`raw_rows` over the run's `normalized/records`
-    materializations of this tenant's partitions (for one source: its raw tables' share), and
-    the newest such materialization time."""
-    totals: Counter[str] = Counter()
-    newest: float | None = None
-    connection = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-    for record in connection.records:
-        event = record.event_log_entry.dagster_event
-        if event is None or event.asset_key != NORMALIZED_ASSET:
-            continue
-        partition = event.partition or ""
-        if partition and partition.split("|")[-1] != tenant:
-            continue
-        metadata = event.step_materialization_data.materialization.metadata
-        if source != ALL_SOURCES:
-            totals.update(_source_share(metadata, tenant, source))
-            ts = record.event_log_entry.timestamp
-            newest = ts if newest is None else max(newest, ts)
-            continue
-        for name in LOAD_COUNTS:
-            value = getattr(metadata.get(name), "value", metadata.get(name))
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                totals[name] += int(value)
-        ts = record.event_log_entry.timestamp
-        newest = ts if newest is None else max(newest, ts)
-    return totals, newest
-
-
-def _source_share(metadata: Any, tenant: str, source: str) -> Counter[str]:
-    """One source's figures from the per-table breakdown (`by_tenant.<t>.by_table`)."""
-    by_tenant = getattr(metadata.get("by_tenant"), "value", None) or {}
-    share: Counter[str] = Counter()
-    for table, figures in (by_tenant.get(tenant, {}).get("by_table") or {}).items():
-        if table.startswith(f"{source}_"):
+def _partition_loads(
+    instance: DagsterInstance, tenant: str, records: list[RunRecord], since: float, order: dict[str, int]
+) -> tuple[dict[str, Counter[str]], float | None]:
+    """source -> figures of the tenant's partitions materialized since `since` (each partition at
+    its latest materialization), from `normalized/records`' per-partition metadata; and the newest
+    of those materializations."""
+    keys = sorted(
+        {f"{day.isoformat()}|{tenant}" for r in records for day in run_coverage(r.dagster_run.tags, order).days}
+    )
+    latest: dict[str, Any] = {}
+    for start in range(0, len(keys), 500):
+        batch = keys[start : start + 500]
+        result = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=NORMALIZED_ASSET, asset_partitions=batch, after_timestamp=since),
+            limit=len(batch) * 50,
+        )
+        for record in result.records:
+            current = latest.get(record.partition_key or "")
+            if current is None or record.timestamp > current.timestamp:
+                latest[record.partition_key or ""] = record
+    by_source: dict[str, Counter[str]] = {}
+    for record in latest.values():
+        metadata = record.asset_materialization.metadata if record.asset_materialization else {}
+        by_table = getattr(metadata.get("by_table"), "value", None) or {}
+        for table, figures in by_table.items():
+            share = by_source.setdefault(table, Counter())
             share["raw_rows"] += int(figures.get("raw_rows", 0))
             share["records_written"] += int(figures.get("records", 0))
             share["rejects"] += int(figures.get("rejects", 0))
-    return share
+    newest = max((r.timestamp for r in latest.values()), default=None)
+    return by_source, newest
+
+
+def _share(by_table: dict[str, Counter[str]], source: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for table, figures in by_table.items():
+        if table.startswith(f"{source}_"):
+            out.update(figures)
+    return out
 
 
 def source_stats(
@@ -233,86 +279,61 @@ def source_stats(
     now: dt.datetime | None = None,
     max_runs: int = 1000,
 ) -> list[dict[str, Any]]:
-    """Per source of `tenant`: last success, last failure and its reason (any age); runs by
-    status, average duration and records/rejects/raw rows loaded within the last
-    `window_hours`; the last `normalized/records` materialization and its age.
-
-    `sources` (e.g. the configured ones) are always listed, then sources seen on the window's
-    or the last 200 runs, then `ALL_SOURCES` if runs without an `etl/source` tag were seen.
-    """
+    """Per source of `tenant` (the configured ones, then those seen on recent runs): last success
+    and last failure for this tenant (any age), runs by status and average duration within the
+    last `window_hours`, and the records/rejects/raw rows of the partitions loaded in the window
+    (each partition once: these sum to what the warehouse holds for those partitions)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     since = now - dt.timedelta(hours=window_hours)
-    window = instance.get_run_records(
-        RunsFilter(tags={TENANT_TAG: tenant}, created_after=since), limit=max_runs
-    )
-    by_source: dict[str, list[RunRecord]] = {}
-    for record in window:
-        by_source.setdefault(record.dagster_run.tags.get(SOURCE_TAG, ALL_SOURCES), []).append(record)
-    recent = instance.get_run_records(RunsFilter(tags={TENANT_TAG: tenant}), limit=RECENT_SCAN)
-    seen = {r.dagster_run.tags.get(SOURCE_TAG, ALL_SOURCES) for r in recent} | set(by_source)
-    names = list(dict.fromkeys([*sources, *sorted(seen - {ALL_SOURCES})]))
-    if ALL_SOURCES in seen:
-        names.append(ALL_SOURCES)
-    untagged = by_source.get(ALL_SOURCES, [])  # runs of every source count for each source
-    return [
-        _one_source(
-            instance, tenant, name, by_source.get(name, []) + (untagged if name != ALL_SOURCES else []), now
+    window = tenant_runs(instance, tenant, created_after=since, limit=max_runs)
+    recent = tenant_runs(instance, tenant, limit=RECENT_SCAN)
+    seen = {s for r in recent + window for s in (sources_of_run(r) or ())}
+    names = list(dict.fromkeys([*sources, *sorted(seen)]))
+    order = {t: i for i, t in enumerate(instance.get_dynamic_partitions("tenant"))}
+    loads, newest = _partition_loads(instance, tenant, window, since.timestamp(), order)
+    out = []
+    for name in names:
+        touched = lambda r, name=name: sources_of_run(r) is None or name in (sources_of_run(r) or ())  # noqa: E731
+        in_window = [r for r in window if touched(r)]
+        mine = [r for r in recent if touched(r)]
+        success = next((r for r in mine if tenant_status(r, tenant) == "SUCCESS"), None)
+        failure = next((r for r in mine if tenant_status(r, tenant) == "FAILURE"), None)
+        durations = [r.end_time - r.start_time for r in in_window if r.start_time is not None and r.end_time]
+        share = _share(loads, name)
+        last_mat = _utc(newest) if share else (success and _utc(success.end_time))
+        out.append(
+            {
+                "source": name,
+                "last_success": summarize(success).to_dict() if success else None,
+                "last_failure": summarize(failure, failure_reason(instance, failure.dagster_run.run_id)).to_dict()
+                if failure
+                else None,
+                "runs_by_status": dict(sorted(Counter(tenant_status(r, tenant) for r in in_window).items())),
+                "runs_in_window": len(in_window),
+                "avg_duration_s": round(sum(durations) / len(durations), 3) if durations else None,
+                **{count: int(share.get(count, 0)) for count in LOAD_COUNTS},
+                "last_materialization_at": _iso(last_mat),
+                "materialization_age_s": round((now - last_mat).total_seconds(), 3) if last_mat else None,
+            }
         )
-        for name in names
-    ]
-
-
-def _one_source(
-    instance: DagsterInstance, tenant: str, source: str, window: list[RunRecord], now: dt.datetime
-) -> dict[str, Any]:
-    success = _last_run(instance, tenant, source, [DagsterRunStatus.SUCCESS])
-    failure = _last_run(instance, tenant, source, [DagsterRunStatus.FAILURE])
-    counts: Counter[str] = Counter()
-    newest: float | None = None
-    durations = [r.end_time - r.start_time for r in window if r.start_time is not None and r.end_time]
-    in_window = {r.dagster_run.run_id for r in window if r.dagster_run.status in FINISHED}
-    # a run of this source counts whole; a run of every source counts with this source's share
-    source_tagged = {r.dagster_run.run_id for r in window if SOURCE_TAG in r.dagster_run.tags}
-    if success is not None and SOURCE_TAG in success.dagster_run.tags:
-        source_tagged.add(success.dagster_run.run_id)
-    # the last success may predate the window: it still tells the last materialization
-    scanned = in_window | ({success.dagster_run.run_id} if success else set())
-    for run_id in scanned:
-        tagged = run_id in source_tagged
-        totals, ts = _load_counts(instance, run_id, tenant, ALL_SOURCES if tagged else source)
-        if run_id in in_window:
-            counts.update(totals)
-        if ts is not None:
-            newest = ts if newest is None else max(newest, ts)
-    last_mat = _utc(newest)
-    return {
-        "source": source,
-        "last_success": summarize(success).to_dict() if success else None,
-        "last_failure": summarize(failure, failure_reason(instance, failure.dagster_run.run_id)).to_dict()
-        if failure
-        else None,
-        "runs_by_status": dict(sorted(Counter(r.dagster_run.status.value for r in window).items())),
-        "runs_in_window": len(window),
-        "avg_duration_s": round(sum(durations) / len(durations), 3) if durations else None,
-        **{name: counts.get(name, 0) for name in LOAD_COUNTS},
-        "last_materialization_at": _iso(last_mat),
-        "materialization_age_s": round((now - last_mat).total_seconds(), 3) if last_mat else None,
-    }
+    return out
 
 
 def daemon_heartbeat_ages(instance: DagsterInstance, now: float | None = None) -> dict[str, float]:
     """Seconds since each daemon type's last heartbeat (empty: no daemon ever ran)."""
     now = time.time() if now is None else now
     return {
-        daemon: round(max(0.0, now - beat.timestamp), 3)
-        for daemon, beat in instance.get_daemon_heartbeats().items()
+        daemon: round(max(0.0, now - beat.timestamp), 3) for daemon, beat in instance.get_daemon_heartbeats().items()
     }
 
 
 def last_run_by_tenant(instance: DagsterInstance, tenants: Iterable[str]) -> dict[str, RunSummary | None]:
     """The newest run of each tenant (None: never ran)."""
+    shared = instance.get_run_records(RunsFilter(tags={MULTI_TENANT_TAG: "true"}), limit=RECENT_SCAN)
     out: dict[str, RunSummary | None] = {}
     for tenant in tenants:
-        records = instance.get_run_records(RunsFilter(tags={TENANT_TAG: tenant}), limit=1)
-        out[tenant] = summarize(records[0]) if records else None
+        own = instance.get_run_records(RunsFilter(tags={TENANT_TAG: tenant}), limit=1)
+        candidates = own + [r for r in shared if covers_tenant(r, tenant)]
+        newest = max(candidates, key=lambda r: r.create_timestamp, default=None)
+        out[tenant] = summarize(newest) if newest else None
     return out

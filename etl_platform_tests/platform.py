@@ -43,6 +43,22 @@ def materialize(
     )
 
 
+def partition_materialization(instance: DagsterInstance, key: Any, tenant: str, day: dt.date | str) -> Any:
+    """The latest materialization of one partition of an asset (None: never materialized)."""
+    from dagster import AssetKey, AssetRecordsFilter
+
+    key = key if isinstance(key, AssetKey) else AssetKey(list(key))
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[str(partition_key(tenant, day))]), limit=1
+    ).records
+    return records[0].asset_materialization if records else None
+
+
+def metadata_values(materialization: Any) -> dict[str, Any]:
+    """A materialization's metadata as plain values."""
+    return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+
+
 def table_counts(warehouse_url: str, schema: str) -> dict[str, int]:
     from etl_platform.warehouse import Warehouse
 

@@ -13,7 +13,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from etl_platform_tests.jsonserver import serve_jsonplaceholder
-from etl_platform_tests.platform import materialize, table_counts
+from etl_platform_tests.platform import materialize, metadata_values, partition_materialization, table_counts
 from etl_platform_tests.servers import LocalServer, Response
 
 DAY = dt.date(2024, 6, 3)
@@ -81,13 +81,13 @@ def test_one_partition_loads_each_record_once(warehouse_url, platform_env, fixtu
             assert counts["records"] == sum(EXPECTED.values())
             assert counts.get("rejects", 0) == 0 and counts["record_rejects"] == 0
 
-            meta = instance.get_latest_materialization_event(AssetKey(["raw", "placeholder", "comments"]))
-            metadata = meta.asset_materialization.metadata
-            assert metadata["rows_loaded"].value == 500
-            assert metadata["tenants"].value["acme"]["pages"] == 10
+            comments = partition_materialization(instance, ["raw", "placeholder", "placeholder_comments"], "acme", DAY)
+            metadata = metadata_values(comments)
+            assert metadata["rows_loaded"] == 500
+            assert metadata["load (whole run)"]["pages"] == 10
             assert "dagster/column_schema" in metadata
-            records_meta = instance.get_latest_materialization_event(AssetKey(["normalized", "records"]))
-            assert records_meta.asset_materialization.metadata["raw_rows"].value == sum(EXPECTED.values())
+            records_meta = partition_materialization(instance, ["normalized", "records"], "acme", DAY)
+            assert metadata_values(records_meta)["raw_rows"] == sum(EXPECTED.values())
             checks = {e.check_name: e.passed for e in _check_evaluations(instance, result.run_id)}
             assert checks["raw_reconciles_with_records_and_rejects"] and checks["unique_upsert_key"]
 
@@ -95,8 +95,8 @@ def test_one_partition_loads_each_record_once(warehouse_url, platform_env, fixtu
             assert again.success
             assert table_counts(warehouse_url, "tenant_acme") == counts
             # the CSV rows are appended, then the first run's copy of the day is swept
-            titanic = instance.get_latest_materialization_event(AssetKey(["raw", "titanic", "passengers"]))
-            assert titanic.asset_materialization.metadata["tenants"].value["acme"]["stale_rows_removed"] == 891
+            titanic = partition_materialization(instance, ["raw", "titanic", "titanic_passengers"], "acme", DAY)
+            assert metadata_values(titanic)["load (whole run)"]["swept"] == {"titanic_passengers": 891}
         # the lineage names this run and this partition
         from etl_platform.warehouse import Warehouse
 
@@ -140,21 +140,30 @@ def test_two_tenants_are_isolated(duckdb_url, platform_env, tmp_path):
             assert conn.query(f'SELECT DISTINCT tenant_id FROM "{schema}"."records"') == [(tenant,)]
 
 
-def test_tenant_without_the_source_gets_an_empty_materialization(duckdb_url, platform_env, tmp_path):
+def test_tenant_without_the_source_is_not_materialized(duckdb_url, platform_env, tmp_path):
+    """A source the tenant does not configure stays missing for its partitions (the UI tells
+    what a tenant has loaded); the tenant's own sources and records are materialized."""
     csv_a = tmp_path / "a.csv"
     csv_a.write_text("id\n1\n")
+    csv_b = tmp_path / "b.csv"
+    csv_b.write_text("id\n1\n2\n")
     platform_env(
         [
             {"id": "t_a", "sources": [{"name": "files", "kind": "csv", "location": str(csv_a)}]},
-            {"id": "t_b", "sources": []},
+            {"id": "t_b", "sources": [{"name": "other", "kind": "csv", "location": str(csv_b)}]},
         ],
         duckdb_url,
     )
     with DagsterInstance.get() as instance:
         result = materialize(instance, "t_b", DAY)
         assert result.success
-        event = instance.get_latest_materialization_event(AssetKey(["raw", "files", "rows"]))
-        assert event.asset_materialization.metadata["tenants"].value["t_b"]["configured"] is False
+        assert partition_materialization(instance, ["raw", "files", "files_rows"], "t_b", DAY) is None
+        other = partition_materialization(instance, ["raw", "other", "other_rows"], "t_b", DAY)
+        assert metadata_values(other)["rows_loaded"] == 2
+        records = partition_materialization(instance, ["normalized", "records"], "t_b", DAY)
+        assert metadata_values(records)["records_written"] == 2
+        # no engineering metrics without Jira or GitHub
+        assert partition_materialization(instance, ["metrics", "engineering"], "t_b", DAY) is None
 
 
 def test_permanent_source_error_fails_the_run_clearly(duckdb_url, platform_env, monkeypatch):
@@ -184,6 +193,9 @@ def test_permanent_source_error_fails_the_run_clearly(duckdb_url, platform_env, 
             (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
             text = failure.step_failure_data.user_failure_data.description
             assert text.startswith("[permanent] tenant 'acme', source 'api'") and "401" in text
+            assert instance.get_run_by_id(result.run_id).tags["etl/failed_tenants"] == "acme"
+            # the failed partition is not materialized: the UI shows it failed, not stale data
+            assert partition_materialization(instance, ["raw", "api", "api_items"], "acme", DAY) is None
             assert "secret-token-value" not in str(failure)
             assert len(server.hits("/items")) == 1  # neither dlt nor the step retried it
 

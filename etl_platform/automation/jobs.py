@@ -1,53 +1,45 @@
-"""Asset jobs over raw + normalized assets, partitioned by tenant × date."""
+"""Asset jobs: `ingest` (every asset and its partitioned checks), `ingest_<kind>` per source
+kind in use, and `tenant_freshness` (the freshness check across tenants)."""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Backoff, Jitter, RetryPolicy, define_asset_job
+from dagster import AssetCheckKey, AssetSelection, define_asset_job
 
+from etl_platform.assets.keys import ENGINEERING_KEY, FRESHNESS_CHECK, RECORDS_KEY
 from etl_platform.config.registry import Registry
-from etl_platform.config.settings import get_settings
-from etl_platform.partitions import tenant_date_partitions
 
 INGEST_JOB = "ingest"
-
-
-def step_retry_policy() -> RetryPolicy:
-    """Transient errors are first retried inside the run, per step, with exponential backoff
-    (dlt already retries each HTTP request): ETL_STEP_RETRIES retries (default 2), the first
-    after ETL_STEP_RETRY_DELAY_SECONDS (default 5), doubling. Permanent failures
-    (Failure(allow_retries=False): bad config, auth, schema contract) are never retried."""
-    settings = get_settings()
-    return RetryPolicy(
-        max_retries=settings.step_retries,
-        delay=settings.step_retry_delay_s,
-        backoff=Backoff.EXPONENTIAL,
-        jitter=Jitter.PLUS_MINUS,
-    )
+FRESHNESS_JOB = "tenant_freshness"
+FRESHNESS_KEY = AssetCheckKey(RECORDS_KEY, FRESHNESS_CHECK)
 
 
 def build_jobs(registry: Registry) -> list:
-    """`ingest` (every source, then records) and `ingest_<kind>` per source kind in use."""
-    policy = step_retry_policy()
+    """Transient failures are retried inside a run, per tenant and source (`assets/ingest.py`),
+    and afterwards by the retry sensor, for the failed tenants only."""
+    everything = AssetSelection.all() - AssetSelection.checks(FRESHNESS_KEY)
     jobs = [
         define_asset_job(
             INGEST_JOB,
-            selection=AssetSelection.all(),
-            partitions_def=tenant_date_partitions,
-            op_retry_policy=policy,
-            description="Load every source of the partition's tenant and day, then normalize into records.",
-        )
+            selection=everything,
+            description="Load every source of the partitions' tenants and days, normalize into records, "
+            "compute metrics, check. One step; each tenant succeeds or fails on its own.",
+        ),
+        define_asset_job(
+            FRESHNESS_JOB,
+            selection=AssetSelection.checks(FRESHNESS_KEY),
+            description="Is every active tenant's newest record younger than its freshness_hours?",
+        ),
     ]
     kinds: dict[str, list[str]] = {}
     for source, kind in registry.source_kinds().items():
         kinds.setdefault(kind, []).append(source)
     for kind, sources in sorted(kinds.items()):
-        selection = AssetSelection.groups("raw") & AssetSelection.key_prefixes(*[["raw", s] for s in sources])
+        raw = AssetSelection.key_prefixes(*[["raw", s] for s in sources])
         jobs.append(
             define_asset_job(
                 f"ingest_{kind}",
-                selection=selection | AssetSelection.keys(["normalized", "records"]),
-                partitions_def=tenant_date_partitions,
-                op_retry_policy=policy,
+                selection=(raw | AssetSelection.assets(RECORDS_KEY, ENGINEERING_KEY))
+                - AssetSelection.checks(FRESHNESS_KEY),
                 description=f"Load the {kind} sources, then normalize into records.",
             )
         )

@@ -20,20 +20,28 @@ class SyncPlan:
     removed_from_file: list[str]  # partitions whose tenant left the file (data kept)
 
     def summary(self) -> str:
-        parts = [f"added {self.to_add}" if self.to_add else "no new tenants"]
+        parts = [f"added {len(self.to_add)}: {_names(self.to_add)}" if self.to_add else "no new tenants"]
         parts.append(f"{len(self.registered)} already registered")
         if self.removed_from_file:
-            parts.append(f"not in the tenants file any more (partitions and data kept): {self.removed_from_file}")
+            parts.append(
+                f"not in the tenants file any more (partitions and data kept): {_names(self.removed_from_file)}"
+            )
         return "; ".join(parts)
 
 
 def plan_sync(existing: list[str], registry: Registry) -> SyncPlan:
-    wanted = registry.tenant_ids
+    """Set operations: linear in the number of tenants."""
+    wanted, have = registry.tenant_ids, set(existing)
+    in_file = set(wanted)
     return SyncPlan(
-        to_add=[t for t in wanted if t not in existing],
-        registered=[t for t in wanted if t in existing],
-        removed_from_file=sorted(t for t in existing if t not in wanted),
+        to_add=[t for t in wanted if t not in have],
+        registered=[t for t in wanted if t in have],
+        removed_from_file=sorted(t for t in existing if t not in in_file),
     )
+
+
+def _names(ids: list[str], limit: int = 20) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def registered_tenants(instance: DagsterInstance) -> list[str]:

@@ -1,18 +1,21 @@
-"""Retry failed partition runs with exponential backoff (a polling sensor).
+"""Retry failed runs with exponential backoff (a polling sensor), only for the tenants that failed.
 
-A failed run's attempt n (tag `etl/attempt`, 1 = the original run) is retried as attempt n+1
-after base × 2^(n-1) seconds (ETL_RETRY_BASE_DELAY_SECONDS, default 300), capped at
-ETL_RETRY_MAX_DELAY_SECONDS (default 1800), up to ETL_RETRY_MAX_ATTEMPTS retries (default 3).
-The retry carries the partition (key or range), the asset selection, `etl/attempt`,
-`etl/parent_run_id` (the failed run) and `etl/root_run_id` (the first run of the chain).
+A run covers one or many tenants (scheduled chunks); it fails naming each failed tenant and
+source with a permanent or transient kind (`failures.run_failures`). Only tenants whose failure
+is transient are retried; a run that failed without reaching its step (its worker died, run
+monitoring failed it) is retried for all of its tenants. A failed run's attempt n (tag
+`etl/attempt`, 1 = the original run) is retried as attempt n+1 after base × 2^(n-1) seconds
+(ETL_RETRY_BASE_DELAY_SECONDS, default 300), capped at ETL_RETRY_MAX_DELAY_SECONDS (default
+1800), up to ETL_RETRY_MAX_ATTEMPTS retries (default 3). A retry covers the run's days for the
+tenants to retry (one run per contiguous group of them), with the run's asset selection,
+`etl/attempt`, `etl/parent_run_id` (the failed run) and `etl/root_run_id` (the first of the chain).
 
-Never retried: canceled runs (only FAILURE runs are considered), permanent failures (bad config,
-auth 401/403, schema contract: a step Failure tagged `etl/error_kind=permanent`), runs whose
-partition has succeeded since, and runs superseded by a newer run of their partition (the next
-hourly run failing too continues alone: one retry chain per partition). The sensor records its
-decision on the failed run (`etl/retry`): `requested:<n>` → `retried:<retry run id>`,
-`gave_up:<why>` (permanent, or the last attempt failed), `skipped:<why>`. Dagster's own run
-retries stay off (dagster.yaml).
+Not retried: canceled runs (only FAILURE runs are considered), permanent failures (bad config,
+auth 401/403, schema contract), tenants whose partitions succeeded since, and tenants covered by
+a newer run of the same days (the next hourly run carries on: one retry chain per partition).
+The sensor records its decision on the failed run (`etl/retry`): `requested:<n>` →
+`retried:<retry run ids>`, `gave_up:<why>` (permanent, or the last attempt failed),
+`skipped:<why>`. Dagster's own run retries stay off (dagster.yaml).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from dagster import (
-    DagsterEventType,
+    AssetRecordsFilter,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -34,6 +37,8 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import DagsterRun, RunRecord
 
+from etl_platform.assets.keys import RECORDS_KEY, source_of
+from etl_platform.automation.coverage import Coverage, contiguous_chunks, partition_request, run_coverage
 from etl_platform.automation.jobs import INGEST_JOB
 from etl_platform.automation.tags import (
     ATTEMPT_TAG,
@@ -44,17 +49,19 @@ from etl_platform.automation.tags import (
     RETRY_STATE_TAG,
     ROOT_RUN_TAG,
     TRIGGER_TAG,
+    tenant_tags,
 )
 from etl_platform.config.settings import get_settings
-from etl_platform.failures import ERROR_KIND_KEY, PERMANENT
+from etl_platform.failures import TenantFailure, run_failures
+from etl_platform.partitions import partition_key
 
 SENSOR_NAME = "retry_failed_runs"
 LOOKBACK_SECONDS = 2 * 24 * 3600
 MAX_FAILED_RUNS = 500
 PARTITION_TAGS = (PARTITION_TAG, RANGE_START_TAG, RANGE_END_TAG)
-PERMANENT_MARKERS = ("[permanent]", "TenantsFileError", "DataValidationError", "PermanentSourceError")
 # tags of the failed run that its retry does not inherit
 NOT_INHERITED_PREFIXES = ("dagster/", "etl/retry", "etl/attempt", "etl/parent_run_id", "etl/trigger", "etl/root_run_id")
+NOT_INHERITED = ("etl/tenant", "etl/tenants", "etl/multi_tenant", "etl/failed_tenants")
 REQUESTED, RETRIED, GAVE_UP, SKIPPED = "requested", "retried", "gave_up", "skipped"
 
 
@@ -106,33 +113,74 @@ def decide(
     return Decision("retry", f"retry {attempt} of {policy.max_attempts}", due)
 
 
-def is_permanent_failure(instance: DagsterInstance, run_id: str) -> bool:
-    """A step failed with a Failure tagged permanent, or the run failed on bad configuration."""
-    records = instance.get_records_for_run(
-        run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
-    ).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        if event is None:
-            continue
-        data = event.event_specific_data
-        user = getattr(data, "user_failure_data", None)
-        if user is not None and getattr(user.metadata.get(ERROR_KIND_KEY), "value", None) == PERMANENT:
-            return True
-        error = getattr(data, "error", None)
-        text = " ".join(filter(None, [error.to_string() if error is not None else "", event.message or ""]))
-        if any(marker in text for marker in PERMANENT_MARKERS):
-            return True
-    return False
+@dataclass(frozen=True)
+class FailedRun:
+    """What a failed run covered and what it failed for."""
+
+    record: RunRecord
+    coverage: Coverage
+    failures: list[TenantFailure]
+
+    @property
+    def run(self) -> DagsterRun:
+        return self.record.dagster_run
+
+    def retryable_tenants(self) -> list[str]:
+        """Tenants with a transient failure; all of the run's tenants when it failed without
+        saying which (its worker died before the step reported)."""
+        if not self.failures:
+            return list(self.coverage.tenants)
+        permanent = {f.tenant for f in self.failures if f.permanent}
+        return [t for t in dict.fromkeys(f.tenant for f in self.failures) if t not in permanent]
+
+    def days_of(self, tenant: str) -> list[dt.date]:
+        listed = {dt.date.fromisoformat(d) for f in self.failures if f.tenant == tenant for d in f.days}
+        return sorted(listed or self.coverage.days)
 
 
 def partition_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k in PARTITION_TAGS}
 
 
+def _succeeded_since(instance: DagsterInstance, failed: FailedRun, tenant: str, since: float) -> bool:
+    """Every day of the tenant in the failed run has a materialization since: of `records` when
+    the run selected it, else of the raw assets of the sources that failed."""
+    run = failed.run
+    selection = set(run.asset_selection or [])
+    if not selection or RECORDS_KEY in selection:
+        keys = [RECORDS_KEY]
+    else:
+        sources = {f.source for f in failed.failures if f.tenant == tenant and f.source}
+        keys = [k for k in selection if source_of(k) in sources] or sorted(selection, key=str)[:1]
+    wanted = {str(partition_key(tenant, d)) for d in failed.days_of(tenant)}
+    for key in keys:
+        found: set[str] = set()
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, asset_partitions=sorted(wanted), after_timestamp=since),
+            limit=len(wanted) * 4,
+        ).records
+        for record in records:
+            found.add(record.partition_key or "")
+        if not wanted <= found:
+            return False
+    return True
+
+
+def _newer_runs(instance: DagsterInstance, failed: FailedRun, since: float) -> list[DagsterRun]:
+    """Runs created after the failed one, not canceled, not its own retries (one query)."""
+    records = instance.get_run_records(RunsFilter(created_after=_dt(since)), limit=200)
+    return [
+        r.dagster_run
+        for r in records
+        if r.dagster_run.run_id != failed.run.run_id
+        and r.dagster_run.status != DagsterRunStatus.CANCELED
+        and r.dagster_run.tags.get(PARENT_RUN_TAG) != failed.run.run_id
+    ]
+
+
 def _covers(newer: DagsterRun, run: DagsterRun) -> bool:
-    """`newer` loads at least what `run` loads: the same job or `ingest` (every asset), and all
-    of the job's assets or a superset of `run`'s selection."""
+    """`newer` loads at least what `run` loads: the same job or `ingest`, and all of the job's
+    assets or a superset of `run`'s selection."""
     if newer.job_name not in (run.job_name, INGEST_JOB):
         return False
     if newer.asset_selection is None:
@@ -140,58 +188,53 @@ def _covers(newer: DagsterRun, run: DagsterRun) -> bool:
     return run.asset_selection is not None and set(newer.asset_selection) >= set(run.asset_selection)
 
 
-def _newer_runs(instance: DagsterInstance, run: DagsterRun, since: float, statuses=None) -> list[DagsterRun]:
-    """Runs of the same partition (or range) created after `since` that cover `run`."""
-    partition = partition_tags(run.tags)
-    if not partition:
-        return []
-    records = instance.get_run_records(
-        RunsFilter(tags=partition, created_after=_dt(since), statuses=statuses), limit=50
-    )
-    return [r.dagster_run for r in records if r.dagster_run.run_id != run.run_id and _covers(r.dagster_run, run)]
-
-
-def partition_succeeded_since(instance: DagsterInstance, run: DagsterRun, since: float) -> bool:
-    """A run covering `run`'s assets on the same partition or range succeeded after `since`."""
-    return bool(_newer_runs(instance, run, since, [DagsterRunStatus.SUCCESS]))
-
-
-def superseded_by(instance: DagsterInstance, run: DagsterRun, since: float) -> str | None:
-    """A newer run of the partition (queued, running or failed, e.g. the next hourly run) that
-    covers `run`: that one carries on, so that a failing source gets one retry chain, not one
-    per tick. Canceled runs and `run`'s own retries do not count."""
-    for newer in _newer_runs(instance, run, since):
-        if newer.status != DagsterRunStatus.CANCELED and newer.tags.get(PARENT_RUN_TAG) != run.run_id:
+def superseded_by(newer_runs: list[DagsterRun], failed: FailedRun, tenant: str, order: dict[str, int]) -> str | None:
+    """A newer run (queued, running or failed, e.g. the next hourly run) covering the tenant's
+    days with the same assets: that one carries on, so a failing source gets one retry chain."""
+    days = failed.days_of(tenant)
+    for newer in newer_runs:
+        if _covers(newer, failed.run) and run_coverage(newer.tags, order).covers(tenant, days):
             return newer.run_id
     return None
 
 
-def _retry_child(instance: DagsterInstance, run_id: str) -> str | None:
-    records = instance.get_run_records(RunsFilter(tags={PARENT_RUN_TAG: run_id}), limit=1)
-    return records[0].dagster_run.run_id if records else None
+def _retry_children(instance: DagsterInstance, run_id: str) -> list[str]:
+    records = instance.get_run_records(RunsFilter(tags={PARENT_RUN_TAG: run_id}), limit=100)
+    return [r.dagster_run.run_id for r in records]
 
 
-def retry_request(record: RunRecord, attempt: int, job_names: set[str]) -> RunRequest:
-    """The run request re-launching `record`'s run as attempt `attempt + 1`."""
-    run = record.dagster_run
+def retry_requests(
+    failed: FailedRun, tenants: list[str], attempt: int, job_names: set[str], order: list[str]
+) -> list[RunRequest]:
+    """Run requests re-launching the failed run's days for `tenants` as attempt `attempt + 1`:
+    one per group of tenants consecutive in registration order."""
+    run = failed.run
     job_name = run.job_name if run.job_name in job_names else INGEST_JOB
-    inherited = {k: v for k, v in run.tags.items() if not k.startswith(NOT_INHERITED_PREFIXES)}
-    range_tags = {k: v for k, v in run.tags.items() if k in (RANGE_START_TAG, RANGE_END_TAG)}
-    return RunRequest(
-        run_key=f"retry:{run.run_id}",
-        job_name=job_name,
-        partition_key=run.tags.get(PARTITION_TAG) if not range_tags else None,
-        asset_selection=list(run.asset_selection) if run.asset_selection else None,
-        asset_check_keys=list(run.asset_check_selection) if run.asset_check_selection is not None else None,
-        tags={
-            **inherited,
-            **range_tags,
-            TRIGGER_TAG: "retry",
-            ATTEMPT_TAG: str(attempt + 1),
-            PARENT_RUN_TAG: run.run_id,
-            ROOT_RUN_TAG: run.tags.get(ROOT_RUN_TAG, run.run_id),
-        },
-    )
+    inherited = {
+        k: v for k, v in run.tags.items() if not k.startswith(NOT_INHERITED_PREFIXES) and k not in NOT_INHERITED
+    }
+    requests = []
+    for group in contiguous_chunks(order or tenants, {t: tuple(failed.days_of(t)) for t in tenants}, len(tenants)):
+        partition = partition_request(group, failed.days_of(group[0]))
+        requests.append(
+            RunRequest(
+                run_key=f"retry:{run.run_id}:{group[0]}",
+                job_name=job_name,
+                partition_key=partition.get(PARTITION_TAG),
+                asset_selection=list(run.asset_selection) if run.asset_selection else None,
+                asset_check_keys=list(run.asset_check_selection) if run.asset_check_selection is not None else None,
+                tags={
+                    **inherited,
+                    **{k: v for k, v in partition.items() if k != PARTITION_TAG},
+                    **tenant_tags(group),
+                    TRIGGER_TAG: "retry",
+                    ATTEMPT_TAG: str(attempt + 1),
+                    PARENT_RUN_TAG: run.run_id,
+                    ROOT_RUN_TAG: run.tags.get(ROOT_RUN_TAG, run.run_id),
+                },
+            )
+        )
+    return requests
 
 
 def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now: float | None = None):
@@ -203,6 +246,7 @@ def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now:
         RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=_dt(now - LOOKBACK_SECONDS)),
         limit=MAX_FAILED_RUNS,
     )
+    order: list[str] | None = None
     requests, notes = [], []
     for record in records:
         run = record.dagster_run
@@ -211,25 +255,16 @@ def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now:
             continue
         label = f"run {run.run_id[:8]} ({', '.join(partition_tags(run.tags).values())})"
         if state.startswith(REQUESTED):
-            child = _retry_child(instance, run.run_id)
-            if child:  # the requested retry was launched: done with this run
-                instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{RETRIED}:{child}"})
-                notes.append(f"{label}: retried by run {child[:8]}")
+            children = _retry_children(instance, run.run_id)
+            if children:  # the requested retries were launched: done with this run
+                instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{RETRIED}:{','.join(children)}"})
+                notes.append(f"{label}: retried by run(s) {', '.join(c[:8] for c in children)}")
                 continue
-        attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
-        failed_at = record.end_time or record.update_timestamp.timestamp()
-        permanent = is_permanent_failure(instance, run.run_id)
-        created = record.create_timestamp.timestamp()
-        succeeded = not permanent and partition_succeeded_since(instance, run, created)
-        decision = decide(
-            attempt=attempt,
-            permanent=permanent,
-            succeeded_since=succeeded,
-            superseded_by=None if permanent or succeeded else superseded_by(instance, run, created),
-            failed_at=failed_at,
-            now=now,
-            policy=policy,
-        )
+        if order is None:
+            order = list(instance.get_dynamic_partitions("tenant"))
+        position = {t: i for i, t in enumerate(order)}
+        failed = FailedRun(record, run_coverage(run.tags, position), run_failures(instance, run.run_id))
+        decision, tenants = _decide_run(instance, failed, policy, now, position)
         if decision.action == "wait":
             notes.append(f"{label}: {decision.reason}")
             continue
@@ -238,12 +273,43 @@ def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now:
             instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{outcome}:{decision.reason}"})
             notes.append(f"{label}: {outcome} ({decision.reason})")
             continue
-        requests.append(retry_request(record, attempt, job_names))
+        attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
+        requests.extend(retry_requests(failed, tenants, attempt, job_names, order))
         instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{REQUESTED}:attempt {attempt + 1}"})
-        notes.append(f"{label}: {decision.reason} requested (attempt {attempt + 1})")
+        notes.append(f"{label}: {decision.reason} requested for {', '.join(tenants)} (attempt {attempt + 1})")
     for note in notes:
         context.log.info(note)
     return requests or SkipReason("; ".join(notes) or "no failed runs to retry")
+
+
+def _decide_run(
+    instance: DagsterInstance, failed: FailedRun, policy: RetryPolicySettings, now: float, order: dict[str, int]
+) -> tuple[Decision, list[str]]:
+    """The decision for a failed run, and the tenants to retry."""
+    record = failed.record
+    attempt = int(failed.run.tags.get(ATTEMPT_TAG, "1"))
+    failed_at = record.end_time or record.update_timestamp.timestamp()
+    created = record.create_timestamp.timestamp()
+    tenants = failed.retryable_tenants()
+    if not tenants:
+        return decide(
+            attempt=attempt, permanent=True, succeeded_since=False, failed_at=failed_at, now=now, policy=policy
+        ), []
+    succeeded = [t for t in tenants if _succeeded_since(instance, failed, t, created)]
+    remaining = [t for t in tenants if t not in succeeded]
+    newer = _newer_runs(instance, failed, created) if remaining else []
+    superseded = {t: s for t in remaining if (s := superseded_by(newer, failed, t, order))}
+    remaining = [t for t in remaining if t not in superseded]
+    decision = decide(
+        attempt=attempt,
+        permanent=False,
+        succeeded_since=not remaining and bool(succeeded) and not superseded,
+        superseded_by=", ".join(sorted(set(superseded.values()))) if not remaining and superseded else None,
+        failed_at=failed_at,
+        now=now,
+        policy=policy,
+    )
+    return decision, remaining
 
 
 def _dt(ts: float) -> dt.datetime:
@@ -258,8 +324,8 @@ def build_retry_sensor(jobs: list):
         jobs=jobs,
         minimum_interval_seconds=get_settings().retry_sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Re-launches failed partition runs with exponential backoff; never canceled runs, "
-        "permanent failures, or partitions that succeeded since.",
+        description="Re-launches failed runs with exponential backoff, for the tenants whose failure was "
+        "transient; never canceled runs, permanent failures, or partitions that succeeded since.",
     )
     def retry_failed_runs(context: SensorEvaluationContext):
         return evaluate_retries(context, names)

@@ -1,52 +1,139 @@
-"""Hourly ingestion for every active tenant, and a daily re-load of the last days.
+"""Hourly ingestion of every active tenant, a daily re-load of the last days, and the hourly
+freshness check.
 
-Both evaluate in ETL_TIMEZONE (the partition days' timezone). Run keys name the tenant, the
-partition day(s) and the tick, so evaluating a tick twice (daemon restart, catch-up) never
-launches a run twice. Paused tenants (`paused: true`) and tenants not registered as partitions
-yet get no run; the tick's log and skip reason name them.
+Tenants are batched: one run covers a chunk of up to ETL_CHUNK_SIZE tenants (default 50) that
+are consecutive in registration order and configure the same sources, so run creation and
+process start are paid per chunk, not per tenant. Inside the run each tenant succeeds or fails
+on its own, and the retry sensor retries only the tenants that failed (`assets/ingest.py`).
+Paused tenants, tenants not registered yet and tenants with a run still queued or in progress
+get no run in this tick; they end a chunk, so no run's range includes a tenant it must skip.
+
+Both evaluate in ETL_TIMEZONE (the partition days' timezone). Run keys name the chunk, the
+days and the tick, so evaluating a tick twice never launches a run twice.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from dagster import (
+    AssetKey,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
     schedule,
 )
 
-from etl_platform.automation.jobs import INGEST_JOB
-from etl_platform.automation.tags import (
-    ATTEMPT_TAG,
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    TENANT_TAG,
-    TRIGGER_TAG,
-)
-from etl_platform.config.models import TenantConfig
+from etl_platform.assets.keys import ENGINEERING_KEY, RECORDS_KEY
+from etl_platform.automation.coverage import contiguous_chunks, partition_request, run_coverage
+from etl_platform.automation.jobs import FRESHNESS_JOB, INGEST_JOB
+from etl_platform.automation.tags import ATTEMPT_TAG, PARTITION_TAG, TRIGGER_TAG, tenant_tags
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.partitions import partition_key, tenant_partitions
+from etl_platform.partitions import tenant_partitions
+
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+METRIC_KINDS = ("jira", "github")
+NAMED_SKIPS = 20  # tenants named in a tick's log per reason; the rest are counted
 
 
-def _eligible(context: ScheduleEvaluationContext, registry: Registry) -> tuple[list[TenantConfig], list[str]]:
-    """(tenants to run, 'id (why)' of the tenants skipped)."""
-    registered = set(context.instance.get_dynamic_partitions(tenant_partitions.name))
-    active, skipped = [], []
-    for tenant in registry.tenants:
-        if tenant.paused:
-            skipped.append(f"{tenant.id} (paused)")
-        elif tenant.id not in registered:
-            skipped.append(f"{tenant.id} (not registered yet: the onboarding sensor or `etl-platform tenants sync`)")
+def busy_tenants(context: ScheduleEvaluationContext, order: Sequence[str], days: Sequence[dt.date]) -> set[str]:
+    """Tenants with a queued or running run covering one of `days` (one query for all)."""
+    runs = context.instance.get_runs(RunsFilter(statuses=IN_FLIGHT), limit=1000)
+    position = {t: i for i, t in enumerate(order)}
+    busy: set[str] = set()
+    for run in runs:
+        coverage = run_coverage(run.tags, position)
+        if set(coverage.days) & set(days):
+            busy.update(coverage.tenants)
+    return busy
+
+
+def _eligible(
+    context: ScheduleEvaluationContext, registry: Registry, days: Sequence[dt.date], skip_busy: bool
+) -> tuple[list[str], dict[str, tuple[str, ...]], dict[str, list[str]]]:
+    """(registration order, tenant -> its sources for the tenants to run, reason -> skipped tenants)."""
+    order = list(context.instance.get_dynamic_partitions(tenant_partitions.name))
+    registered = set(order)
+    busy = busy_tenants(context, order, days) if skip_busy else set()
+    wanted: dict[str, tuple[str, ...]] = {}
+    skipped: dict[str, list[str]] = {}
+    for entry in registry.entries:
+        if entry.paused:
+            skipped.setdefault("paused", []).append(entry.id)
+        elif entry.id not in registered:
+            skipped.setdefault("not registered yet: the onboarding sensor or `etl-platform tenants sync`", []).append(
+                entry.id
+            )
+        elif entry.id in busy:
+            skipped.setdefault("a run of these days is still queued or in progress", []).append(entry.id)
+        elif not entry.sources:
+            skipped.setdefault("no sources", []).append(entry.id)
         else:
-            active.append(tenant)
-    return active, skipped
+            wanted[entry.id] = tuple(sorted(entry.sources))
+    return order, wanted, skipped
+
+
+def describe_skips(skipped: Mapping[str, list[str]]) -> str:
+    parts = []
+    for reason, tenants in skipped.items():
+        named = ", ".join(tenants[:NAMED_SKIPS]) + (
+            f" and {len(tenants) - NAMED_SKIPS} more" if len(tenants) > NAMED_SKIPS else ""
+        )
+        parts.append(f"{named} ({reason})")
+    return "; ".join(parts) or "none"
+
+
+def selection(
+    sources: Sequence[str], keys_by_source: Mapping[str, list[AssetKey]], registry: Registry
+) -> list[AssetKey]:
+    """The assets of a chunk: its sources' raw assets, records, and metrics when it has Jira or GitHub."""
+    kinds = registry.source_kinds()
+    keys = [k for s in sources for k in keys_by_source.get(s, [])] + [RECORDS_KEY]
+    if any(kinds.get(s) in METRIC_KINDS for s in sources):
+        keys.append(ENGINEERING_KEY)
+    return keys
+
+
+def chunk_requests(
+    context: ScheduleEvaluationContext,
+    days: Sequence[dt.date],
+    keys_by_source: Mapping[str, list[AssetKey]],
+    *,
+    trigger: str,
+    run_key: str,
+    skip_busy: bool,
+) -> tuple[list[RunRequest], str]:
+    """One run request per chunk of eligible tenants over `days`, and a summary for the log.
+    `skip_busy`: leave out tenants with a run of these days queued or in progress (the hourly
+    schedule: the next tick catches up; the daily re-load waits for them instead)."""
+    registry = load_registry()
+    order, wanted, skipped = _eligible(context, registry, days, skip_busy)
+    requests = []
+    for chunk in contiguous_chunks(order, wanted, get_settings().chunk_size):
+        partition = partition_request(chunk, days)
+        tags = {TRIGGER_TAG: trigger, ATTEMPT_TAG: "1"}
+        tags.update(tenant_tags(chunk))
+        requests.append(
+            RunRequest(
+                run_key=f"{run_key}:{chunk[0]}:{chunk[-1]}",
+                partition_key=partition.get(PARTITION_TAG),
+                asset_selection=selection(wanted[chunk[0]], keys_by_source, registry),
+                tags={**tags, **{k: v for k, v in partition.items() if k != PARTITION_TAG}},
+            )
+        )
+    summary = (
+        f"{len(requests)} runs for {len(wanted)} tenants on {[d.isoformat() for d in days]}; "
+        f"skipped: {describe_skips(skipped)}"
+    )
+    return requests, summary
 
 
 def _local_now(context: ScheduleEvaluationContext, timezone: str) -> dt.datetime:
@@ -57,32 +144,21 @@ def hourly_days(now: dt.datetime, late_data_hours: int, start_date: dt.date) -> 
     """Today, and yesterday too during the first `late_data_hours` hours after midnight."""
     today = now.date()
     days = [today] + ([today - dt.timedelta(days=1)] if now.hour < late_data_hours else [])
-    return [d for d in days if d >= start_date]
+    return sorted(d for d in days if d >= start_date)
 
 
-def hourly_requests(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
-    """One run per active registered tenant for today; early in the day also yesterday."""
+def hourly_requests(
+    context: ScheduleEvaluationContext, keys_by_source: Mapping[str, list[AssetKey]]
+) -> list[RunRequest] | SkipReason:
+    """Today's partitions (early in the day also yesterday's) of every active tenant, in chunks."""
     settings = get_settings()
     now = _local_now(context, settings.timezone)
     days = hourly_days(now, settings.late_data_hours, settings.start_date)
-    active, skipped = _eligible(context, load_registry())
-    requests = [
-        RunRequest(
-            run_key=f"hourly:{tenant.id}:{day.isoformat()}:{now:%Y-%m-%dT%H%z}",
-            partition_key=str(partition_key(tenant.id, day)),
-            tags={TENANT_TAG: tenant.id, TRIGGER_TAG: "schedule", ATTEMPT_TAG: "1"},
-        )
-        for tenant in active
-        for day in days
-    ]
-    summary = (
-        f"{now:%Y-%m-%d %H:%M %Z}: {len(requests)} runs for {[t.id for t in active]} "
-        f"on {[d.isoformat() for d in days]}; skipped: {', '.join(skipped) or 'none'}"
+    requests, summary = chunk_requests(
+        context, days, keys_by_source, trigger="schedule", run_key=f"hourly:{now:%Y-%m-%dT%H%z}", skip_busy=True
     )
-    context.log.info(summary)
-    if not requests:
-        return SkipReason(f"no active tenants to run; skipped: {', '.join(skipped) or 'none'}")
-    return requests
+    context.log.info(f"{now:%Y-%m-%d %H:%M %Z}: {summary}")
+    return requests or SkipReason(f"no active tenants to run; {summary}")
 
 
 def rebackfill_window(today: dt.date, rebackfill_days: int, start_date: dt.date) -> tuple[dt.date, dt.date] | None:
@@ -92,38 +168,26 @@ def rebackfill_window(today: dt.date, rebackfill_days: int, start_date: dt.date)
     return (first, last) if first <= last else None
 
 
-def rebackfill_requests(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
-    """One single run per active tenant re-loading the last N days (late and corrected data).
-
-    The run targets the partition range 'first|tenant...last|tenant', a rectangle of one tenant
-    and N days: the assets' BackfillPolicy.single_run() executes it as one run."""
+def rebackfill_requests(
+    context: ScheduleEvaluationContext, keys_by_source: Mapping[str, list[AssetKey]]
+) -> list[RunRequest] | SkipReason:
+    """The last N complete days of every active tenant (late and corrected data), in chunks: a
+    run's range is the rectangle of its tenants × the N days, executed as one run."""
     settings = get_settings()
     today = _local_now(context, settings.timezone).date()
     window = rebackfill_window(today, settings.rebackfill_days, settings.start_date)
     if window is None:
         return SkipReason("no complete days to re-load yet")
     first, last = window
-    active, skipped = _eligible(context, load_registry())
-    requests = [
-        RunRequest(
-            run_key=f"rebackfill:{tenant.id}:{first}:{last}",
-            tags={
-                RANGE_START_TAG: str(partition_key(tenant.id, first)),
-                RANGE_END_TAG: str(partition_key(tenant.id, last)),
-                TENANT_TAG: tenant.id,
-                TRIGGER_TAG: "backfill",
-                ATTEMPT_TAG: "1",
-            },
-        )
-        for tenant in active
-    ]
-    context.log.info(
-        f"re-loading {first}..{last} for {[t.id for t in active]}; skipped: {', '.join(skipped) or 'none'}"
+    days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+    requests, summary = chunk_requests(
+        context, days, keys_by_source, trigger="backfill", run_key=f"rebackfill:{first}:{last}", skip_busy=False
     )
-    return requests or SkipReason(f"no active tenants; skipped: {', '.join(skipped) or 'none'}")
+    context.log.info(f"re-loading {first}..{last}: {summary}")
+    return requests or SkipReason(f"no active tenants; {summary}")
 
 
-def build_schedules(jobs: list) -> list[ScheduleDefinition]:
+def build_schedules(jobs: list, keys_by_source: Mapping[str, list[AssetKey]]) -> list[ScheduleDefinition]:
     settings = get_settings()
     job = next(j for j in jobs if j.name == INGEST_JOB)
 
@@ -134,10 +198,10 @@ def build_schedules(jobs: list) -> list[ScheduleDefinition]:
         execution_timezone=settings.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
         description="Every hour: each active tenant's today partition (and yesterday's in the first "
-        "ETL_LATE_DATA_HOURS hours).",
+        "ETL_LATE_DATA_HOURS hours), ETL_CHUNK_SIZE tenants per run.",
     )
     def hourly_ingest(context: ScheduleEvaluationContext):
-        return hourly_requests(context)
+        return hourly_requests(context, keys_by_source)
 
     @schedule(
         name="daily_rebackfill",
@@ -145,9 +209,17 @@ def build_schedules(jobs: list) -> list[ScheduleDefinition]:
         cron_schedule=os.environ.get("ETL_REBACKFILL_CRON", "30 2 * * *"),
         execution_timezone=settings.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
-        description="Daily: re-load the last ETL_REBACKFILL_DAYS days of every active tenant in one run each.",
+        description="Daily: re-load the last ETL_REBACKFILL_DAYS days of every active tenant, in chunks.",
     )
     def daily_rebackfill(context: ScheduleEvaluationContext):
-        return rebackfill_requests(context)
+        return rebackfill_requests(context, keys_by_source)
 
-    return [hourly_ingest, daily_rebackfill]
+    freshness = ScheduleDefinition(
+        name="tenant_freshness",
+        job=next(j for j in jobs if j.name == FRESHNESS_JOB),
+        cron_schedule=os.environ.get("ETL_FRESHNESS_CRON", "45 * * * *"),
+        execution_timezone=settings.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Hourly: is every active tenant's newest record younger than its freshness_hours?",
+    )
+    return [hourly_ingest, daily_rebackfill, freshness]

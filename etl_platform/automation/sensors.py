@@ -15,12 +15,18 @@ from etl_platform.partitions import tenant_partitions
     "(their partitions and data are kept).",
 )
 def tenant_onboarding_sensor(context: SensorEvaluationContext):
+    """Does nothing while the tenants file is unchanged (the cursor holds its content hash)."""
     registry = load_registry()
+    if context.cursor and context.cursor == registry.content_hash:
+        return SkipReason("the tenants file has not changed")
     plan = plan_sync(registered_tenants(context.instance), registry)
     context.log.info(plan.summary())
     if not plan.to_add:
-        return SkipReason(plan.summary())
-    return SensorResult(dynamic_partitions_requests=[tenant_partitions.build_add_request(plan.to_add)])
+        return SensorResult(skip_reason=plan.summary(), cursor=registry.content_hash)
+    return SensorResult(
+        dynamic_partitions_requests=[tenant_partitions.build_add_request(plan.to_add)],
+        cursor=registry.content_hash,
+    )
 
 
 def sensors(jobs: list) -> list:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 TENANT_TAG = "etl/tenant"
 TENANTS_TAG = "etl/tenants"  # comma-separated, on runs spanning several tenants
+MULTI_TENANT_TAG = "etl/multi_tenant"  # "true" on those runs, so that a tenant's runs can be found
 SOURCE_TAG = "etl/source"
 TRIGGER_TAG = "etl/trigger"  # schedule | retry | backfill | manual | sensor
 ATTEMPT_TAG = "etl/attempt"  # 1 for the first run, 2.. for retries
@@ -30,6 +31,15 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
 SCHEDULE_TAG = "dagster/schedule_name"
 SENSOR_TAG = "dagster/sensor_name"
+
+
+def tenant_tags(tenants: list[str]) -> dict[str, str]:
+    """The tags naming a run's tenants: `etl/tenant` for one (the queue limits each tenant to one
+    run at a time), else `etl/tenants` + `etl/multi_tenant` (tenants are then serialized by their
+    leases inside the run)."""
+    if len(tenants) == 1:
+        return {TENANT_TAG: tenants[0]}
+    return {TENANTS_TAG: ",".join(tenants), MULTI_TENANT_TAG: "true"} if tenants else {}
 
 
 def _tenant_of_key(key: str) -> str | None:
@@ -103,10 +113,7 @@ def missing_platform_tags(
     out: dict[str, str] = {}
     tenants = tenants_of_tags(tags, registered)
     if TENANT_TAG not in tags and TENANTS_TAG not in tags:
-        if len(tenants) == 1:
-            out[TENANT_TAG] = tenants[0]
-        elif tenants:
-            out[TENANTS_TAG] = ",".join(tenants)
+        out.update(tenant_tags(tenants))
     if TRIGGER_TAG not in tags:
         out[TRIGGER_TAG] = default_trigger(tags)
     if SOURCE_TAG not in tags:

@@ -30,6 +30,8 @@ class Settings:
     retry_sensor_interval_s: int  # ETL_RETRY_SENSOR_INTERVAL_SECONDS (read when definitions load)
     step_retries: int  # ETL_STEP_RETRIES: in-run retries of a step after a transient error
     step_retry_delay_s: int  # ETL_STEP_RETRY_DELAY_SECONDS: first step retry delay (doubling)
+    tenant_lease_timeout_s: int  # ETL_TENANT_LEASE_TIMEOUT_SECONDS: wait for a tenant busy in another run
+    chunk_size: int  # ETL_CHUNK_SIZE: tenants per scheduled run
 
     @property
     def data_dir(self) -> Path:
@@ -75,4 +77,6 @@ def get_settings() -> Settings:
         retry_sensor_interval_s=_int("ETL_RETRY_SENSOR_INTERVAL_SECONDS", 30),
         step_retries=_int("ETL_STEP_RETRIES", 2),
         step_retry_delay_s=_int("ETL_STEP_RETRY_DELAY_SECONDS", 5),
+        tenant_lease_timeout_s=_int("ETL_TENANT_LEASE_TIMEOUT_SECONDS", 1800),
+        chunk_size=max(1, _int("ETL_CHUNK_SIZE", 50)),
     )

@@ -4,6 +4,8 @@ removed fields are only visible in the records themselves."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from dataclasses import dataclass
 
 from etl_platform.sources import lineage
@@ -31,15 +33,19 @@ def _common_type(db_type: str) -> str | None:
     return t.lower()
 
 
-def observed_schema(conn: Connection, schema: str, table: str, load_ids: list[str]) -> dict[str, str]:
+def observed_schema(
+    conn: Connection, schema: str, table: str, load_ids: list[str], source: str, days: list[dt.date]
+) -> dict[str, str]:
     """field -> type ('string', 'number', 'boolean', 'array', 'object', or 'a|b' when mixed)
-    over a sample of the rows the given loads wrote."""
+    over a sample of the rows the given loads wrote into the source's slice of `days`."""
     if not load_ids or not conn.table_exists(schema, table):
         return {}
     loads = ", ".join("'" + i.replace("'", "''") + "'" for i in load_ids)
+    in_days = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
     sample = (
         f"SELECT {quote(lineage.RECORD)} AS r FROM {quote(schema)}.{quote(table)} "
-        f"WHERE _dlt_load_id IN ({loads}) LIMIT {SAMPLE_ROWS}"
+        f"WHERE {quote(lineage.SOURCE)} = '{source.replace(chr(39), chr(39) * 2)}' "
+        f"AND {quote(lineage.PARTITION_DATE)} IN ({in_days}) AND _dlt_load_id IN ({loads}) LIMIT {SAMPLE_ROWS}"
     )
     if conn.dialect == "duckdb":
         sql = f"SELECT DISTINCT e.key, e.type FROM ({sample}) AS s, json_each(s.r) AS e"
@@ -90,3 +96,34 @@ def diff_schemas(previous: dict[str, str], current: dict[str, str]) -> Drift:
         if previous[k] != current[k] and "null" not in (previous[k], current[k])
     }
     return Drift(added, removed, retyped)
+
+
+SCHEMAS_TABLE = "_etl_observed_schemas"  # per tenant schema: the last observed fields per raw table
+
+
+def remember_schema(
+    conn: Connection, schema: str, source: str, resource: str, observed: dict[str, str]
+) -> tuple[dict[str, str] | None, str | None]:
+    """Store the fields a load observed for (source, resource) of this tenant and return the
+    previous ones with the time they were observed (None, None: the first observation). A load
+    that observed nothing (no rows) stores nothing and returns what is stored."""
+    target = f"{quote(schema)}.{quote(SCHEMAS_TABLE)}"
+    json_type = "JSON" if conn.dialect == "duckdb" else "JSONB"
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {target} (source VARCHAR NOT NULL, resource VARCHAR NOT NULL, "
+        f"observed {json_type} NOT NULL, observed_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (source, resource))"
+    )
+    rows = conn.query(
+        f"SELECT CAST(observed AS VARCHAR), CAST(observed_at AS VARCHAR) FROM {target} "
+        "WHERE source = ? AND resource = ?",
+        [source, resource],
+    )
+    previous, at = (json.loads(rows[0][0]), rows[0][1]) if rows else (None, None)
+    if observed:
+        conn.execute(
+            f"INSERT INTO {target} (source, resource, observed, observed_at) VALUES (?, ?, ?, now()) "
+            "ON CONFLICT (source, resource) DO UPDATE SET observed = excluded.observed, observed_at = now()",
+            [source, resource, json.dumps(observed, sort_keys=True)],
+        )
+    return previous, at

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from etl_platform.config.models import SourceConfig, TenantConfig
+from etl_platform.indexes import analyze_if_stale
+from etl_platform.normalize.checks import DayChecks, check_days
 from etl_platform.normalize.mapping import Mapping, build_mapping
 from etl_platform.normalize.schema import (
     RECORD_COLUMNS,
@@ -27,7 +29,22 @@ from etl_platform.sources import lineage
 from etl_platform.warehouse import Connection, Warehouse, quote
 
 STAGE = "etl_stage_records"
+# the columns the checks' and the upsert's queries filter or join on
+RECORD_STAT_COLUMNS = ("tenant_id", "source", "record_type", "source_id", "event_date")
 MIN_TS = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
+
+
+@dataclass
+class DayFigures:
+    """One partition day of a tenant after normalization."""
+
+    raw_rows: int = 0
+    records_written: int = 0  # valid raw rows (each is now a record, or an older version of one)
+    rejects: int = 0  # raw rows that could not become a record (table `record_rejects`)
+    ingest_rejects: int = 0  # rows the loaders could not parse (table `rejects`)
+    by_table: dict[str, dict[str, int]] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    checks: DayChecks = field(default_factory=DayChecks)
 
 
 @dataclass
@@ -41,6 +58,7 @@ class NormalizeResult:
     ingest_rejects: int = 0  # rows the loaders could not parse (table `rejects`)
     by_table: dict[str, dict[str, int]] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    by_day: dict[dt.date, DayFigures] = field(default_factory=dict)
 
 
 def raw_table_name(source: str, resource: str) -> str:
@@ -65,8 +83,10 @@ def mappings_for(source: SourceConfig) -> list[tuple[str, Mapping]]:
 
 
 def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.date]) -> NormalizeResult:
-    """Normalize the given days of one tenant; idempotent."""
+    """Normalize the given days of one tenant; idempotent. The result carries each day's figures
+    and the checks evaluated on what was staged and written (`DayFigures.checks`)."""
     result = NormalizeResult(tenant.id, sorted(days))
+    result.by_day = {d: DayFigures() for d in result.days}
     schema = tenant.dataset
     days_sql = ", ".join(f"DATE {literal(d.isoformat())}" for d in result.days)
     with warehouse.connect(write=True) as conn:
@@ -79,7 +99,7 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
                 columns = conn.columns(schema, table)
                 if columns:
                     tables.append((mapping, table, set(columns)))
-        result.ingest_rejects = _ingest_rejects(conn, schema, days_sql)
+        _ingest_rejects(conn, schema, days_sql, result)
 
         def selects(safe_casts: bool) -> list[str]:
             return [
@@ -94,7 +114,11 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
                 _count(conn, result)
                 _insert_rejects(conn, schema)
                 result.records_upserted = _upsert(conn, schema, result.records_written)
-                conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
+                analyze_if_stale(conn, schema, RECORDS_TABLE, RECORD_STAT_COLUMNS, written=result.records_upserted)
+            checks = check_days(conn, schema, tenant.id, result.days, STAGE if tables else None)
+            for day, figures in checks.items():
+                result.by_day[day].checks = figures
+            conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
     return result
 
 
@@ -131,17 +155,25 @@ def _try_create_stage(conn: Connection, selects: list[str]) -> bool:
 
 
 def _count(conn: Connection, result: NormalizeResult) -> None:
-    rows = conn.query(f"SELECT raw_table, split_part(reject_reason, ':', 1), count(*) FROM {STAGE} GROUP BY 1, 2")
-    for table, reason, count in rows:
-        entry = result.by_table.setdefault(table, {"raw_rows": 0, "records": 0, "rejects": 0})
-        entry["raw_rows"] += count
-        entry["records" if reason is None else "rejects"] += count
-        result.raw_rows += count
-        if reason is None:
-            result.records_written += count
-        else:
-            result.rejects += count
-            result.reject_reasons[reason] = result.reject_reasons.get(reason, 0) + count
+    rows = conn.query(
+        f"SELECT event_date, raw_table, split_part(reject_reason, ':', 1), count(*) FROM {STAGE} GROUP BY 1, 2, 3"
+    )
+    for day, table, reason, count in rows:
+        day_figures = result.by_day.setdefault(_date(day), DayFigures())
+        for target in (result, day_figures):
+            entry = target.by_table.setdefault(table, {"raw_rows": 0, "records": 0, "rejects": 0})
+            entry["raw_rows"] += count
+            entry["records" if reason is None else "rejects"] += count
+            target.raw_rows += count
+            if reason is None:
+                target.records_written += count
+            else:
+                target.rejects += count
+                target.reject_reasons[reason] = target.reject_reasons.get(reason, 0) + count
+
+
+def _date(value: object) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
 
 
 def _delete_rejects(conn: Connection, schema: str, tenant: TenantConfig, days_sql: str) -> None:
@@ -195,12 +227,14 @@ def _upsert(conn: Connection, schema: str, valid: int) -> int:
     return int(distinct)
 
 
-def _ingest_rejects(conn: Connection, schema: str, days_sql: str) -> int:
+def _ingest_rejects(conn: Connection, schema: str, days_sql: str, result: NormalizeResult) -> None:
+    """Rows the loaders rejected in the days, per day (every source of the tenant)."""
     if not conn.table_exists(schema, lineage.REJECTS_TABLE):
-        return 0
-    return int(
-        conn.query(
-            f"SELECT count(*) FROM {quote(schema)}.{quote(lineage.REJECTS_TABLE)} "
-            f"WHERE {quote(lineage.PARTITION_DATE)} IN ({days_sql})"
-        )[0][0]
+        return
+    rows = conn.query(
+        f"SELECT {quote(lineage.PARTITION_DATE)}, count(*) FROM {quote(schema)}.{quote(lineage.REJECTS_TABLE)} "
+        f"WHERE {quote(lineage.PARTITION_DATE)} IN ({days_sql}) GROUP BY 1"
     )
+    for day, count in rows:
+        result.by_day.setdefault(_date(day), DayFigures()).ingest_rejects = int(count)
+        result.ingest_rejects += int(count)

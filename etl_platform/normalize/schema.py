@@ -74,3 +74,7 @@ def ensure_tables(conn: Connection, schema: str) -> None:
         conn.execute(
             f"CREATE INDEX IF NOT EXISTS records_event_date_idx ON {quote(schema)}.{quote(RECORDS_TABLE)} (event_date)"
         )
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS record_rejects_day_idx ON {quote(schema)}.{quote(RECORD_REJECTS_TABLE)} "
+            "(tenant_id, event_date)"
+        )
