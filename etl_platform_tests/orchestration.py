@@ -111,6 +111,13 @@ def csv_tenant(
     }
 
 
+def create_run(instance: DagsterInstance, tags: dict[str, str], status: Any, job: str = "ingest") -> DagsterRun:
+    """A run record with these tags and status, not executed (a queued or in-flight run)."""
+    import uuid
+
+    return instance.add_run(DagsterRun(job_name=job, run_id=str(uuid.uuid4()), tags=tags, status=status))
+
+
 def launch(instance: DagsterInstance, request: RunRequest, *, job: str | None = None):
     """Execute a run request in process as the daemon would launch it: its job, partition
     (key or range tags), asset selection and tags."""
@@ -138,7 +145,7 @@ def table_contents(warehouse_url: str, schema: str) -> dict[str, list[tuple]]:
             for r in conn.query(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [schema]
             )
-            if not r[0].startswith("_dlt")
+            if not r[0].startswith(("_dlt", "_etl"))
         ]
         for table in tables:
             columns = [

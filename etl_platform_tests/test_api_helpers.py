@@ -11,6 +11,7 @@ from typing import Any
 from dagster import (
     DailyPartitionsDefinition,
     MaterializeResult,
+    MetadataValue,
     MultiPartitionKey,
     MultiPartitionsDefinition,
     StaticPartitionsDefinition,
@@ -134,9 +135,14 @@ def _assets() -> tuple[Any, Any]:
 
     @asset(key=["normalized", "records"], partitions_def=partitions)
     def normalized_records(context) -> MaterializeResult:
-        written = int(context.run.tags.get("test/records", "0"))
+        """The partition's figures per raw table after the run (normalization covers every source)."""
+        by_table = json.loads(context.run.tags.get("test/by_table", "{}"))
+        total = {k: sum(t[k] for t in by_table.values()) for k in ("raw_rows", "records", "rejects")}
         return MaterializeResult(
-            metadata={"records_written": written, "rejects": written // 10, "raw_rows": written + written // 10}
+            metadata={
+                "records_written": total["records"], "rejects": total["rejects"], "raw_rows": total["raw_rows"],
+                "by_table": MetadataValue.json(by_table),
+            }
         )
 
     @asset(key=["raw", "github", "pull_requests"], partitions_def=partitions)
@@ -146,11 +152,17 @@ def _assets() -> tuple[Any, Any]:
     return normalized_records, raw_github_pull_requests
 
 
-def launch(instance: Any, tenant: str, day: str, *, source: str | None, records: int = 0, fail: bool = False,
-           trigger: str = "schedule", attempt: int = 1, parent: str | None = None) -> str:
-    """One partitioned run with the platform's tags; returns its run id."""
+def figures(records: int) -> dict[str, int]:
+    return {"raw_rows": records + records // 10, "records": records, "rejects": records // 10}
+
+
+def launch(instance: Any, tenant: str, day: str, *, source: str | None, by_table: dict | None = None,
+           fail: bool = False, trigger: str = "schedule", attempt: int = 1, parent: str | None = None) -> str:
+    """One partitioned run with the platform's tags; returns its run id. `by_table`: the raw
+    tables' figures of the partition after the run."""
     normalized, failing = _assets()
-    tags = {"etl/tenant": tenant, "etl/trigger": trigger, "etl/attempt": str(attempt), "test/records": str(records)}
+    tags = {"etl/tenant": tenant, "etl/trigger": trigger, "etl/attempt": str(attempt),
+            "test/by_table": json.dumps(by_table or {})}
     if source:
         tags["etl/source"] = source
     if parent:
@@ -164,13 +176,16 @@ def launch(instance: Any, tenant: str, day: str, *, source: str | None, records:
 
 
 def make_runs(instance: Any) -> dict[str, str]:
-    """acme: github success (100 rows), github failure, github retry success (50), tickets
-    success (30), an all-source run (7); globex: feed success (999). Name -> run id."""
-    ids = {"github_ok": launch(instance, "acme", "2024-01-01", source="github", records=100)}
+    """acme: github success on Jan 1 (100 records), github failure on Jan 2, its retry (50),
+    tickets on Jan 1 (30, the partition then holds github's 100 too), a run of every source on
+    Jan 3 (7 tickets); globex: feed (999). Name -> run id."""
+    github_1, tickets_1 = {"github_pull_requests": figures(100)}, {"tickets_rows": figures(30)}
+    ids = {"github_ok": launch(instance, "acme", "2024-01-01", source="github", by_table=github_1)}
     ids["github_failed"] = launch(instance, "acme", "2024-01-02", source="github", fail=True)
-    ids["github_retry"] = launch(instance, "acme", "2024-01-02", source="github", records=50, trigger="retry",
-                                 attempt=2, parent=ids["github_failed"])
-    ids["tickets_ok"] = launch(instance, "acme", "2024-01-01", source="tickets", records=30)
-    ids["all_sources"] = launch(instance, "acme", "2024-01-03", source=None, records=7, trigger="manual")
-    ids["globex_ok"] = launch(instance, "globex", "2024-01-01", source="feed", records=999)
+    ids["github_retry"] = launch(instance, "acme", "2024-01-02", source="github", trigger="retry", attempt=2,
+                                 parent=ids["github_failed"], by_table={"github_pull_requests": figures(50)})
+    ids["tickets_ok"] = launch(instance, "acme", "2024-01-01", source="tickets", by_table={**github_1, **tickets_1})
+    ids["all_sources"] = launch(instance, "acme", "2024-01-03", source=None, trigger="manual",
+                                by_table={"tickets_rows": figures(7)})
+    ids["globex_ok"] = launch(instance, "globex", "2024-01-01", source="feed", by_table={"feed_entries": figures(999)})
     return ids

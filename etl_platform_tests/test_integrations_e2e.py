@@ -108,8 +108,8 @@ def test_jira_and_github_tenant_end_to_end(
             assert first.success
             materialized = {e.asset_key for e in first.get_asset_materialization_events()}
             assert {
-                AssetKey(["raw", "jira", "issue_transitions"]),
-                AssetKey(["raw", "github", "reviews"]),
+                AssetKey(["raw", "jira", "jira_issue_transitions"]),
+                AssetKey(["raw", "github", "github_reviews"]),
                 AssetKey(["normalized", "records"]),
                 AssetKey(["metrics", "engineering"]),
             } <= materialized
@@ -151,15 +151,15 @@ def test_jira_and_github_tenant_end_to_end(
             evaluations = checks(instance, first.run_id)
             unmapped = evaluations["unmapped_jira_statuses"]
             assert not unmapped.passed and unmapped.severity == AssetCheckSeverity.WARN
-            assert unmapped.metadata["unmapped_statuses"].value == {"acme": {"qa": 2}}
+            assert unmapped.metadata["unmapped_statuses"].value == {"qa": 2}
+            assert unmapped.partition == f"{DAY}|acme"
             for name in ("unique_upsert_key", "required_columns_not_null", "raw_reconciles_with_records_and_rejects"):
                 assert evaluations[name].passed, name
             event = instance.get_latest_materialization_event(AssetKey(["metrics", "engineering"]))
             meta = event.asset_materialization.metadata  # type: ignore[union-attr]
             assert meta["rows_written"].value == len(expected)  # zero counts included
-            summary = meta["by_tenant"].value["acme"]
-            assert summary["latest"]["prs_merged"] == 3 and summary["latest"]["jira_cycle_time_hours_median"] == 22
-            assert summary["unmapped_statuses"] == {"qa": 2}
+            values = meta["values"].value  # the partition's tenant-wide values
+            assert values["prs_merged"] == 3 and values["jira_cycle_time_hours_median"] == 22
 
             # re-running the day changes nothing
             before = contents(warehouse_url)

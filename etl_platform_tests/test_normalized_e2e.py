@@ -136,12 +136,14 @@ def test_schema_drift_is_detected(warehouse_url, platform_env):
             payload["rows"] = [{"id": 1, "v": 1, "gone": "x", "added": True}]
             added = _checks(instance, materialize(instance, "acme", D1).run_id)["schema_drift"]
             assert not added.passed and added.severity == AssetCheckSeverity.WARN
-            assert added.metadata["columns_added"].value == {"acme": ["added"]}
+            assert added.metadata["columns_added"].value == ["added"]
+            assert added.partition == f"{D1}|acme"  # the check names the tenant and day it judged
             payload["rows"] = [{"id": 1, "v": "one", "added": True}]
             broken = _checks(instance, materialize(instance, "acme", D1).run_id)["schema_drift"]
             assert not broken.passed and broken.severity == AssetCheckSeverity.ERROR
-            assert broken.metadata["columns_removed"].value == {"acme": ["gone"]}
-            assert broken.metadata["columns_retyped"].value == {"acme": {"v": "number -> string"}}
+            assert broken.metadata["columns_removed"].value == ["gone"]
+            assert broken.metadata["columns_retyped"].value == {"v": "number -> string"}
+            assert "tenant 'acme'" in broken.description
 
 
 def test_frozen_contract_fails_naming_the_column(warehouse_url, platform_env):

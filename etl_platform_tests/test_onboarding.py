@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
@@ -44,11 +45,17 @@ def test_sensor_adds_new_tenants_then_skips(tmp_path, dagster_home, monkeypatch)
         (request,) = result.dynamic_partitions_requests
         assert request.partitions_def_name == "tenant" and list(request.partition_keys) == ["acme", "globex"]
         instance.add_dynamic_partitions("tenant", list(request.partition_keys))  # what the daemon does
-        again = tenant_onboarding_sensor(build_sensor_context(instance=instance))
-        assert isinstance(again, SkipReason) and "2 already registered" in again.skip_message
+        # the file has not changed since: nothing is read from Dagster's storage at all
+        unchanged = tenant_onboarding_sensor(build_sensor_context(instance=instance, cursor=result.cursor))
+        assert isinstance(unchanged, SkipReason) and "has not changed" in unchanged.skip_message
+        again = tenant_onboarding_sensor(build_sensor_context(instance=instance))  # no cursor: compares
+        assert again.skip_reason and "2 already registered" in again.skip_reason.skip_message
+        assert again.cursor == result.cursor and not again.dynamic_partitions_requests
+        time.sleep(0.01)
         _tenants(tmp_path, ["acme"])
-        removed = tenant_onboarding_sensor(build_sensor_context(instance=instance))
-        assert isinstance(removed, SkipReason) and "globex" in removed.skip_message
+        removed = tenant_onboarding_sensor(build_sensor_context(instance=instance, cursor=result.cursor))
+        assert removed.skip_reason and "globex" in removed.skip_reason.skip_message
+        assert removed.cursor != result.cursor
 
 
 def test_cli_sync_and_list(tmp_path, dagster_home):
@@ -58,7 +65,7 @@ def test_cli_sync_and_list(tmp_path, dagster_home):
     out = subprocess.run([*cli, "tenants", "list"], env=env, capture_output=True, text=True, check=True).stdout
     assert "acme" in out and " no " in out
     out = subprocess.run([*cli, "tenants", "sync"], env=env, capture_output=True, text=True, check=True).stdout
-    assert "added ['acme']" in out
+    assert "added 1: acme" in out
     out = subprocess.run([*cli, "tenants", "sync"], env=env, capture_output=True, text=True, check=True).stdout
     assert "no new tenants" in out
     out = subprocess.run([*cli, "tenants", "list"], env=env, capture_output=True, text=True, check=True).stdout

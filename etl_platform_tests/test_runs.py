@@ -53,7 +53,7 @@ def test_failure_reason(dagster) -> None:
 def test_source_stats(dagster) -> None:
     instance, ids = dagster
     stats = {s["source"]: s for s in runs.source_stats(instance, "acme", sources=["github", "tickets", "jira"])}
-    assert list(stats) == ["github", "tickets", "jira", runs.ALL_SOURCES]
+    assert list(stats) == ["github", "tickets", "jira"]
     github = stats["github"]
     # the newest success is the run of every source (it loaded github too)
     assert github["last_success"]["run_id"] == ids["all_sources"]
@@ -64,9 +64,9 @@ def test_source_stats(dagster) -> None:
     assert github["avg_duration_s"] > 0
     assert 0 <= github["materialization_age_s"] < 600
     tickets = stats["tickets"]
-    assert tickets["last_failure"] is None and tickets["records_written"] == 30
-    assert stats[runs.ALL_SOURCES]["records_written"] == 7
-    assert stats[runs.ALL_SOURCES]["last_success"]["run_id"] == ids["all_sources"]
+    # each partition once, at its latest materialization: Jan 1 (30) and Jan 3 (7)
+    assert tickets["last_failure"] is None and tickets["records_written"] == 37
+    assert tickets["last_success"]["run_id"] == ids["all_sources"]
     jira = stats["jira"]  # only the run of every source touched it, and its breakdown has no jira rows
     assert jira["last_success"]["run_id"] == ids["all_sources"] and jira["runs_by_status"] == {"SUCCESS": 1}
     assert jira["records_written"] == 0
@@ -97,13 +97,22 @@ def test_last_run_by_tenant_and_heartbeats(dagster) -> None:
     instance.wipe_daemon_heartbeats()
 
 
-def test_source_share_of_a_run_of_every_source() -> None:
-    from dagster import MetadataValue
+def test_a_run_of_several_tenants_counts_for_each_of_them(dagster) -> None:
+    """A chunked run failing for one tenant is a success for the others."""
+    from dagster import DagsterRunStatus
 
-    metadata = {"by_tenant": MetadataValue.json({"acme": {"by_table": {
-        "github_pull_requests": {"raw_rows": 10, "records": 9, "rejects": 1},
-        "github_reviews": {"raw_rows": 5, "records": 5, "rejects": 0},
-        "tickets_rows": {"raw_rows": 7, "records": 7, "rejects": 0},
-    }}})}
-    assert runs._source_share(metadata, "acme", "github") == {"raw_rows": 15, "records_written": 14, "rejects": 1}
-    assert runs._source_share(metadata, "globex", "github") == {}
+    from etl_platform_tests.orchestration import create_run
+
+    instance, _ = dagster
+    run = create_run(
+        instance,
+        {"etl/tenants": "acme,initech", "etl/multi_tenant": "true", "etl/failed_tenants": "initech",
+         "dagster/asset_partition_range_start": "2024-01-04|acme",
+         "dagster/asset_partition_range_end": "2024-01-04|initech"},
+        DagsterRunStatus.FAILURE,
+    )
+    assert runs.last_run_by_tenant(instance, ["initech"])["initech"].run_id == run.run_id
+    record = instance.get_run_record_by_id(run.run_id)
+    assert runs.tenant_status(record, "acme") == "SUCCESS" and runs.tenant_status(record, "initech") == "FAILURE"
+    assert run.run_id in [r.run_id for r in runs.recent_runs(instance, "initech", with_reasons=False)]
+    instance.delete_run(run.run_id)

@@ -50,48 +50,70 @@ def evaluate(instance: DagsterInstance, name: str, when: dt.datetime):
     return defs.resolve_schedule_def(name).evaluate_tick(context)
 
 
-def summary(data) -> list[tuple[str, str]]:
-    return sorted((r.tags["etl/tenant"], r.partition_key) for r in data.run_requests)
+def summary(data, instance: DagsterInstance | None = None) -> list[str]:
+    """Every partition the tick's runs cover, sorted ('2024-03-10|acme')."""
+    from etl_platform.automation.coverage import run_coverage
 
-
-def test_hourly_runs_every_active_tenant_today(instance: DagsterInstance, capsys) -> None:
-    data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
-    assert summary(data) == [("acme", "2024-03-10|acme"), ("globex", "2024-03-10|globex")]
+    order = list(instance.get_dynamic_partitions("tenant")) if instance else []
+    keys = []
     for request in data.run_requests:
-        tenant_id = request.tags["etl/tenant"]
-        # Dagster itself tags a multi-partition run with each dimension (the queue limits on it)
-        assert request.tags["dagster/partition/tenant"] == tenant_id
-        assert request.tags["dagster/partition/date"] == "2024-03-10"
-        assert request.tags["dagster/partition"] == f"2024-03-10|{tenant_id}"
-        assert request.tags["etl/trigger"] == "schedule" and request.tags["etl/attempt"] == "1"
-        assert request.job_name in (None, "ingest")
+        tags = dict(request.tags)
+        if request.partition_key:
+            tags["dagster/partition"] = request.partition_key
+        coverage = run_coverage(tags, order)
+        keys += [f"{d.isoformat()}|{t}" for t in coverage.tenants for d in coverage.days]
+    return sorted(keys)
+
+
+def test_hourly_runs_every_active_tenant_today_in_one_chunk(instance: DagsterInstance, capsys) -> None:
+    data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
+    assert summary(data, instance) == ["2024-03-10|acme", "2024-03-10|globex"]
+    (request,) = data.run_requests  # two tenants with the same sources: one run
+    assert request.tags["dagster/asset_partition_range_start"] == "2024-03-10|acme"
+    assert request.tags["dagster/asset_partition_range_end"] == "2024-03-10|globex"
+    assert request.tags["etl/tenants"] == "acme,globex" and request.tags["etl/multi_tenant"] == "true"
+    assert request.tags["etl/trigger"] == "schedule" and request.tags["etl/attempt"] == "1"
+    assert request.job_name in (None, "ingest")
+    assert {k.to_user_string() for k in request.asset_selection} == {
+        "raw/orders/orders_rows",
+        "raw/orders/orders_rejects",
+        "normalized/records",
+    }
     # the paused tenant is named in the tick's log
-    assert "skipped: initech (paused)" in capsys.readouterr().err
+    assert "initech (paused)" in capsys.readouterr().err
+
+
+def test_chunk_size_and_single_partition_runs(instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETL_CHUNK_SIZE", "1")
+    data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
+    assert sorted(r.partition_key for r in data.run_requests) == ["2024-03-10|acme", "2024-03-10|globex"]
+    assert sorted(r.tags["etl/tenant"] for r in data.run_requests) == ["acme", "globex"]
 
 
 def test_hourly_includes_yesterday_in_the_first_hours(instance: DagsterInstance) -> None:
     for hour in (0, 1, 2):
         data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, hour, 0, tzinfo=UTC))
-        assert summary(data) == [
-            ("acme", "2024-03-09|acme"),
-            ("acme", "2024-03-10|acme"),
-            ("globex", "2024-03-09|globex"),
-            ("globex", "2024-03-10|globex"),
+        assert summary(data, instance) == [
+            "2024-03-09|acme",
+            "2024-03-09|globex",
+            "2024-03-10|acme",
+            "2024-03-10|globex",
         ], hour
-    assert len(evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 3, 0, tzinfo=UTC)).run_requests) == 2
+        assert len(data.run_requests) == 1  # one run over both days
+    assert len(summary(evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 3, 0, tzinfo=UTC)))) == 2
 
 
 def test_late_data_hours_configurable(instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETL_LATE_DATA_HOURS", "6")
-    assert len(evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 5, 0, tzinfo=UTC)).run_requests) == 4
+    assert len(summary(evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 5, 0, tzinfo=UTC)), instance)) == 4
     monkeypatch.setenv("ETL_LATE_DATA_HOURS", "0")
-    assert len(evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 0, 0, tzinfo=UTC)).run_requests) == 2
+    assert len(summary(evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 0, 0, tzinfo=UTC)), instance)) == 2
 
 
 def test_no_yesterday_before_the_start_date(instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETL_START_DATE", "2024-01-01")
     data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 1, 1, 1, 0, tzinfo=UTC))
-    assert summary(data) == [("acme", "2024-01-01|acme"), ("globex", "2024-01-01|globex")]
+    assert summary(data, instance) == ["2024-01-01|acme", "2024-01-01|globex"]
 
 
 def test_run_keys_make_a_tick_idempotent(instance: DagsterInstance) -> None:
@@ -99,8 +121,7 @@ def test_run_keys_make_a_tick_idempotent(instance: DagsterInstance) -> None:
     first = [r.run_key for r in evaluate(instance, "hourly_ingest", early).run_requests]
     again = [r.run_key for r in evaluate(instance, "hourly_ingest", early).run_requests]
     assert first == again  # the same tick evaluated twice asks for the same runs (the daemon dedups run keys)
-    assert len(set(first)) == len(first) == 4  # one key per tenant and day
-    assert "hourly:acme:2024-03-09:2024-03-10T01+0000" in first
+    assert first == ["hourly:2024-03-10T01+0000:acme:globex"]
     later = [r.run_key for r in evaluate(instance, "hourly_ingest", early + dt.timedelta(hours=1)).run_requests]
     assert not set(later) & set(first)  # the next tick runs again
 
@@ -115,13 +136,63 @@ def test_paused_and_unregistered_tenants_skipped_and_named(
     )
     data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
     assert data.run_requests == []
-    assert "acme (paused)" in data.skip_message and "globex (paused)" in data.skip_message
+    assert "acme, globex (paused)" in data.skip_message
     assert "hooli (not registered yet" in data.skip_message
     assert "hooli (not registered yet" in capsys.readouterr().err
     # once registered, hooli runs; the paused ones still do not
     sync_tenants(instance, load_registry())
     data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
-    assert summary(data) == [("hooli", "2024-03-10|hooli")]
+    assert summary(data, instance) == ["2024-03-10|hooli"]
+
+
+def test_a_paused_tenant_splits_the_chunk_around_it(
+    instance: DagsterInstance, platform_env, tmp_path: Path
+) -> None:
+    """Registration order acme, globex, initech, hooli: with globex paused no run's range may
+    include it, so acme runs alone and initech..hooli together."""
+    platform_env(
+        [tenant("acme", tmp_path), tenant("globex", tmp_path, paused=True), tenant("initech", tmp_path),
+         tenant("hooli", tmp_path)],
+        f"duckdb:///{tmp_path / 'wh.duckdb'}",
+    )
+    sync_tenants(instance, load_registry())
+    data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
+    assert summary(data, instance) == ["2024-03-10|acme", "2024-03-10|hooli", "2024-03-10|initech"]
+    assert sorted(r.partition_key or r.tags["etl/tenants"] for r in data.run_requests) == [
+        "2024-03-10|acme",
+        "initech,hooli",
+    ]
+
+
+def test_tenants_with_a_run_in_flight_wait_for_the_next_tick(instance: DagsterInstance, capsys) -> None:
+    """The per-tenant limit: a tenant with a queued or running run of the same day gets no new run."""
+    from dagster import DagsterRunStatus
+
+    from etl_platform_tests.orchestration import create_run
+
+    create_run(instance, {"dagster/partition": "2024-03-10|acme"}, DagsterRunStatus.STARTED)
+    data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
+    assert summary(data, instance) == ["2024-03-10|globex"]
+    assert "acme (a run of these days is still queued or in progress)" in capsys.readouterr().err
+    # a run of other days does not hold it back
+    create_run(instance, {"dagster/partition": "2024-03-10|globex"}, DagsterRunStatus.CANCELED)
+    data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 11, 10, 0, tzinfo=UTC))
+    assert summary(data, instance) == ["2024-03-11|acme", "2024-03-11|globex"]
+
+
+def test_tenants_with_different_sources_get_different_runs(
+    instance: DagsterInstance, platform_env, tmp_path: Path
+) -> None:
+    other = {"id": "hooli", "sources": [{"name": "feed", "kind": "rss", "url": str(tmp_path / "f.xml")}]}
+    platform_env([tenant("acme", tmp_path), tenant("globex", tmp_path), other], f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    sync_tenants(instance, load_registry())
+    data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 10, 0, tzinfo=UTC))
+    by_run = {r.partition_key or r.tags["etl/tenants"]: r for r in data.run_requests}
+    assert set(by_run) == {"acme,globex", "2024-03-10|hooli"}
+    assert {k.to_user_string() for k in by_run["2024-03-10|hooli"].asset_selection} == {
+        "raw/feed/feed_entries",
+        "normalized/records",
+    }
 
 
 def test_timezone(instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,28 +202,26 @@ def test_timezone(instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) ->
     assert schedule.execution_timezone == "America/New_York"
     # 03:00 UTC on March 10 is 22:00 on March 9 in New York: only March 9
     data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 3, 0, tzinfo=UTC))
-    assert summary(data) == [("acme", "2024-03-09|acme"), ("globex", "2024-03-09|globex")]
+    assert summary(data, instance) == ["2024-03-09|acme", "2024-03-09|globex"]
     # 05:30 UTC is 00:30 local: March 10 and the late data of March 9 (in UTC it would be 05:30: only March 10)
     data = evaluate(instance, "hourly_ingest", dt.datetime(2024, 3, 10, 5, 30, tzinfo=UTC))
-    assert [k for _, k in summary(data) if k.endswith("acme")] == ["2024-03-09|acme", "2024-03-10|acme"]
-    assert all(r.run_key.endswith("2024-03-10T00-0500") for r in data.run_requests)
+    assert [k for k in summary(data, instance) if k.endswith("acme")] == ["2024-03-09|acme", "2024-03-10|acme"]
+    assert all(r.run_key.startswith("hourly:2024-03-10T00-0500") for r in data.run_requests)
     # the same instant given in local time evaluates the same
     local = dt.datetime(2024, 3, 10, 0, 30, tzinfo=ZoneInfo("America/New_York"))
-    assert summary(evaluate(instance, "hourly_ingest", local)) == summary(data)
+    assert summary(evaluate(instance, "hourly_ingest", local), instance) == summary(data, instance)
 
 
 def test_daily_rebackfill_requests(instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETL_REBACKFILL_DAYS", "7")
     data = evaluate(instance, "daily_rebackfill", dt.datetime(2024, 3, 10, 2, 30, tzinfo=UTC))
-    assert len(data.run_requests) == 2  # one single run per active tenant, not one per day
-    by_tenant = {r.tags["etl/tenant"]: r for r in data.run_requests}
-    assert set(by_tenant) == {"acme", "globex"}
-    acme = by_tenant["acme"]
-    assert acme.partition_key is None
-    assert acme.tags["dagster/asset_partition_range_start"] == "2024-03-03|acme"
-    assert acme.tags["dagster/asset_partition_range_end"] == "2024-03-09|acme"
-    assert acme.tags["etl/trigger"] == "backfill"
-    assert acme.run_key == "rebackfill:acme:2024-03-03:2024-03-09"
+    (run,) = data.run_requests  # one single run for the chunk, not one per day or tenant
+    assert run.partition_key is None
+    assert run.tags["dagster/asset_partition_range_start"] == "2024-03-03|acme"
+    assert run.tags["dagster/asset_partition_range_end"] == "2024-03-09|globex"
+    assert run.tags["etl/trigger"] == "backfill"
+    assert run.run_key == "rebackfill:2024-03-03:2024-03-09:acme:globex"
+    assert len(summary(data, instance)) == 14
     # near the start date the window is shorter; on the start date there is nothing to re-load
     monkeypatch.setenv("ETL_START_DATE", "2024-03-08")
     data = evaluate(instance, "daily_rebackfill", dt.datetime(2024, 3, 10, 2, 30, tzinfo=UTC))

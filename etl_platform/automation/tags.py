@@ -128,12 +128,15 @@ def ensure_run_tags(context) -> None:
 
     Runs submitted to the queue already have them (PlatformRunCoordinator); runs started by
     `dagster asset materialize` or execute_in_process get them here, once, at their first step.
+    Every run also records the process executing it (`etl/worker`).
     """
     try:
+        from etl_platform.automation.dead_runs import WORKER_TAG, this_worker
+
         run = context.run
         missing = missing_platform_tags(run.tags, run.asset_selection, _registered(context.instance), run.job_name)
-        if missing:
-            context.instance.add_run_tags(run.run_id, missing)
+        missing[WORKER_TAG] = this_worker()  # the dead-run sweep checks it (automation/dead_runs.py)
+        context.instance.add_run_tags(run.run_id, missing)
     except Exception as exc:  # noqa: BLE001 - tagging must never fail a run
         context.log.warning(f"could not add the platform's run tags: {exc}")
 

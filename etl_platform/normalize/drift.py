@@ -105,8 +105,8 @@ def remember_schema(
     conn: Connection, schema: str, source: str, resource: str, observed: dict[str, str]
 ) -> tuple[dict[str, str] | None, str | None]:
     """Store the fields a load observed for (source, resource) of this tenant and return the
-    previous ones with the time they were observed (None, None: the first observation). A load
-    that observed nothing (no rows) stores nothing and returns what is stored."""
+    previous ones with the time they were first observed (None, None: the first observation). A
+    load that observed nothing (no rows) stores nothing and returns what is stored."""
     target = f"{quote(schema)}.{quote(SCHEMAS_TABLE)}"
     json_type = "JSON" if conn.dialect == "duckdb" else "JSONB"
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
@@ -123,7 +123,8 @@ def remember_schema(
     if observed:
         conn.execute(
             f"INSERT INTO {target} (source, resource, observed, observed_at) VALUES (?, ?, ?, now()) "
-            "ON CONFLICT (source, resource) DO UPDATE SET observed = excluded.observed, observed_at = now()",
+            "ON CONFLICT (source, resource) DO UPDATE SET observed = excluded.observed, observed_at = now() "
+            f"WHERE CAST({target}.observed AS VARCHAR) <> CAST(excluded.observed AS VARCHAR)",
             [source, resource, json.dumps(observed, sort_keys=True)],
         )
     return previous, at

@@ -1,0 +1,81 @@
+"""Runs whose process died are marked failed, so they never hold their tenant's queue slot.
+
+Runs launched through the code server or the Docker run launcher are watched by Dagster's run
+monitoring (`run_monitoring` in the instance YAML). A run executed in the process that started
+it (`dagster asset materialize`, `etl-platform demo`) has no launcher to ask: when that process
+is killed, the run would stay STARTED forever, and the queue would count it against its tenant.
+Every run records its worker (host, pid and the process's start time, tag `etl/worker`) at its
+first step; this sensor marks FAILURE the started runs whose worker, on the daemon's host, no
+longer exists. The retry sensor then treats them as any other failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from dagster import DagsterInstance, DagsterRunStatus, DefaultSensorStatus, RunsFilter, SensorEvaluationContext, sensor
+
+WORKER_TAG = "etl/worker"  # host:pid:start ticks of the process executing the run
+SENSOR_NAME = "mark_dead_runs"
+GRACE_SECONDS = 30  # a run younger than this may not have recorded its worker yet
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (None: no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError, OSError):
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def this_worker() -> str:
+    """The value of `etl/worker` for the current process."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
+
+
+def worker_alive(worker: str, host: str | None = None) -> bool | None:
+    """True/False for a worker on this host; None when it ran elsewhere (cannot tell)."""
+    parts = worker.rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    name, pid, ticks = parts
+    if name != (host or socket.gethostname()) or not pid.isdigit():
+        return None
+    current = _start_ticks(int(pid))
+    return current is not None and (not ticks or current == ticks)
+
+
+def mark_dead_runs(instance: DagsterInstance, now: float | None = None) -> list[str]:
+    """Mark FAILURE every started run whose worker process on this host is gone; their ids."""
+    now = time.time() if now is None else now
+    marked = []
+    records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=500)
+    for record in records:
+        run = record.dagster_run
+        worker = run.tags.get(WORKER_TAG)
+        started = record.start_time or record.create_timestamp.timestamp()
+        if not worker or now - started < GRACE_SECONDS or worker_alive(worker) is not False:
+            continue
+        instance.report_run_failed(
+            run, f"the process executing this run ({worker}) no longer exists: it was killed or crashed"
+        )
+        marked.append(run.run_id)
+    return marked
+
+
+@sensor(
+    name=SENSOR_NAME,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Marks FAILURE the started runs whose process died (e.g. `dagster asset materialize` killed), "
+    "so they never block their tenant's queue slot; the retry sensor then retries them.",
+)
+def dead_runs_sensor(context: SensorEvaluationContext):
+    marked = mark_dead_runs(context.instance)
+    for run_id in marked:
+        context.log.warning(f"run {run_id}: its process is gone; marked failed")
