@@ -43,6 +43,24 @@ def materialize(
     )
 
 
+def materialize_range(
+    instance: DagsterInstance,
+    first: str,
+    last: str,
+    *,
+    job: str = "ingest",
+    tags: dict[str, str] | None = None,
+    raise_on_error: bool = True,
+):
+    """One single run over the partition range `first...last` (keys 'YYYY-MM-DD|tenant')."""
+    from etl_platform.definitions import build_definitions
+
+    sync_tenants(instance, load_registry())
+    job_def = build_definitions().resolve_job_def(job)
+    range_tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    return job_def.execute_in_process(instance=instance, tags={**range_tags, **(tags or {})}, raise_on_error=raise_on_error)
+
+
 def partition_materialization(instance: DagsterInstance, key: Any, tenant: str, day: dt.date | str) -> Any:
     """The latest materialization of one partition of an asset (None: never materialized)."""
     from dagster import AssetKey, AssetRecordsFilter

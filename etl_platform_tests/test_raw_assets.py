@@ -10,7 +10,7 @@ import textwrap
 import time
 
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus
 
 from etl_platform_tests.jsonserver import serve_jsonplaceholder
 from etl_platform_tests.platform import materialize, metadata_values, partition_materialization, table_counts

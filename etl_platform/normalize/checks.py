@@ -40,39 +40,53 @@ def _day(value: object) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
 
 
-def check_days(
-    conn: Connection, schema: str, tenant_id: str, days: list[dt.date], stage: str | None
-) -> dict[dt.date, DayChecks]:
-    """Check figures per day. `stage`: the temp table normalization staged the days' raw rows in
-    (None when the tenant has no raw table yet: every figure is zero)."""
-    out = {d: DayChecks() for d in days}
+def check_queries(
+    schema: str, tenant_id: str, days: list[dt.date], stage: str | None
+) -> dict[str, str]:
+    """The SQL of each figure (each returns `event_date, n...` rows). `stage`: the temp table
+    normalization staged the days' raw rows in (None: the tenant has no raw table yet)."""
     days_sql = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
     records = f"{quote(schema)}.{quote(RECORDS_TABLE)}"
     tenant = "'" + tenant_id.replace("'", "''") + "'"
+    keys = ", ".join(quote(k) for k in UPSERT_KEY)
+    nulls = ", ".join(f"count(*) - count({quote(c)})" for c in NOT_NULL)
+    queries = {
+        "rejects": f"SELECT event_date, count(*) FROM {quote(schema)}.{quote(RECORD_REJECTS_TABLE)} "
+        f"WHERE tenant_id = {tenant} AND event_date IN ({days_sql}) GROUP BY 1",
+        "duplicate_keys": f"SELECT event_date, count(*) FROM (SELECT event_date, {keys} FROM {records} "
+        f"WHERE event_date IN ({days_sql}) GROUP BY event_date, {keys} HAVING count(*) > 1) AS d GROUP BY 1",
+        "null_counts": f"SELECT event_date, {nulls} FROM {records} WHERE event_date IN ({days_sql}) GROUP BY 1",
+    }
     if stage is not None:
-        for day, n in conn.query(f"SELECT event_date, count(*) FROM {stage} GROUP BY 1"):
-            out.setdefault(_day(day), DayChecks()).raw_rows = int(n)
-        matched = conn.query(
+        queries["raw_rows"] = f"SELECT event_date, count(*) FROM {stage} GROUP BY 1"
+        queries["records"] = (
             f"SELECT s.event_date, count(*) FROM {stage} AS s WHERE s.reject_reason IS NULL AND EXISTS ("
             f"SELECT 1 FROM {records} AS r WHERE r.tenant_id = {tenant} AND r.source = s.source "
             "AND r.record_type = s.record_type AND r.source_id = s.source_id) GROUP BY 1"
         )
-        for day, n in matched:
-            out.setdefault(_day(day), DayChecks()).records = int(n)
-    rejects = conn.query(
-        f"SELECT event_date, count(*) FROM {quote(schema)}.{quote(RECORD_REJECTS_TABLE)} "
-        f"WHERE tenant_id = {tenant} AND event_date IN ({days_sql}) GROUP BY 1"
-    )
-    for day, n in rejects:
-        out.setdefault(_day(day), DayChecks()).rejects = int(n)
-    keys = ", ".join(quote(k) for k in UPSERT_KEY)
-    duplicates = conn.query(
-        f"SELECT event_date, count(*) FROM (SELECT event_date, {keys} FROM {records} "
-        f"WHERE event_date IN ({days_sql}) GROUP BY event_date, {keys} HAVING count(*) > 1) AS d GROUP BY 1"
-    )
-    for day, n in duplicates:
-        out.setdefault(_day(day), DayChecks()).duplicate_keys = int(n)
-    nulls = ", ".join(f"count(*) - count({quote(c)})" for c in NOT_NULL)
-    for row in conn.query(f"SELECT event_date, {nulls} FROM {records} WHERE event_date IN ({days_sql}) GROUP BY 1"):
-        out.setdefault(_day(row[0]), DayChecks()).null_counts = {c: int(n) for c, n in zip(NOT_NULL, row[1:]) if n}
+    return queries
+
+
+def plan_by_index(conn: Connection) -> None:
+    """PostgreSQL, for the rest of the transaction: reach rows through indexes and join by index
+    lookups, whatever the statistics say, so that a check reads the partition's rows and not the
+    table (the stage, the partition itself, is still scanned)."""
+    if conn.dialect == "postgres":
+        for setting in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin"):
+            conn.execute(f"SET LOCAL {setting} = off")
+
+
+def check_days(
+    conn: Connection, schema: str, tenant_id: str, days: list[dt.date], stage: str | None
+) -> dict[dt.date, DayChecks]:
+    """Check figures per day (see `check_queries`); call inside a transaction."""
+    plan_by_index(conn)
+    out = {d: DayChecks() for d in days}
+    for name, sql in check_queries(schema, tenant_id, days, stage).items():
+        for row in conn.query(sql):
+            figures = out.setdefault(_day(row[0]), DayChecks())
+            if name == "null_counts":
+                figures.null_counts = {c: int(n) for c, n in zip(NOT_NULL, row[1:]) if n}
+            else:
+                setattr(figures, name, int(row[1]))
     return out

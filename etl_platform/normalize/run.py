@@ -88,38 +88,57 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
     result = NormalizeResult(tenant.id, sorted(days))
     result.by_day = {d: DayFigures() for d in result.days}
     schema = tenant.dataset
-    days_sql = ", ".join(f"DATE {literal(d.isoformat())}" for d in result.days)
+    days_sql = _days_sql(result.days)
     with warehouse.connect(write=True) as conn:
-        ensure_tables(conn, schema)
-        if conn.dialect == "postgres":
-            conn.execute(POSTGRES_FUNCTIONS)
-        tables = []
-        for source in tenant.sources:
-            for table, mapping in mappings_for(source):
-                columns = conn.columns(schema, table)
-                if columns:
-                    tables.append((mapping, table, set(columns)))
+        prepare(conn, schema)
         _ingest_rejects(conn, schema, days_sql, result)
-
-        def selects(safe_casts: bool) -> list[str]:
-            return [
-                select_for(conn.dialect, mapping, schema, table, tenant.id, days_sql, columns, safe_casts)
-                for mapping, table, columns in tables
-            ]
-
         with conn.transaction():
             _delete_rejects(conn, schema, tenant, days_sql)
-            if tables:
-                _stage(conn, selects)
+            staged = stage_tenant(conn, tenant, result.days)
+            if staged:
                 _count(conn, result)
                 _insert_rejects(conn, schema)
                 result.records_upserted = _upsert(conn, schema, result.records_written)
                 analyze_if_stale(conn, schema, RECORDS_TABLE, RECORD_STAT_COLUMNS, written=result.records_upserted)
-            checks = check_days(conn, schema, tenant.id, result.days, STAGE if tables else None)
+            checks = check_days(conn, schema, tenant.id, result.days, STAGE if staged else None)
             for day, figures in checks.items():
                 result.by_day[day].checks = figures
             conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
     return result
+
+
+def _days_sql(days: list[dt.date]) -> str:
+    return ", ".join(f"DATE {literal(d.isoformat())}" for d in days)
+
+
+def prepare(conn: Connection, schema: str) -> None:
+    """The tenant's `records` and `record_rejects` tables, and PostgreSQL's safe-cast functions."""
+    ensure_tables(conn, schema)
+    if conn.dialect == "postgres":
+        conn.execute(POSTGRES_FUNCTIONS)
+
+
+def stage_tenant(conn: Connection, tenant: TenantConfig, days: list[dt.date]) -> bool:
+    """Stage every raw row of the tenant's days, mapped, in the temp table `STAGE` (inside the
+    caller's transaction); False when the tenant has no raw table yet."""
+    schema, days_sql = tenant.dataset, _days_sql(sorted(days))
+    tables = []
+    for source in tenant.sources:
+        for table, mapping in mappings_for(source):
+            columns = conn.columns(schema, table)
+            if columns:
+                tables.append((mapping, table, set(columns)))
+    if not tables:
+        return False
+
+    def selects(safe_casts: bool) -> list[str]:
+        return [
+            select_for(conn.dialect, mapping, schema, table, tenant.id, days_sql, columns, safe_casts)
+            for mapping, table, columns in tables
+        ]
+
+    _stage(conn, selects)
+    return True
 
 
 def _stage(conn: Connection, selects: Callable[[bool], list[str]]) -> None:
