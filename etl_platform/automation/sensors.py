@@ -24,6 +24,7 @@ def tenant_onboarding_sensor(context: SensorEvaluationContext):
 
 
 def sensors(jobs: list) -> list:
+    from etl_platform.automation.alerts import failure_alerts_sensor
     from etl_platform.automation.retries import build_retry_sensor
 
-    return [tenant_onboarding_sensor, build_retry_sensor(jobs)]
+    return [tenant_onboarding_sensor, build_retry_sensor(jobs), failure_alerts_sensor]
