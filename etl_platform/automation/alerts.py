@@ -50,7 +50,7 @@ from etl_platform.automation.tags import (
 )
 from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.failures import TRANSIENT, TenantFailure, _secrets_of, run_failures
+from etl_platform.failures import FAILED_TENANTS_TAG, TRANSIENT, TenantFailure, _secrets_of, run_failures
 from etl_platform.observability.channels import (
     FAILURE,
     RESOLVED,
@@ -113,6 +113,7 @@ class RunFacts:
     partitions: tuple[str, ...]
     attempt: int
     retry_state: str
+    failed_tenants: tuple[str, ...] = ()  # of a failed run (its `etl/failed_tenants` tag)
 
     @classmethod
     def of(cls, record: RunRecord) -> RunFacts:
@@ -143,6 +144,7 @@ class RunFacts:
             partitions=partitions,
             attempt=int(attempt) if attempt.isdigit() else 1,
             retry_state=tags.get(RETRY_STATE_TAG, ""),
+            failed_tenants=tuple(t for t in tags.get(FAILED_TENANTS_TAG, "").split(",") if t),
         )
 
     @property
