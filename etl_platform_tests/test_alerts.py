@@ -273,3 +273,16 @@ def test_alerts_config_is_validated_naming_tenant_and_field(tmp_path: Path) -> N
     assert "tenant 'acme', field 'alerts.channels.0.webhook.url_env': must name an environment variable" in text
     assert "tenant 'beta'" in text and "not-an-address" in text
     assert "tenant 'gamma', field 'alerts.channels.0'" in text and "'pager'" in text
+
+
+def test_a_failure_the_retry_sensor_never_decides_on_alerts_after_its_grace(instance: DagsterInstance, env) -> None:
+    """No retry sensor running: the transient failure alerts once its retry is overdue."""
+    hook, sensor = env["tenant_hook"], Sensor(instance)
+    run = materialize(instance, "flaky", DAY, raise_on_error=False)
+    ended = instance.get_run_record_by_id(run.run_id).end_time
+    sensor.tick(now=ended + 60)
+    assert hook.bodies == []
+    sensor.tick(now=ended + 300 + 900 + 1)  # first retry due after 300 s, plus the 900 s grace
+    assert len(hook.bodies) == 1 and "no decision" in hook.bodies[0]["note"]
+    sensor.tick(now=ended + 5000)
+    assert len(hook.bodies) == 1

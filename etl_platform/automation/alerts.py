@@ -161,7 +161,11 @@ class AlertTick:
         self.log = context.log
         self.now = time.time() if now is None else now
         self.state = AlertState.from_cursor(context.cursor)
-        self.registry = load_registry()
+        try:
+            self.registry = load_registry()
+        except Exception as exc:  # noqa: BLE001 - a broken tenants file must not stop the alerts
+            self.registry = None
+            self.log.warning(f"tenants file unreadable, alerting the platform's channels only: {exc}")
         self.notes: list[str] = []
 
     # --- reading ---------------------------------------------------------------------------
@@ -260,8 +264,8 @@ class AlertTick:
             elif state.startswith(("retried", "skipped")):
                 del self.state.waiting[run_id]
                 continue
-            elif not state and self.now > run.ended + delay + grace:
-                note = "the retry sensor made no decision (is it running?)"
+            elif self.now > run.ended + delay + grace:  # undecided, or a retry requested but never launched
+                note = "the retry sensor made no decision (is the daemon running?)"
             else:
                 continue
             del self.state.waiting[run_id]
@@ -306,14 +310,14 @@ class AlertTick:
 
     def _secrets(self, tenant: str) -> list[str]:
         try:
-            return _secrets_of(self.registry.tenant(tenant))
+            return _secrets_of(self.registry.tenant(tenant)) if self.registry else []
         except Exception:  # noqa: BLE001 - a tenant removed from the file, or invalid: nothing to scrub
             return []
 
     def _targets(self, tenant: str) -> list[Target]:
         try:
-            return unique(tenant_targets(self.registry.tenant(tenant)))
-        except KeyError:  # removed from the tenants file: the platform's channels
+            return unique(tenant_targets(self.registry.tenant(tenant))) if self.registry else platform_targets()
+        except Exception:  # noqa: BLE001 - removed from the tenants file, or invalid: the platform's channels
             return platform_targets()
 
     def _enqueue(self, alert: Alert) -> None:

@@ -166,8 +166,8 @@ def tenant_targets(tenant: Any, environ: dict[str, str] | None = None) -> list[T
         else:
             out.append(Target("email", channel.smtp_url_env or SMTP_URL_ENV, tuple(channel.to), scope=scope))
     if alerts is None or alerts.platform_default:
-        out.extend(t for t in platform_targets(environ) if t not in out)
-    return out
+        out.extend(platform_targets(environ))
+    return unique(out)
 
 
 def _secret(env_name: str) -> str:
@@ -228,7 +228,8 @@ def deliver(target: Target, alert: Alert, timeout_s: float = TIMEOUT_S) -> None:
 
 
 def unique(targets: Iterable[Target]) -> list[Target]:
-    seen: dict[str, Target] = {}
+    """One target per destination (a tenant naming the platform's variable gets it once)."""
+    seen: dict[tuple, Target] = {}
     for target in targets:
-        seen.setdefault(target.key, target)
+        seen.setdefault((target.type, target.url_env, target.to), target)
     return list(seen.values())
