@@ -57,6 +57,7 @@ from dagster import DagsterInstance, StaticPartitionsDefinition, asset, material
 @asset(partitions_def=StaticPartitionsDefinition(["2024-01-02|acme"]))
 def probe(context):
     context.log.info("loading with http://api.example/x?api_key=k-999999")
+    logging.getLogger("etl_platform.assets.raw").warning("platform line")
 
 with DagsterInstance.get() as instance:
     materialize([probe], instance=instance, partition_key="2024-01-02|acme", tags={"etl/tenant": "acme"})
@@ -69,7 +70,7 @@ def test_dagster_run_logs_are_json_with_the_deploy_config(tmp_path: Path) -> Non
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(
         {"telemetry": {"enabled": False}, "python_logs": deployed["python_logs"]}))
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_LOG_FORMAT": "json"}
     done = run_python(DAGSTER_SCRIPT, env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = json_lines(done.stderr)
@@ -79,3 +80,7 @@ def test_dagster_run_logs_are_json_with_the_deploy_config(tmp_path: Path) -> Non
     assert line["tenant"] == "acme" and line["partition"] == "2024-01-02|acme" and line["run_id"]
     assert line["step_key"] == "probe" and "api_key=***" in line["msg"]
     assert "k-999999" not in "\n".join(json.dumps(x) for x in lines)
+    # the platform's own logger inside the step: the run's id, tenant and partition
+    (platform,) = [x for x in lines if x["msg"] == "platform line"]
+    assert platform["logger"] == "etl_platform.assets.raw" and platform["run_id"] == line["run_id"]
+    assert platform["tenant"] == "acme" and platform["partition"] == "2024-01-02|acme"

@@ -1,8 +1,9 @@
 """Structured logs: one JSON object per line, with request id, tenant, run id and partition.
 
 - `JsonFormatter` renders any record: time, level, logger, message (URL secrets redacted), the
-  fields bound with `log_context(...)`, `extra={"fields": {...}}`, and, for Dagster's run logs,
-  run id, job, step, tenant and partition from the record's Dagster metadata.
+  run id, tenant and partition of the run step it was logged in, the fields bound with
+  `log_context(...)`, `extra={"fields": {...}}`, and, for Dagster's run logs, job and step
+  from the record's Dagster metadata.
 - `log_context(tenant=..., partition=...)` binds fields to every record logged inside it (the
   read API binds `request_id`; run steps may bind `tenant` and `partition`).
 - `configure_from_env()`: with ETL_LOG_FORMAT=json the `etl_platform` loggers write JSON lines
@@ -56,6 +57,22 @@ def _dagster_fields(record: logging.LogRecord) -> dict[str, Any]:
     return out
 
 
+def _run_fields() -> dict[str, Any]:
+    """Inside a run step: the run id, tenant and partition of Dagster's current context."""
+    try:
+        from dagster._core.execution.context.compute import current_execution_context
+
+        context = current_execution_context.get()
+        if context is None:
+            return {}
+        run = context.run
+        out: dict[str, Any] = {"run_id": run.run_id}
+        out.update({field: run.tags[tag] for tag, field in _DAGSTER_TAGS.items() if run.tags.get(tag)})
+        return out
+    except Exception:  # noqa: BLE001 - logging never fails for want of context
+        return {}
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg and the record's context fields."""
 
@@ -68,6 +85,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact_text(message or record.getMessage()),
         }
+        out.update(_run_fields())
         out.update(_CONTEXT.get() or {})
         out.update(_dagster_fields(record))
         out.update(getattr(record, "fields", None) or {})
