@@ -364,8 +364,11 @@ class AlertTick:
         runs = self._runs(run_id for _, _, run_id in events)
         for _, status, run_id in events:
             run = runs.get(run_id)
-            if run is not None:
-                self.on_failure(run) if status == FAILURE else self.on_success(run)
+            try:
+                if run is not None:
+                    self.on_failure(run) if status == FAILURE else self.on_success(run)
+            except Exception as exc:  # noqa: BLE001 - one unreadable run must not stop the alerts
+                self.log.exception(f"run {run_id}: could not decide on alerts ({type(exc).__name__}); skipped")
         self.check_waiting()
         self.deliver_pending()
         summary = "; ".join(self.notes) or f"{len(events)} finished runs, nothing to send"
