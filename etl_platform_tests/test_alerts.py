@@ -16,9 +16,10 @@ from etl_platform.automation.alerts import SENSOR_NAME, AlertState, evaluate_ale
 from etl_platform.automation.retries import SENSOR_NAME as RETRY_SENSOR
 from etl_platform.automation.retries import evaluate_retries
 from etl_platform.observability.channels import Alert, Target, deliver
-from etl_platform_tests.orchestration import Switch, launch, quiet_home
+from etl_platform_tests.orchestration import Switch, launch
 from etl_platform_tests.platform import materialize
 from etl_platform_tests.servers import LocalServer, Request, Response
+from etl_platform_tests.storages import STORAGES, dagster_storage
 
 DAY = "2024-01-02"
 JOBS = {"ingest", "ingest_rest_api"}
@@ -71,8 +72,9 @@ def hooks() -> Iterator[LocalServer]:
         yield srv
 
 
-@pytest.fixture
-def env(platform_env, dagster_home: Path, source: LocalServer, hooks: LocalServer, tmp_path: Path, monkeypatch):
+@pytest.fixture(params=STORAGES)
+def env(request, platform_env, dagster_home: Path, source: LocalServer, hooks: LocalServer, tmp_path: Path,
+        monkeypatch):
     """Tenants `flaky` (500 until flipped; its own webhook) and `denied` (401); the platform's
     Slack webhook; one retry after 300 s; step retries off."""
     flaky, tenant_hook, slack = Switch(500), Receiver(), Receiver()
@@ -96,8 +98,10 @@ def env(platform_env, dagster_home: Path, source: LocalServer, hooks: LocalServe
         ],
         f"duckdb:///{tmp_path / 'wh.duckdb'}",
     )
-    quiet_home(dagster_home)
-    return {"flaky": flaky, "tenant_hook": tenant_hook, "slack": slack}
+    storage = dagster_storage(request.param, dagster_home)
+    next(storage)
+    yield {"flaky": flaky, "tenant_hook": tenant_hook, "slack": slack}
+    next(storage, None)
 
 
 @pytest.fixture

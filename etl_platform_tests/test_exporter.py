@@ -22,9 +22,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from etl_platform.observability.exporter import PlatformCollector
-from etl_platform_tests.orchestration import Switch, quiet_home, rest_tenant, stop_process, wait_for
+from etl_platform_tests.orchestration import Switch, rest_tenant, stop_process, wait_for
 from etl_platform_tests.platform import materialize
 from etl_platform_tests.servers import LocalServer
+from etl_platform_tests.storages import STORAGES, dagster_storage
 
 DAY = "2024-01-02"
 
@@ -56,17 +57,19 @@ def source() -> Iterator[LocalServer]:
         yield srv
 
 
-@pytest.fixture
-def instance(platform_env, dagster_home: Path, source: LocalServer, tmp_path: Path, monkeypatch):
+@pytest.fixture(params=STORAGES)
+def instance(request, platform_env, dagster_home: Path, source: LocalServer, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("ETL_STEP_RETRIES", "0")
     platform_env(
         [rest_tenant("good", source, "/items", freshness_hours=12), rest_tenant("flaky", source, "/broken"),
          rest_tenant("idle", source, "/items", paused=True)],
         f"duckdb:///{tmp_path / 'wh.duckdb'}",
     )
-    quiet_home(dagster_home)
+    storage = dagster_storage(request.param, dagster_home)
+    next(storage)
     with DagsterInstance.get() as inst:
         yield inst
+    next(storage, None)
 
 
 def queued_run(instance: DagsterInstance, tenant: str) -> None:
