@@ -52,6 +52,7 @@ def test_metrics_parse_and_move_with_requests(warehouse_url: str, instance: Dags
     assert api.get("/data/github/pull_request/999999", headers=auth("acme")).status_code == 404
     assert api.get("/data", headers={"Authorization": "Bearer wrong-key"}).status_code == 401
     assert api.get("/no/such/path").status_code == 404
+    assert api.request("BREW", "/data").status_code == 405
     after = scrape(api)
     assert value(after, "etl_api_requests", "etl_api_requests_total", **data) == 3
     latency = "etl_api_request_duration_seconds"
@@ -65,8 +66,9 @@ def test_metrics_parse_and_move_with_requests(warehouse_url: str, instance: Dags
     assert value(after, "etl_api_requests", "etl_api_requests_total", method="GET", route="<unmatched>",
                  status="404") == 1
     # no raw paths, record ids or keys in any label
-    text = api.get("/metrics").text
-    for leaked in ("000001", "999999", "/no/such/path", KEYS["acme"], "wrong-key"):
+    text = " ".join(v for family in after.values() for (_, labels) in family for _, v in labels)
+    assert value(after, "etl_api_requests", "etl_api_requests_total", method="OTHER", route="/data", status="405") == 1
+    for leaked in ("000001", "999999", "/no/such/path", KEYS["acme"], "wrong-key", "BREW"):
         assert leaked not in text
     assert "etl_api_db_pool_in_use" in after and "etl_api_db_pool_waiting" in after
     if wh.kind == "postgres":

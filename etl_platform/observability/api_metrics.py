@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED = "<unmatched>"
+METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # others: OTHER (a client picks it)
 
 
 class PoolCollector(Collector):
@@ -97,7 +98,8 @@ class MetricsMiddleware:
         finally:
             self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            self.metrics.observe(scope.get("method", "GET"), route, status["code"], time.perf_counter() - started)
+            method = scope.get("method", "GET") if scope.get("method") in METHODS else "OTHER"
+            self.metrics.observe(method, route, status["code"], time.perf_counter() - started)
 
 
 def _counting(handler: Callable, counter: Any) -> Callable:
