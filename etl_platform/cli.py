@@ -1,4 +1,4 @@
-"""`etl-platform`: tenants (sync, list), demo, runs, serve."""
+"""`etl-platform`: tenants (sync, list), demo, runs, serve, exporter."""
 
 from __future__ import annotations
 
@@ -148,6 +148,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from etl_platform.observability.exporter import serve
+
+    ensure_dagster_home()
+    serve(host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etl-platform", description="Multi-tenant ETL on Dagster and dlt.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("ETL_API_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("ETL_API_PORT", "8000")))
     serve.set_defaults(func=cmd_serve)
+
+    exporter = sub.add_parser("exporter", help="serve the platform's Prometheus metrics (/metrics)")
+    exporter.add_argument("--host", default=os.environ.get("ETL_EXPORTER_HOST", "127.0.0.1"))
+    exporter.add_argument("--port", type=int, default=int(os.environ.get("ETL_EXPORTER_PORT", "9108")))
+    exporter.set_defaults(func=cmd_exporter)
     return parser
 
 

@@ -58,7 +58,9 @@ def materialize_range(
     sync_tenants(instance, load_registry())
     job_def = build_definitions().resolve_job_def(job)
     range_tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-    return job_def.execute_in_process(instance=instance, tags={**range_tags, **(tags or {})}, raise_on_error=raise_on_error)
+    return job_def.execute_in_process(
+        instance=instance, tags={**range_tags, **(tags or {})}, raise_on_error=raise_on_error
+    )
 
 
 def partition_materialization(instance: DagsterInstance, key: Any, tenant: str, day: dt.date | str) -> Any:

@@ -45,7 +45,9 @@ def test_repo_definitions_resolve(monkeypatch, dagster_home, tmp_path):
     jobs = {j.name for j in repo.get_all_jobs()}
     assert {"ingest", "ingest_csv", "ingest_rss", "ingest_rest_api"} <= jobs
     assert {s.name for s in repo.schedule_defs} == {"hourly_ingest", "daily_rebackfill", "tenant_freshness"}
-    assert {s.name for s in repo.sensor_defs} == {"tenant_onboarding", "retry_failed_runs"}
+    assert {s.name for s in repo.sensor_defs} == {
+        "tenant_onboarding", "retry_failed_runs", "mark_dead_runs", "failure_alerts"
+    }
     check_names = {k.name for k in graph.asset_check_keys}
     assert {
         "unique_upsert_key",

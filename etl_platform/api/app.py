@@ -19,6 +19,7 @@ from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.routes import router
 from etl_platform.api.settings import ApiSettings
 from etl_platform.config.registry import Registry, load_registry
+from etl_platform.observability.api_metrics import instrument
 from etl_platform.warehouse import Warehouse, WarehouseError, get_warehouse
 
 
@@ -97,6 +98,7 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After"],
             allow_credentials=not any_origin,
         )
+    instrument(app, reader)  # GET /metrics (Prometheus)
     app.add_middleware(RequestContextMiddleware)  # outermost: every response gets X-Request-ID
     return app
 

@@ -43,6 +43,8 @@ class AsyncPgPool:
         if statement_timeout_ms:
             self.options += f" -c statement_timeout={int(statement_timeout_ms)}"
         self._idle: list[psycopg.AsyncConnection] = []
+        self._in_use = 0  # queries holding a slot (for metrics)
+        self._waiting = 0  # queries waiting for a slot
         self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -67,10 +69,14 @@ class AsyncPgPool:
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
         """Rows of one query; a pooled connection the server has dropped is replaced once."""
         limit = self._limit()
+        self._waiting += 1
         try:
             await asyncio.wait_for(limit.acquire(), self.wait_timeout_s)
         except asyncio.TimeoutError:
             raise WarehouseError("no free warehouse connection (pool exhausted)") from None
+        finally:
+            self._waiting -= 1
+        self._in_use += 1
         try:
             for attempt in (0, 1):
                 conn = self._idle.pop() if self._idle and attempt == 0 else None
@@ -92,7 +98,12 @@ class AsyncPgPool:
                 return rows
             raise AssertionError("unreachable")
         finally:
+            self._in_use -= 1
             limit.release()
+
+    def stats(self) -> dict[str, int]:
+        """Slots in use, queries waiting for one, idle connections, the size (for /metrics)."""
+        return {"size": self.size, "in_use": self._in_use, "waiting": self._waiting, "idle": len(self._idle)}
 
     async def _release(self, conn: psycopg.AsyncConnection) -> None:
         if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE or len(self._idle) >= self.size:
@@ -138,6 +149,10 @@ class Reader:
                 return conn.raw.execute(sql, params).fetchall()
         except duckdb.IOException as exc:
             raise WarehouseError(f"cannot open the warehouse: {exc}") from exc
+
+    def pool_stats(self) -> dict[str, int] | None:
+        """The PostgreSQL pool's state (None on DuckDB: no pool)."""
+        return self.pool.stats() if self.pool is not None else None
 
     async def close(self) -> None:
         if self.pool is not None:

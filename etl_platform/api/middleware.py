@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import re
@@ -11,6 +10,8 @@ import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
+
+from etl_platform.observability.logs import JsonFormatter, log_context
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -62,7 +63,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with log_context(request_id=request_id):
+                await self.app(scope, receive, send_with_id)
         except Exception:
             error_log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
             if status["sent"]:
@@ -84,22 +86,6 @@ class RequestContextMiddleware:
                     "client": client[0] if client else None,
                     "principal": state.get("principal"),
                 }})
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, plus `extra={"fields": {...}}`."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update(getattr(record, "fields", None) or {})
-        if record.exc_info:
-            out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
 
 
 def configure_logging(level: str = "info") -> None:

@@ -30,7 +30,8 @@ def tenant_onboarding_sensor(context: SensorEvaluationContext):
 
 
 def sensors(jobs: list) -> list:
+    from etl_platform.automation.alerts import failure_alerts_sensor
     from etl_platform.automation.dead_runs import dead_runs_sensor
     from etl_platform.automation.retries import build_retry_sensor
 
-    return [tenant_onboarding_sensor, build_retry_sensor(jobs), dead_runs_sensor]
+    return [tenant_onboarding_sensor, build_retry_sensor(jobs), dead_runs_sensor, failure_alerts_sensor]

@@ -304,6 +304,53 @@ SourceConfig = Annotated[
 SOURCE_KINDS = ("rest_api", "csv", "rss", "jira", "github")
 
 
+# --- alerts -----------------------------------------------------------------------------------
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class WebhookChannel(_Model):
+    """A generic JSON webhook: the variable holding its URL (a webhook URL is a secret)."""
+
+    type: Literal["webhook"]
+    url_env: EnvName
+
+
+class SlackChannel(_Model):
+    """A Slack incoming webhook (Slack's message format): the variable holding its URL."""
+
+    type: Literal["slack"]
+    webhook_url_env: EnvName
+
+
+class EmailChannel(_Model):
+    """E-mail over SMTP: recipients, and optionally the variable holding the SMTP server's URL
+    (`smtp://`, `smtp+starttls://` or `smtps://`, with credentials); else ETL_ALERT_SMTP_URL."""
+
+    type: Literal["email"]
+    to: list[str] = Field(min_length=1)
+    smtp_url_env: EnvName | None = None
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if not EMAIL.match(a)]
+        if bad:
+            raise ValueError(f"not e-mail addresses: {bad}")
+        return v
+
+
+AlertChannel = Annotated[WebhookChannel | SlackChannel | EmailChannel, Field(discriminator="type")]
+
+
+class AlertsConfig(_Model):
+    """Where a tenant's failure alerts go: its own channels, plus the platform-wide ones
+    (ETL_ALERT_* variables) unless `platform_default` is false."""
+
+    channels: list[AlertChannel] = []
+    platform_default: bool = True
+
+
 class TenantConfig(_Model):
     id: str
     name: str | None = None
@@ -319,6 +366,7 @@ class TenantConfig(_Model):
     # the tenant's own warehouse (a PostgreSQL database or server): the variable holding its URL;
     # unset: the platform's ETL_WAREHOUSE_URL
     warehouse_url_env: EnvName | None = None
+    alerts: AlertsConfig = AlertsConfig()
     sources: list[SourceConfig] = []
 
     @field_validator("id")
