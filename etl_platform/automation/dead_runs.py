@@ -19,17 +19,22 @@ from dagster import DagsterInstance, DagsterRunStatus, DefaultSensorStatus, Runs
 
 WORKER_TAG = "etl/worker"  # host:pid:start ticks of the process executing the run
 SENSOR_NAME = "mark_dead_runs"
-GRACE_SECONDS = 30  # a run younger than this may not have recorded its worker yet
+# a run started less than this ago may not have recorded its worker yet
+GRACE_SECONDS = int(os.environ.get("ETL_DEAD_RUN_GRACE_SECONDS") or 30)
+INTERVAL_SECONDS = int(os.environ.get("ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS") or 30)
 
 
 def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (None: no such process)."""
+    """The process's start time in clock ticks since boot (None: no such process, or a zombie:
+    killed and not yet reaped by its parent)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError, OSError):
         return None
-    return fields[19] if len(fields) > 19 else None
+    if not fields or fields[0] in ("Z", "X") or len(fields) <= 19:
+        return None
+    return fields[19]
 
 
 def this_worker() -> str:
@@ -70,7 +75,7 @@ def mark_dead_runs(instance: DagsterInstance, now: float | None = None) -> list[
 
 @sensor(
     name=SENSOR_NAME,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
     description="Marks FAILURE the started runs whose process died (e.g. `dagster asset materialize` killed), "
     "so they never block their tenant's queue slot; the retry sensor then retries them.",
