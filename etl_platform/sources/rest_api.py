@@ -3,8 +3,9 @@
 The tenants file's `rest_api` source is translated into a dlt `RESTAPIConfig`: dlt's
 paginators and its retrying HTTP client (429 with Retry-After, 5xx, connection errors,
 exponential backoff) do the work. This module adds what dlt does not: secrets read from
-environment variables, a guard against paginators that repeat themselves, the partition
-window, and raw-row lineage (page URL, row key, original record).
+environment variables and sent only to the source's origin (`guard.py`), errors and page URLs
+without secrets, a guard against paginators that repeat themselves, the partition window, and
+raw-row lineage (page URL, row key, original record).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any
 
 from dlt.extract.items_transform import ItemTransform
 from dlt.sources import DltSource
-from dlt.sources.helpers.rest_client.auth import OAuth2ClientCredentials
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from dlt.sources.rest_api import rest_api_source
 
 from etl_platform.config.models import ApiKeyAuth, BasicAuth, BearerAuth, Paginator, RestApiSource, RestResource, secret
 from etl_platform.config.models import OAuth2ClientCredentials as OAuth2Config
+from etl_platform.redaction import contains_secret, redact_value, remember_basic
 from etl_platform.sources import lineage
+from etl_platform.sources.guard import GuardedApiKey, GuardedBasic, GuardedBearer, GuardedOAuth2, OriginGuard
+from etl_platform.sources.http import status_hook
 from etl_platform.sources.redact import redact_url
 
 DEFAULT_PAGINATOR = Paginator(type="header_link")
@@ -39,6 +42,7 @@ class RestStats:
     repeated_pages_stopped: int = 0
     pages_by_resource: dict[str, int] = field(default_factory=dict)
     current_url: dict[str, str] = field(default_factory=dict)
+    tainted: dict[str, bool] = field(default_factory=dict)  # the current page holds a secret
 
 
 class LoopGuard(BasePaginator):
@@ -79,32 +83,29 @@ def _paginator(config: Paginator, stats: RestStats) -> LoopGuard:
 
 
 def _auth(source: RestApiSource) -> Any:
+    """dlt's auth object for the source, bound to its origin and `allowed_hosts`."""
     what = f"source {source.name!r} auth"
     auth = source.auth
     if auth is None:
         return None
+    guard = OriginGuard(f"rest_api source {source.name!r}", source.base_url, source.allowed_hosts)
     if isinstance(auth, BearerAuth):
-        return {"type": "bearer", "token": secret(auth.token_env, what=what)}
+        return GuardedBearer(token=secret(auth.token_env, what=what)).bind(guard)
     if isinstance(auth, ApiKeyAuth):
-        return {
-            "type": "api_key",
-            "name": auth.name,
-            "api_key": secret(auth.api_key_env, what=what),
-            "location": auth.location,
-        }
+        key = secret(auth.api_key_env, what=what)
+        return GuardedApiKey(name=auth.name, api_key=key, location=auth.location).bind(guard)
     if isinstance(auth, BasicAuth):
-        return {
-            "type": "http_basic",
-            "username": secret(auth.username_env, what=what),
-            "password": secret(auth.password_env, what=what),
-        }
+        username = secret(auth.username_env, what=what, sensitive=False)
+        password = secret(auth.password_env, what=what)
+        remember_basic(username, password)
+        return GuardedBasic(username=username, password=password).bind(guard)
     if isinstance(auth, OAuth2Config):
-        return OAuth2ClientCredentials(
+        return GuardedOAuth2(
             access_token_url=auth.token_url,
             client_id=secret(auth.client_id_env, what=what),
             client_secret=secret(auth.client_secret_env, what=what),
             default_token_expiration=3600,
-        )
+        ).bind(guard)
     raise ValueError(f"{what}: unsupported auth {auth!r}")
 
 
@@ -125,7 +126,10 @@ def _endpoint(resource: RestResource, source: RestApiSource, ctx: lineage.RunCon
         "path": resource.path,
         "params": params,
         "paginator": _paginator(resource.paginator or source.paginator or DEFAULT_PAGINATOR, stats),
-        "response_actions": [_page_recorder(resource.name, stats, secret_query_params(source))],
+        "response_actions": [
+            status_hook(f"rest_api source {source.name!r}, resource {resource.name!r}", ()),
+            _page_recorder(resource.name, stats, secret_query_params(source)),
+        ],
     }
     if resource.data_selector:
         endpoint["data_selector"] = resource.data_selector
@@ -147,6 +151,8 @@ def _page_recorder(resource: str, stats: RestStats, secret_params: list[str]) ->
         stats.pages_by_resource[resource] = stats.pages_by_resource.get(resource, 0) + 1
         stats.bytes += len(response.content or b"")
         stats.current_url[resource] = redact_url(response.url, secret_params)
+        # an API that echoes the credential into its data: this page's records are redacted
+        stats.tainted[resource] = contains_secret(response.content or b"")
         return response
 
     return record_page
@@ -160,6 +166,8 @@ def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContex
 
     def stamp(item: dict[str, Any]) -> list[dict[str, Any]]:
         stats.rows += 1
+        if stats.tainted.get(resource.name):
+            item = redact_value(item)
         original = copy.deepcopy(item)
         row_key = lineage.key_of(item, pk_fields) if pk_fields else None
         if row_key is None:
