@@ -427,8 +427,9 @@ def test_a_next_link_to_another_host_fails_without_sending_the_token(tmp_path: P
     with LocalServer() as server, LocalServer() as other:
         other.route("/p2", lambda r: Response(200, [pr(1, "2024-01-02T11:00:00Z")]))
         server.route("/repos/o/r/pulls", lambda r: Response(200, [pr(2, "2024-01-02T12:00:00Z")], link(other, "/p2")))
+        source = build_github_source(config(server, ["o/r"]), context()).with_resources("pull_requests")
         with pytest.raises(Exception) as excinfo:
-            pipeline(tmp_path).run(build_github_source(config(server, ["o/r"]), context()).with_resources("pull_requests"))
+            pipeline(tmp_path).run(source)
         assert server.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
         assert other.requests == []
     error = permanent_cause(excinfo.value)

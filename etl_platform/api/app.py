@@ -107,6 +107,14 @@ def app_from_env() -> FastAPI:
     return create_app()
 
 
+def http_limits(settings: ApiSettings | None = None) -> dict[str, Any]:
+    """uvicorn settings that bound a request's head: h11 buffers at most `max_header_bytes` of an
+    incomplete request line and headers, then answers 400 and closes the connection (uvicorn's
+    default parser, httptools, buffers headers without any limit)."""
+    settings = settings or ApiSettings.from_env()
+    return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes}
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, log_level: str = "info") -> None:
     """Run the API with uvicorn (blocks). Each worker process keeps its own pool and rate limits."""
     import uvicorn
@@ -114,5 +122,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, log_le
     configure_logging(log_level)
     uvicorn.run(
         "etl_platform.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, log_config=None, access_log=False, server_header=False,
+        log_level=log_level, log_config=None, access_log=False, server_header=False, **http_limits(),
     )

@@ -121,3 +121,10 @@ async def admin_principal(
     if not principal.is_admin:
         raise _unauthorized("admin key required")
     return principal
+
+
+async def optional_principal(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> Principal | None:
+    """Dependency: None without a key; a presented key must be valid (401 otherwise)."""
+    return None if credentials is None else _principal(request, credentials)
