@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from etl_platform.api.auth import KeyRing
 from etl_platform.api.db import Reader
+from etl_platform.api.limits import HeaderLimitMiddleware
 from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
 from etl_platform.api.params import DagsterUnavailable
 from etl_platform.api.ratelimit import RateLimiter
@@ -97,7 +98,8 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After"],
             allow_credentials=not any_origin,
         )
-    app.add_middleware(RequestContextMiddleware)  # outermost: every response gets X-Request-ID
+    app.add_middleware(RequestContextMiddleware)  # every response gets X-Request-ID
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes)  # outermost: 431 before anything
     return app
 
 
@@ -108,9 +110,10 @@ def app_from_env() -> FastAPI:
 
 
 def http_limits(settings: ApiSettings | None = None) -> dict[str, Any]:
-    """uvicorn settings that bound a request's head: h11 buffers at most `max_header_bytes` of an
-    incomplete request line and headers, then answers 400 and closes the connection (uvicorn's
-    default parser, httptools, buffers headers without any limit)."""
+    """uvicorn settings that bound a request's head in memory: h11 buffers at most
+    `max_header_bytes` of an incomplete request line and headers, then answers 400 and closes the
+    connection (uvicorn's default parser, httptools, buffers headers without any limit). A head
+    that arrives whole is refused by `limits.HeaderLimitMiddleware` (431)."""
     settings = settings or ApiSettings.from_env()
     return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes}
 

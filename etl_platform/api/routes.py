@@ -171,6 +171,7 @@ async def get_admin_stats(
 
 @router.get(
     "/health", response_model=HealthResponse, tags=["health"],
+    openapi_extra={"security": [{}]},  # the key is optional: `{}` beside the bearer requirement
     responses={
         401: ERRORS[401], 429: ERRORS[429],
         503: {"model": HealthResponse, "description": "a component is failing (see `failing`)"},
