@@ -13,6 +13,7 @@ Standard library only: every layer (config, sources, failures, the API) imports 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -44,7 +45,7 @@ CURSOR_WORDS = frozenset({"page", "next", "continuation", "cursor", "sync", "res
 
 _LOCK = threading.Lock()
 _VALUES: set[str] = set()
-_PATTERN: list[re.Pattern[str] | None] = [None]
+_ORDERED: list[tuple[str, ...]] = [()]  # _VALUES, longest first (a longer form may hold a shorter one)
 _INSTALLED = [False]
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"<>]+@")
@@ -56,6 +57,7 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a query parameter or header named `name` carries a credential."""
     words = _words(name)
@@ -70,7 +72,8 @@ def is_secret_name(name: str) -> bool:
     return False
 
 
-def forms(value: str) -> set[str]:
+@functools.lru_cache(maxsize=4096)
+def forms(value: str) -> frozenset[str]:
     """The ways a secret appears in text: plain, URL-encoded, base64 (standard and URL-safe,
     with or without padding) and JSON-escaped."""
     raw = value.encode("utf-8", "surrogatepass")
@@ -87,7 +90,7 @@ def forms(value: str) -> set[str]:
         b64url.rstrip("="),
         json.dumps(value)[1:-1],
     }
-    return {f for f in out if len(f) >= MIN_LENGTH}
+    return frozenset(f for f in out if len(f) >= MIN_LENGTH)
 
 
 def remember(*values: str | None) -> None:
@@ -102,7 +105,7 @@ def remember(*values: str | None) -> None:
                     _VALUES.update(new)
                     added = True
         if added:
-            _PATTERN[0] = None
+            _ORDERED[0] = tuple(sorted(_VALUES, key=len, reverse=True))
     install_log_redaction()
 
 
@@ -113,35 +116,37 @@ def remember_basic(username: str | None, password: str | None) -> None:
         remember(f"{username}:{password}")
 
 
-def known() -> frozenset[str]:
-    """Every remembered secret form (tests scan storage for them)."""
-    with _LOCK:
-        return frozenset(_VALUES)
+def _ordered(secrets: Iterable[str | None]) -> tuple[str, ...]:
+    values = {f for v in secrets if v and len(v) >= MIN_LENGTH for f in forms(v)}
+    return tuple(sorted(values, key=len, reverse=True))
 
 
-def _known_pattern() -> re.Pattern[str] | None:
-    with _LOCK:
-        if _PATTERN[0] is None and _VALUES:
-            alternatives = sorted(_VALUES, key=len, reverse=True)  # longest first: no partial masks
-            _PATTERN[0] = re.compile("|".join(re.escape(v) for v in alternatives))
-        return _PATTERN[0]
+def _mask(text: str, ordered: Iterable[str]) -> str:
+    # one substring search per form (C speed, linear in the text) rather than one regex of
+    # thousands of alternatives, which costs their number at every position of the text
+    for form in ordered:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
 
 
 def redact(
-    text: str | None, secrets: Iterable[str | None] = (), params: Iterable[str] = (), *, urls: bool = True
+    text: str | None,
+    secrets: Iterable[str | None] = (),
+    params: Iterable[str] = (),
+    *,
+    urls: bool = True,
+    remembered: bool = True,
 ) -> str | None:
-    """`text` without remembered secrets, the given `secrets`, URL user-info and the values of
-    secret-looking query parameters (plus those named in `params`). `urls=False` removes
-    secret values only (for data, where URLs are kept as received)."""
+    """`text` without the remembered secrets (`remembered=False`: only the given `secrets`), URL
+    user-info and the values of secret-looking query parameters (plus those named in `params`).
+    `urls=False` removes secret values only (for data, where URLs are kept as received)."""
     if not text:
         return text
-    pattern = _known_pattern()
-    if pattern is not None:
-        text = pattern.sub(MASK, text)
-    for value in secrets:
-        if value and len(value) >= MIN_LENGTH:
-            for form in sorted(forms(value), key=len, reverse=True):
-                text = text.replace(form, MASK)
+    if remembered:
+        text = _mask(text, _ORDERED[0])
+    if secrets:
+        text = _mask(text, _ordered(secrets))
     if not urls:
         return text
     if "@" in text:
@@ -158,27 +163,32 @@ def redact(
     return text
 
 
-def redact_value(value: Any, *, urls: bool = False) -> Any:
-    """A JSON-like value (records, dlt trace entries) with secrets removed from every string."""
-    if isinstance(value, str):
-        return redact(value, urls=urls)
-    if isinstance(value, dict):
-        return {redact_value(k, urls=urls): redact_value(v, urls=urls) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_value(v, urls=urls) for v in value]
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(redact_value(v, urls=urls) for v in value)
-    return value
+def redact_value(value: Any, secrets: Iterable[str | None] | None = None, *, urls: bool = False) -> Any:
+    """A JSON-like value (records, dlt trace entries) with secrets removed from every string and
+    key: the given `secrets` only, or every remembered one when None."""
+    ordered = _ORDERED[0] if secrets is None else _ordered(secrets)
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            item = _mask(item, ordered)
+            return redact(item, remembered=False) if urls else item
+        if isinstance(item, dict):
+            return {walk(k): walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        if isinstance(item, tuple) and not hasattr(item, "_fields"):
+            return tuple(walk(v) for v in item)
+        return item
+
+    return walk(value)
 
 
-def contains_secret(data: bytes | str) -> bool:
-    """Whether `data` holds a remembered secret (a cheap test before redacting a whole page)."""
-    pattern = _known_pattern()
-    if pattern is None:
-        return False
+def contains_secret(data: bytes | str, secrets: Iterable[str | None]) -> bool:
+    """Whether `data` holds one of `secrets` in any form (a cheap test before redacting a page)."""
+    ordered = _ordered(secrets)
     if isinstance(data, bytes):
-        data = data.decode("utf-8", "replace")
-    return pattern.search(data) is not None
+        return any(form.encode("utf-8", "surrogatepass") in data for form in ordered)
+    return any(form in data for form in ordered)
 
 
 def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:

@@ -46,7 +46,9 @@ def test_remembered_secret_is_removed_in_every_form() -> None:
     for form in secret_forms(value):
         assert redaction.redact(f"before {form} after") == "before *** after"
     assert redaction.redact_value({"a": [f"x{value}y", 3], value: None}) == {"a": ["x***y", 3], "***": None}
-    assert redaction.contains_secret(f"..{value}..".encode()) and not redaction.contains_secret(b"nothing")
+    assert redaction.contains_secret(f"..{value}..".encode(), [value])
+    assert not redaction.contains_secret(b"nothing", [value]) and not redaction.contains_secret(value, ["other"])
+    assert redaction.redact_value([f"{value} other"], ["other"]) == [f"{value} ***"]  # only the given ones
 
 
 def test_secret_read_through_the_config_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:

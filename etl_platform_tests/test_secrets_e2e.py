@@ -137,10 +137,11 @@ def _sources(base_url: str, auth: dict[str, Any], refused_url: str) -> list[dict
     ]
 
 
-def _tenants(origin: LocalServer) -> list[dict[str, Any]]:
+def _tenants(origin: LocalServer, tenants: list[str]) -> list[dict[str, Any]]:
     refused = f"http://127.0.0.1:{_closed_port()}"
     out = []
-    for tenant, auth in AUTH.items():
+    for tenant in tenants:
+        auth = AUTH[tenant]
         if auth["type"] == "oauth2_client_credentials":
             auth = {**auth, "token_url": f"{origin.url}/oauth/token"}
         sources = _sources(origin.url, auth, refused)
@@ -163,6 +164,8 @@ def _home(path: Path) -> Path:
 def test_no_secret_persisted_and_none_sent_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warehouse_url: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    # every auth type on DuckDB; on PostgreSQL the query key, whose page URLs reach the warehouse
+    tenants = list(AUTH) if warehouse_url.startswith("duckdb") else ["t_query"]
     home = _home(tmp_path / "dagster_home")
     env = {**ENV, "DAGSTER_HOME": str(home), "ETL_WAREHOUSE_URL": warehouse_url, "ETL_STEP_RETRIES": "0",
            "ETL_START_DATE": "2024-01-01", "ETL_ADMIN_API_KEY": "admin-" + secrets.token_hex(8),
@@ -175,10 +178,11 @@ def test_no_secret_persisted_and_none_sent_elsewhere(
     with LocalServer() as server, LocalServer("127.0.0.2") as foreign:
         foreign.route("*", lambda req: Response(200, [{"id": 99, "stolen": _echo(req)}]))
         origin = Origin(server, foreign)
-        monkeypatch.setenv("ETL_TENANTS_FILE", str(write_tenants(tmp_path / "tenants.yaml", _tenants(server))))
+        tenants_file = write_tenants(tmp_path / "tenants.yaml", _tenants(server, tenants))
+        monkeypatch.setenv("ETL_TENANTS_FILE", str(tenants_file))
         run_ids = {}
         with DagsterInstance.get() as instance:
-            for tenant in AUTH:
+            for tenant in tenants:
                 origin.calls.clear()
                 result = materialize(instance, tenant, DAY, raise_on_error=False)
                 run_ids[tenant] = result.run_id
@@ -196,9 +200,11 @@ def test_no_secret_persisted_and_none_sent_elsewhere(
                 assert "ok" not in failures
         # the credentials were used where they belong ...
         sent = "\n".join(json.dumps(_echo(r)) + r.body.decode("utf-8", "replace") for r in server.requests)
-        for name in ("bearer", "header_key", "query_key", "client_id", "client_secret", "access_token"):
+        used = {"t_bearer": ["bearer"], "t_header": ["header_key"], "t_query": ["query_key"], "t_basic": [],
+                "t_oauth": ["client_id", "client_secret", "access_token"]}  # fmt: skip
+        for name in (n for t in tenants for n in used[t]):
             assert hits(sent, secret_forms(SECRETS[name])), f"{name} was never sent to its API"
-        assert base64.b64encode(basic.encode()).decode() in sent
+        assert "t_basic" not in tenants or base64.b64encode(basic.encode()).decode() in sent
         # ... and the second host never received a request, let alone a credential
         assert foreign.requests == []
     process_output = capfd.readouterr()
@@ -239,7 +245,7 @@ def test_no_secret_persisted_and_none_sent_elsewhere(
 
     with DagsterInstance.get() as instance:
         api = TestClient(create_app(instance=instance, settings=ApiSettings(rate_limit_per_minute=0)))
-        answers = [api.get("/stats", headers={"Authorization": f"Bearer {key}"}) for key in API_KEYS.values()]
+        answers = [api.get("/stats", headers={"Authorization": f"Bearer {API_KEYS[t]}"}) for t in tenants]
         answers.append(api.get("/admin/stats", headers={"Authorization": f"Bearer {env['ETL_ADMIN_API_KEY']}"}))
         answers.append(api.get("/health", headers={"Authorization": f"Bearer {env['ETL_ADMIN_API_KEY']}"}))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]

@@ -120,7 +120,20 @@ def _iso(ts: dt.datetime) -> str:
     return ts.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _endpoint(resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats) -> dict:
+def own_secrets(auth: Any) -> list[str]:
+    """The secret values `auth` sends (the OAuth2 access token once granted): what an API that
+    echoes its input would put into its pages."""
+    if auth is None:
+        return []
+    values = [getattr(auth, name, None) for name in ("token", "api_key", "password", "client_secret", "access_token")]
+    if isinstance(auth, GuardedBasic):
+        values.append(f"{auth.username}:{auth.password}")
+    return [v for v in values if isinstance(v, str)]
+
+
+def _endpoint(
+    resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats, auth: Any
+) -> dict:
     params = dict(resource.params)
     endpoint: dict[str, Any] = {
         "path": resource.path,
@@ -128,7 +141,7 @@ def _endpoint(resource: RestResource, source: RestApiSource, ctx: lineage.RunCon
         "paginator": _paginator(resource.paginator or source.paginator or DEFAULT_PAGINATOR, stats),
         "response_actions": [
             status_hook(f"rest_api source {source.name!r}, resource {resource.name!r}", ()),
-            _page_recorder(resource.name, stats, secret_query_params(source)),
+            _page_recorder(resource.name, stats, secret_query_params(source), auth),
         ],
     }
     if resource.data_selector:
@@ -145,20 +158,20 @@ def _endpoint(resource: RestResource, source: RestApiSource, ctx: lineage.RunCon
     return endpoint
 
 
-def _page_recorder(resource: str, stats: RestStats, secret_params: list[str]) -> Any:
+def _page_recorder(resource: str, stats: RestStats, secret_params: list[str], auth: Any) -> Any:
     def record_page(response: Any, *args: Any, **kwargs: Any) -> Any:
         stats.pages += 1
         stats.pages_by_resource[resource] = stats.pages_by_resource.get(resource, 0) + 1
         stats.bytes += len(response.content or b"")
         stats.current_url[resource] = redact_url(response.url, secret_params)
         # an API that echoes the credential into its data: this page's records are redacted
-        stats.tainted[resource] = contains_secret(response.content or b"")
+        stats.tainted[resource] = contains_secret(response.content or b"", own_secrets(auth))
         return response
 
     return record_page
 
 
-def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats) -> Any:
+def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats, auth: Any) -> Any:
     """A yield-map step: original record + lineage; one row per day for snapshots."""
     cursor = resource.incremental.cursor_path if resource.incremental else source.event_time
     pk = resource.primary_key
@@ -167,7 +180,7 @@ def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContex
     def stamp(item: dict[str, Any]) -> list[dict[str, Any]]:
         stats.rows += 1
         if stats.tainted.get(resource.name):
-            item = redact_value(item)
+            item = redact_value(item, own_secrets(auth))
         original = copy.deepcopy(item)
         row_key = lineage.key_of(item, pk_fields) if pk_fields else None
         if row_key is None:
@@ -236,14 +249,15 @@ def _build(config: RestApiSource, ctx: lineage.RunContext, *, with_secrets: bool
     client: dict[str, Any] = {"base_url": config.base_url.rstrip("/") + "/"}
     if config.headers:
         client["headers"] = dict(config.headers)
-    if with_secrets and config.auth is not None:
-        client["auth"] = _auth(config)
+    auth = _auth(config) if with_secrets and config.auth is not None else None
+    if auth is not None:
+        client["auth"] = auth
     rest_config: dict[str, Any] = {
         "client": client,
         "resources": [
             {
                 "name": r.name,
-                "endpoint": _endpoint(r, config, ctx, stats),
+                "endpoint": _endpoint(r, config, ctx, stats, auth),
                 **({"primary_key": r.primary_key} if r.primary_key else {}),
             }
             for r in config.resources
@@ -252,7 +266,7 @@ def _build(config: RestApiSource, ctx: lineage.RunContext, *, with_secrets: bool
     source = rest_api_source(rest_config, name=config.name, max_table_nesting=1)
     by_name = {r.name: r for r in config.resources}
     for name, resource in source.resources.items():
-        resource.add_step(_StampPage(_stamp(by_name[name], config, ctx, stats)))
+        resource.add_step(_StampPage(_stamp(by_name[name], config, ctx, stats, auth)))
         lineage.apply_raw_hints(resource, schema_contract=config.schema_contract)
     source.etl_stats = stats  # type: ignore[attr-defined]
     return source
