@@ -161,6 +161,14 @@ def test_a_source_may_not_send_a_read_key(tmp_path: Path, owner: str) -> None:
     assert f"{where}: {owner.upper()}_API_KEY is tenant {owner!r}" in message
 
 
+def test_a_source_may_not_send_a_warehouse_url(tmp_path: Path) -> None:
+    tenants = [{"id": "acme", "warehouse_url_env": "ACME_WAREHOUSE_URL",
+                "sources": [_rest(auth={"type": "bearer", "token_env": "ACME_WAREHOUSE_URL"})]}]  # fmt: skip
+    message = _refused(tmp_path, tenants)
+    where = "tenant 'acme', source 'crm', field 'auth.token_env'"
+    assert f"{where}: ACME_WAREHOUSE_URL is tenant 'acme''s warehouse URL" in message
+
+
 @pytest.mark.parametrize("entry", ["https://u:p@files.example.com", "files.example.com/path", "ftp://files.example.com",
                                    "files.example.com?x=1", "host:notaport"])  # fmt: skip
 def test_bad_allowed_hosts(tmp_path: Path, entry: str) -> None:

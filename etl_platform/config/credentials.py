@@ -10,8 +10,9 @@ comes only through an environment variable named by a `*_env` field, and these a
   params, in a REST source (they belong in `auth`, which reads them from `*_env`);
 - `*_env` names of the platform's own secrets (the admin key, the warehouse and Dagster
   databases, any `ETL_*` or `DAGSTER_*` setting): a source would send them to its API;
-- one tenant's read-API key variable (`api_key_env`) used by another tenant, or by any
-  source (`env_conflicts`, checked across the whole file by the registry).
+- one tenant's read-API key variable (`api_key_env`) used by another tenant; a read-API key or
+  warehouse URL variable (`warehouse_url_env`) read by any source (`env_conflicts`, checked
+  across the whole file by the registry).
 """
 
 from __future__ import annotations
@@ -116,10 +117,12 @@ def _env_fields(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 def env_conflicts(tenants: Iterable[Any]) -> list[str]:
-    """Across the file: a tenant's `api_key_env` used by another tenant, or by any source."""
+    """Across the file: a tenant's `api_key_env` used by another tenant; a tenant's read-API key
+    or warehouse URL variable read by any source."""
     errors: list[str] = []
     tenants = list(tenants)
     owners: dict[str, str] = {}
+    warehouses = {t.warehouse_url_env: t.id for t in tenants if getattr(t, "warehouse_url_env", None)}
     for tenant in tenants:
         if tenant.api_key_env is None:
             continue
@@ -136,6 +139,11 @@ def env_conflicts(tenants: Iterable[Any]) -> list[str]:
                     errors.append(
                         f"tenant {tenant.id!r}, source {source.name!r}, field {field!r}: {name} is tenant "
                         f"{owners[name]!r}'s read-API key (api_key_env); a source may not send it to its API"
+                    )
+                elif name in warehouses:
+                    errors.append(
+                        f"tenant {tenant.id!r}, source {source.name!r}, field {field!r}: {name} is tenant "
+                        f"{warehouses[name]!r}'s warehouse URL (warehouse_url_env); a source may not send it to its API"
                     )
     return errors
 
