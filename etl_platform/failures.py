@@ -16,7 +16,8 @@ from typing import Any
 from dagster import Failure, MetadataValue
 
 from etl_platform.config.models import TenantsFileError
-from etl_platform.sources.redact import redact_text
+from etl_platform.redaction import redact as redact_text
+from etl_platform.redaction import scrub_exception
 
 PERMANENT = "permanent"
 TRANSIENT = "transient"
@@ -107,23 +108,31 @@ def _secrets_of(config: Any) -> list[str]:
     return values
 
 
-def root_message(exc: BaseException) -> str:
-    """The most specific message in the chain (dlt wraps errors several times)."""
+def root_message(exc: BaseException, config: Any = None) -> str:
+    """The most specific message in the chain (dlt wraps errors several times), redacted:
+    remembered secrets, the secrets `config` names, URL user-info and secret query values."""
     chain = _chain(exc)
     for err in reversed(chain):
         text = str(err).strip()
         if text:
-            return f"{type(err).__name__}: {text}"
+            return _redacted(f"{type(err).__name__}: {text}", config)
     return type(exc).__name__
+
+
+def _redacted(text: str, config: Any) -> str:
+    extra = []
+    if config is not None and getattr(getattr(config, "auth", None), "location", None) == "query":
+        extra.append(config.auth.name)
+    return redact_text(text, _secrets_of(config), extra)
 
 
 def failure_for(exc: BaseException, tenant: str, source: str, *, permanent: bool, config: Any = None) -> Failure:
     """A Dagster Failure naming tenant and source, classified, secrets redacted.
-    Permanent failures skip step retries (allow_retries=False)."""
-    extra = []
-    if config is not None and getattr(getattr(config, "auth", None), "location", None) == "query":
-        extra.append(config.auth.name)
-    message = redact_text(root_message(exc), _secrets_of(config), extra)
+    Permanent failures skip step retries (allow_retries=False). `exc` and its chain are
+    scrubbed in place too, for callers that `raise failure_for(exc, ...) from exc` (Dagster
+    then serializes the chain into its event log); raising `from None` keeps it out entirely."""
+    scrub_exception(exc)
+    message = root_message(exc, config)
     status = http_status(exc)
     kind = PERMANENT if permanent else TRANSIENT
     return Failure(
@@ -171,16 +180,15 @@ class TenantFailure:
 def tenant_failure(
     exc: BaseException, tenant: str, source: str | None, days: Iterable[Any] = (), *, config: Any = None
 ) -> TenantFailure:
-    """Classify and redact one failure (secrets of `config` and URL secrets removed)."""
-    extra = []
-    if config is not None and getattr(getattr(config, "auth", None), "location", None) == "query":
-        extra.append(config.auth.name)
+    """Classify and redact one failure (secrets of `config` and URL secrets removed; `exc`'s
+    chain is scrubbed in place as well)."""
+    scrub_exception(exc)
     return TenantFailure(
         tenant=tenant,
         source=source,
         kind=classify(exc),
         error=type(_chain(exc)[-1]).__name__,
-        message=redact_text(root_message(exc), _secrets_of(config), extra),
+        message=root_message(exc, config),
         days=tuple(str(getattr(d, "isoformat", lambda d=d: d)()) for d in days),
         http_status=http_status(exc),
     )

@@ -231,20 +231,20 @@ def tenant_config(jira_url: str, github_url: str, tenant_id: str = "acme") -> di
                 "kind": "jira",
                 "base_url": jira_url,
                 "projects": ["TEST"],
-                "pat_env": "ETL_TEST_JIRA_PAT",
+                "pat_env": "TEST_JIRA_PAT",
             },
             {
                 "name": "github",
                 "kind": "github",
                 "base_url": github_url,
                 "repositories": [REPO_A, REPO_B],
-                "token_env": "ETL_TEST_GITHUB_TOKEN",
+                "token_env": "TEST_GITHUB_TOKEN",
             },
         ],
     }
 
 
-SECRETS = {"ETL_TEST_JIRA_PAT": "jira-pat-not-secret", "ETL_TEST_GITHUB_TOKEN": "ghp_not_secret"}
+SECRETS = {"TEST_JIRA_PAT": "jira-pat-not-secret", "TEST_GITHUB_TOKEN": "ghp_not_secret"}
 
 # metric -> (PyGithub/PyGithub, austinsasko/PyGithub, all repositories) on DAY; None: no row
 GITHUB_EXPECTED: dict[str, tuple[float | None, float | None, float | None]] = {

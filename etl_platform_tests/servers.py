@@ -1,4 +1,5 @@
-"""Local HTTP servers for tests: scripted routes on 127.0.0.1, started and stopped by the test."""
+"""Local HTTP servers for tests: scripted routes on 127.0.0.1 (or another loopback address),
+started and stopped by the test."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class LocalServer:
     A handler may raise `ConnectionResetError` to drop the connection without an answer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Handler] = {}
         self.requests: list[Request] = []
         server = self
@@ -91,7 +92,7 @@ class LocalServer:
             do_GET = _serve
             do_POST = _serve
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), _Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -96,9 +96,15 @@ def test_admin_stats(warehouse: Warehouse, dagster) -> None:
     assert api.get("/stats", headers=admin).status_code == 401
 
 
-def test_health_lists_last_run_per_tenant(warehouse: Warehouse, dagster) -> None:
+def test_health_lists_last_run_per_tenant_only_to_keys(warehouse: Warehouse, dagster) -> None:
     instance, ids = dagster
-    body = client(warehouse, instance).get("/health").json()
+    api = client(warehouse, instance)
+    body = api.get("/health", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
     assert set(body["last_runs"]) == {"acme", "globex"}
     assert body["last_runs"]["acme"]["status"] == "SUCCESS" and body["last_runs"]["acme"]["at"]
     assert set(body["last_runs"]["acme"]) == {"status", "at"}
+    assert set(api.get("/health", headers=auth("acme")).json()["last_runs"]) == {"acme"}  # its own only
+    anonymous = api.get("/health")
+    assert anonymous.status_code == 200 and anonymous.json()["last_runs"] is None
+    assert "acme" not in anonymous.text and "globex" not in anonymous.text
+    assert api.get("/health", headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -344,7 +344,7 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
     counts = table_counts(warehouse_url, f"tenant_{TENANT}")
     assert (counts["placeholder_users"], counts["placeholder_posts"]) == (len(USERS), len(POSTS)), counts
     assert counts["records"] == len(USERS) + len(POSTS), counts
-    status, body = _http_json(f"http://127.0.0.1:{api_port}/health")
+    status, body = _http_json(f"http://127.0.0.1:{api_port}/health", {"Authorization": f"Bearer {API_KEY}"})
     assert status == 200 and body["components"]["daemon"]["ok"], body
     assert body["last_runs"][TENANT]["status"] == "SUCCESS", body
     status, page = _http_json(

@@ -18,6 +18,7 @@ import pytest
 from etl_platform.config.models import GithubSource
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
 from etl_platform.sources.github import MAX_WAIT_ENV, build_github_source
+from etl_platform.sources.guard import ForeignHostError
 from etl_platform.sources.lineage import RunContext, Window
 from etl_platform_tests import dlt_loads
 from etl_platform_tests.servers import LocalServer, Request, Response
@@ -422,13 +423,26 @@ def test_bad_credentials_are_permanent_at_once(tmp_path: Path, status: int, body
     assert TOKEN not in str(error) and TOKEN not in str(excinfo.value)
 
 
-def test_token_is_not_sent_to_another_host(tmp_path: Path) -> None:
+def test_a_next_link_to_another_host_fails_without_sending_the_token(tmp_path: Path) -> None:
     with LocalServer() as server, LocalServer() as other:
         other.route("/p2", lambda r: Response(200, [pr(1, "2024-01-02T11:00:00Z")]))
         server.route("/repos/o/r/pulls", lambda r: Response(200, [pr(2, "2024-01-02T12:00:00Z")], link(other, "/p2")))
-        pipeline(tmp_path).run(build_github_source(config(server, ["o/r"]), context()).with_resources("pull_requests"))
+        source = build_github_source(config(server, ["o/r"]), context()).with_resources("pull_requests")
+        with pytest.raises(Exception) as excinfo:
+            pipeline(tmp_path).run(source)
         assert server.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
-        assert "Authorization" not in other.hits("/p2")[0].headers
+        assert other.requests == []
+    error = permanent_cause(excinfo.value)
+    assert isinstance(error, ForeignHostError) and other.url in str(error) and "allowed_hosts" in str(error)
+
+
+def test_allowed_hosts_receive_the_token(tmp_path: Path) -> None:
+    with LocalServer() as server, LocalServer() as other:
+        other.route("/p2", lambda r: Response(200, [pr(1, "2024-01-02T11:00:00Z")]))
+        server.route("/repos/o/r/pulls", lambda r: Response(200, [pr(2, "2024-01-02T12:00:00Z")], link(other, "/p2")))
+        allowed = config(server, ["o/r"], allowed_hosts=[other.url.removeprefix("http://")])
+        pipeline(tmp_path).run(build_github_source(allowed, context()).with_resources("pull_requests"))
+        assert other.hits("/p2")[0].headers["Authorization"] == f"Bearer {TOKEN}"
     assert len(table(tmp_path, "pull_requests")) == 2
 
 

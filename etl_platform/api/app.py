@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from etl_platform.api.auth import KeyRing
 from etl_platform.api.db import Reader
+from etl_platform.api.limits import HeaderLimitMiddleware
 from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
 from etl_platform.api.params import DagsterUnavailable
 from etl_platform.api.ratelimit import RateLimiter
@@ -99,7 +100,8 @@ def create_app(
             allow_credentials=not any_origin,
         )
     instrument(app, reader)  # GET /metrics (Prometheus)
-    app.add_middleware(RequestContextMiddleware)  # outermost: every response gets X-Request-ID
+    app.add_middleware(RequestContextMiddleware)  # every response gets X-Request-ID
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes)  # outermost: 431 before anything
     return app
 
 
@@ -109,6 +111,15 @@ def app_from_env() -> FastAPI:
     return create_app()
 
 
+def http_limits(settings: ApiSettings | None = None) -> dict[str, Any]:
+    """uvicorn settings that bound a request's head in memory: h11 buffers at most
+    `max_header_bytes` of an incomplete request line and headers, then answers 400 and closes the
+    connection (uvicorn's default parser, httptools, buffers headers without any limit). A head
+    that arrives whole is refused by `limits.HeaderLimitMiddleware` (431)."""
+    settings = settings or ApiSettings.from_env()
+    return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes}
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, log_level: str = "info") -> None:
     """Run the API with uvicorn (blocks). Each worker process keeps its own pool and rate limits."""
     import uvicorn
@@ -116,5 +127,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, log_le
     configure_logging(log_level)
     uvicorn.run(
         "etl_platform.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, log_config=None, access_log=False, server_header=False,
+        log_level=log_level, log_config=None, access_log=False, server_header=False, **http_limits(),
     )

@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from etl_platform.api.ratelimit import retry_after
 from etl_platform.api.settings import ADMIN_KEY_ENV
 from etl_platform.config.registry import Registry
+from etl_platform.redaction import remember
 
 log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="A tenant's API key (or the admin key for /admin)")
@@ -57,11 +58,13 @@ class KeyRing:
         """Read each tenant's key from its `api_key_env` variable and the admin key from
         ETL_ADMIN_API_KEY; tenants without a key cannot use the API (logged, by variable name)."""
         env = os.environ if environ is None else environ
+        remember(env.get(ADMIN_KEY_ENV))  # keys this process holds never reach its logs or errors
         keys: dict[str, str] = {}
         for tenant in registry.tenants:
             value = env.get(tenant.api_key_env) if tenant.api_key_env else None
             if value:
                 keys[tenant.id] = value
+                remember(value)
             else:
                 log.warning(
                     "tenant %s has no API key (%s)", tenant.id, tenant.api_key_env or "api_key_env not set"
@@ -121,3 +124,10 @@ async def admin_principal(
     if not principal.is_admin:
         raise _unauthorized("admin key required")
     return principal
+
+
+async def optional_principal(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> Principal | None:
+    """Dependency: None without a key; a presented key must be valid (401 otherwise)."""
+    return None if credentials is None else _principal(request, credentials)

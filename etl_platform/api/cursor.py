@@ -33,11 +33,15 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor.rstrip("=") + "=" * (-len(cursor.rstrip("=")) % 4))
         value = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except (binascii.Error, UnicodeDecodeError, ValueError, RecursionError):
         raise CursorError("not a cursor returned by this API (cannot decode)") from None
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
         raise CursorError("not a cursor returned by this API (unexpected content)")
     stamp, record_id = value
+    try:  # JSON may escape lone surrogates (\ud800), which no database or response can encode
+        stamp.encode("utf-8"), record_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CursorError("not a cursor returned by this API (invalid characters)") from None
     if not record_id or len(record_id) > MAX_RECORD_ID or "\x00" in record_id:
         raise CursorError("not a cursor returned by this API (bad record id)")
     try:

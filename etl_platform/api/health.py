@@ -1,4 +1,6 @@
-"""GET /health: warehouse, Dagster storage, daemon heartbeat, last run per tenant."""
+"""GET /health: warehouse, Dagster storage, daemon heartbeat; the last run per tenant only for
+a key that may see it (the admin key: every tenant; a tenant's key: its own). Without a key the
+answer is aggregate: it names no tenant."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ from etl_platform import runs
 from etl_platform.api.db import Reader
 from etl_platform.api.queries import ping
 from etl_platform.api.settings import ApiSettings
+from etl_platform.redaction import redact
 
 HEALTH_LOCK_TIMEOUT_S = 2.0
 
 
 def _error(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:300]
+    return redact(f"{type(exc).__name__}: {first}")[:300]
 
 
 async def check_warehouse(reader: Reader) -> dict[str, Any]:
@@ -70,11 +73,13 @@ def check_daemon(instance: Any, settings: ApiSettings) -> dict[str, Any]:
 
 
 def _dagster_checks(
-    get_instance: Callable[[], Any], tenants: list[str], settings: ApiSettings
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(dagster, daemon, last run per tenant): blocking storage calls, run in a worker thread."""
+    get_instance: Callable[[], Any], tenants: list[str] | None, settings: ApiSettings
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """(dagster, daemon, last run per tenant or None): blocking storage calls, run in a worker thread."""
     dagster, instance = check_dagster(get_instance)
     daemon = check_daemon(instance, settings)
+    if tenants is None:
+        return dagster, daemon, None
     last_runs: dict[str, Any] = {}
     if instance is not None:
         try:
@@ -87,9 +92,10 @@ def _dagster_checks(
 
 
 async def check_health(
-    reader: Reader, get_instance: Callable[[], Any], tenants: list[str], settings: ApiSettings
+    reader: Reader, get_instance: Callable[[], Any], tenants: list[str] | None, settings: ApiSettings
 ) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body): 503 when the warehouse, Dagster or a required daemon fails."""
+    """(HTTP status, body): 503 when the warehouse, Dagster or a required daemon fails.
+    `tenants`: whose last run to report (None: no per-tenant detail at all)."""
     warehouse = await check_warehouse(reader)
     dagster, daemon, last_runs = await run_in_threadpool(_dagster_checks, get_instance, tenants, settings)
     components = {"warehouse": warehouse, "dagster": dagster, "daemon": daemon}

@@ -142,7 +142,11 @@ class HealthResponse(BaseModel):
     failing: list[str] = Field(description="components that make /health answer 503")
     degraded: list[str]
     components: dict[str, Component | DaemonComponent]
-    last_runs: dict[str, TenantRun | None] = Field(description="newest run per tenant")
+    last_runs: dict[str, TenantRun | None] | None = Field(
+        None,
+        description="newest run per tenant: every tenant with the admin key, the caller's own with a tenant key; "
+        "null without a key",
+    )
 
 
 class Error(BaseModel):

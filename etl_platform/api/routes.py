@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from etl_platform import runs
 from etl_platform.api import queries
-from etl_platform.api.auth import Principal, admin_principal, tenant_principal
+from etl_platform.api.auth import Principal, admin_principal, optional_principal, tenant_principal
 from etl_platform.api.cursor import CursorError, decode_cursor, encode_cursor
 from etl_platform.api.health import check_health
 from etl_platform.api.models import (
@@ -171,12 +171,21 @@ async def get_admin_stats(
 
 @router.get(
     "/health", response_model=HealthResponse, tags=["health"],
-    responses={503: {"model": HealthResponse, "description": "a component is failing (see `failing`)"}},
+    openapi_extra={"security": [{}]},  # the key is optional: `{}` beside the bearer requirement
+    responses={
+        401: ERRORS[401], 429: ERRORS[429],
+        503: {"model": HealthResponse, "description": "a component is failing (see `failing`)"},
+    },
 )
-async def get_health(request: Request) -> Any:
-    """Warehouse and Dagster storage reachable, daemon heartbeat, last run per tenant; no key."""
+async def get_health(request: Request, principal: Principal | None = Depends(optional_principal)) -> Any:
+    """Warehouse and Dagster storage reachable, daemon heartbeat; no key needed. The last run per
+    tenant only with a key: every tenant's with the admin key, the tenant's own with its key."""
     state = request.app.state
-    code, body = await check_health(state.reader, state.get_instance, state.registry.tenant_ids, state.settings)
+    if principal is None:
+        tenants = None
+    else:
+        tenants = state.registry.tenant_ids if principal.is_admin else [principal.tenant_id]
+    code, body = await check_health(state.reader, state.get_instance, tenants, state.settings)
     if code != 200:
         return JSONResponse(HealthResponse.model_validate(body).model_dump(mode="json"), status_code=code)
     return body

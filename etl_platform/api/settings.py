@@ -44,6 +44,7 @@ class ApiSettings:
     pg_pool_size: int = 8  # ETL_API_PG_POOL_SIZE: pooled PostgreSQL connections
     statement_timeout_ms: int = 15000  # ETL_API_STATEMENT_TIMEOUT_MS (PostgreSQL)
     duckdb_lock_timeout_s: float = 30.0  # ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS: wait for a writer
+    max_header_bytes: int = 16384  # ETL_API_MAX_HEADER_BYTES: request line + headers; larger: 400, connection closed
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -58,4 +59,5 @@ class ApiSettings:
             pg_pool_size=max(1, int(_number("ETL_API_PG_POOL_SIZE", cls.pg_pool_size))),
             statement_timeout_ms=int(_number("ETL_API_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms)),
             duckdb_lock_timeout_s=_number("ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS", cls.duckdb_lock_timeout_s),
+            max_header_bytes=max(1024, int(_number("ETL_API_MAX_HEADER_BYTES", cls.max_header_bytes))),
         )

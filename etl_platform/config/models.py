@@ -20,6 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from etl_platform import redaction
+from etl_platform.config import credentials
+
 SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
 # Every name derived from a tenant id must fit PostgreSQL's 63-byte identifiers unshortened:
 # the schema `tenant_<id>` (dlt's dataset), dlt's pipeline `etl__<id>__<source>`. Longer ids
@@ -67,7 +70,28 @@ def _env_name(value: str | None) -> str | None:
     return value
 
 
+def _refused(check: Any) -> Any:
+    """A validator from a `credentials` check that returns the reason for a refusal, or None."""
+
+    def validate(value: Any) -> Any:
+        if value is not None:
+            reason = check(value)
+            if reason:
+                raise ValueError(reason)
+        return value
+
+    return validate
+
+
 EnvName = Annotated[str, AfterValidator(_env_name)]
+# a source's credential: never one of the platform's own variables
+SecretEnv = Annotated[str, AfterValidator(_env_name), AfterValidator(_refused(credentials.source_env_refusal))]
+# a tenant's read-API key: ETL_<X>_API_KEY is fine, the admin key or a platform variable is not
+ApiKeyEnv = Annotated[str, AfterValidator(_env_name), AfterValidator(_refused(credentials.api_key_env_refusal))]
+# every URL field: no user-info, no secret-looking query parameter
+SafeUrl = Annotated[str, AfterValidator(_refused(credentials.url_credentials))]
+# an origin besides base_url that may receive a source's credential: host, host:port or scheme://host[:port]
+AllowedHost = Annotated[str, AfterValidator(_refused(credentials.allowed_host_refusal))]
 
 
 class _Model(BaseModel):
@@ -91,27 +115,27 @@ class _Model(BaseModel):
 
 class BearerAuth(_Model):
     type: Literal["bearer"]
-    token_env: EnvName
+    token_env: SecretEnv
 
 
 class ApiKeyAuth(_Model):
     type: Literal["api_key"]
     name: str = "X-API-Key"
     location: Literal["header", "query"] = "header"
-    api_key_env: EnvName
+    api_key_env: SecretEnv
 
 
 class BasicAuth(_Model):
     type: Literal["http_basic"]
-    username_env: EnvName
-    password_env: EnvName
+    username_env: SecretEnv
+    password_env: SecretEnv
 
 
 class OAuth2ClientCredentials(_Model):
     type: Literal["oauth2_client_credentials"]
-    token_url: str
-    client_id_env: EnvName
-    client_secret_env: EnvName
+    token_url: SafeUrl
+    client_id_env: SecretEnv
+    client_secret_env: SecretEnv
     scopes: list[str] = []
 
 
@@ -151,8 +175,8 @@ class Incremental(_Model):
 
 class RestResource(_Model):
     name: str
-    path: str
-    params: dict[str, Any] = {}
+    path: Annotated[str, AfterValidator(_refused(credentials.path_credentials))]
+    params: Annotated[dict[str, Any], AfterValidator(_refused(credentials.param_credentials))] = {}
     data_selector: str | None = None
     primary_key: str | list[str] | None = None
     paginator: Paginator | None = None
@@ -205,10 +229,11 @@ class _SourceBase(_Model):
 
 class RestApiSource(_SourceBase):
     kind: Literal["rest_api"]
-    base_url: str
+    base_url: SafeUrl
     auth: Auth | None = None
+    allowed_hosts: list[AllowedHost] = []  # origins besides base_url that may receive the credential
     paginator: Paginator | None = None
-    headers: dict[str, str] = {}
+    headers: Annotated[dict[str, str], AfterValidator(_refused(credentials.header_credentials))] = {}
     resources: list[RestResource] = Field(min_length=1)
     event_time: str | None = None  # field holding each record's event time (else snapshot)
 
@@ -217,8 +242,6 @@ class RestApiSource(_SourceBase):
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://", v):
             raise ValueError("must be an http(s) URL")
-        if re.match(r"^https?://[^/@]+:[^/@]+@", v):
-            raise ValueError("must not embed credentials; use 'auth' with *_env fields")
         return v
 
     @property
@@ -228,7 +251,7 @@ class RestApiSource(_SourceBase):
 
 class CsvSource(_SourceBase):
     kind: Literal["csv"]
-    location: str  # local path (relative to the tenants file) or http(s) URL; .gz allowed
+    location: SafeUrl  # local path (relative to the tenants file) or http(s) URL; .gz allowed
     resource: str = "rows"
     delimiter: str | None = None  # None: sniffed
     encoding: str = "utf-8"
@@ -252,7 +275,7 @@ class CsvSource(_SourceBase):
 
 class FeedSource(_SourceBase):
     kind: Literal["rss"]
-    url: str  # http(s) URL or local path (relative to the tenants file)
+    url: SafeUrl  # http(s) URL or local path (relative to the tenants file)
 
     @field_validator("url")
     @classmethod
@@ -272,13 +295,14 @@ class FeedSource(_SourceBase):
 
 class JiraSource(_SourceBase):
     kind: Literal["jira"]
-    base_url: str
+    base_url: SafeUrl
     api_version: Literal[2, 3] = 3
     projects: list[str] = []
     jql: str | None = None
-    email_env: EnvName | None = None
-    api_token_env: EnvName | None = None
-    pat_env: EnvName | None = None
+    email_env: SecretEnv | None = None
+    api_token_env: SecretEnv | None = None
+    pat_env: SecretEnv | None = None
+    allowed_hosts: list[AllowedHost] = []  # origins besides base_url that may receive the credential
     page_size: int = Field(50, ge=1, le=1000)
 
     @property
@@ -288,9 +312,10 @@ class JiraSource(_SourceBase):
 
 class GithubSource(_SourceBase):
     kind: Literal["github"]
-    base_url: str = "https://api.github.com"
+    base_url: SafeUrl = "https://api.github.com"
     repositories: list[str] = Field(min_length=1)  # owner/name
-    token_env: EnvName | None = None
+    token_env: SecretEnv | None = None
+    allowed_hosts: list[AllowedHost] = []  # origins besides base_url that may receive the credential
     page_size: int = Field(100, ge=1, le=100)
 
     @property
@@ -355,7 +380,7 @@ class TenantConfig(_Model):
     id: str
     name: str | None = None
     paused: bool = False
-    api_key_env: EnvName | None = None  # read API key for this tenant
+    api_key_env: ApiKeyEnv | None = None  # read API key for this tenant
     freshness_hours: int = Field(48, ge=1)
     # Jira status -> flow step, matched case-insensitively
     flow_steps: dict[str, list[str]] = {
@@ -398,11 +423,15 @@ class TenantConfig(_Model):
         return next((s for s in self.sources if s.name == name), None)
 
 
-def secret(env_name: str | None, *, what: str) -> str | None:
-    """Read a secret from the environment at run time; a clear error names the variable."""
+def secret(env_name: str | None, *, what: str, sensitive: bool = True) -> str | None:
+    """Read a secret from the environment at run time; a clear error names the variable. The
+    value is remembered for redaction (`sensitive=False`: a user name or e-mail, which data
+    may hold legitimately)."""
     if env_name is None:
         return None
     value = os.environ.get(env_name)
     if not value:
         raise TenantsFileError(f"{what}: environment variable {env_name} is not set")
+    if sensitive:
+        redaction.remember(value)
     return value

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from etl_platform.config.credentials import env_conflicts
 from etl_platform.config.models import (
     SOURCE_KINDS,
     RestApiSource,
@@ -41,7 +42,7 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when availabl
 _SOURCE = TypeAdapter(SourceConfig)
 _LOCK = threading.Lock()
 _BY_PATH: dict[str, tuple[tuple[int, int, int], Registry]] = {}
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: credential refusals (config/credentials.py)
 RACY_SECONDS = 2.0
 
 
@@ -237,6 +238,7 @@ def _validate(data: Any, where: str) -> list[TenantConfig]:
                     f"by tenant {first[1]!r}; a source name must mean one kind everywhere"
                 )
         tenants.append(tenant)
+    errors.extend(env_conflicts(tenants))  # a tenant's read-API key used by another tenant or a source
     if errors:
         raise TenantsFileError(f"invalid tenants file {where} ({len(errors)} problems):\n  " + "\n  ".join(errors))
     return tenants

@@ -7,12 +7,15 @@ from dlt.sources import DltSource
 from etl_platform.config.models import SourceConfig
 from etl_platform.config.registry import Registry
 from etl_platform.sources.lineage import REJECTS_TABLE, RunContext
+from etl_platform.sources.redact import install_trace_redaction
 
 
 def build_source(config: SourceConfig, registry: Registry, ctx: RunContext, *, for_run: bool = True) -> DltSource:
     """The dlt source for `config`; `for_run=False` builds a template (no secrets, no I/O)
     for asset definitions. Data tables are named `<source>_<resource>` so that two sources
-    of a tenant never share a table; ingestion rejects share the tenant's `rejects` table."""
+    of a tenant never share a table; ingestion rejects share the tenant's `rejects` table.
+    Every dlt trace of this process is redacted from then on (`redact.install_trace_redaction`)."""
+    install_trace_redaction()
     source = _build(config, registry, ctx, for_run=for_run)
     for name, resource in source.resources.items():
         if name != REJECTS_TABLE:

@@ -111,7 +111,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
     @functools.cache
     def connect() -> tuple[RESTClient, tuple[str, ...], list[Any]]:
         token = secret(config.token_env, what=f"{what} token_env")
-        auth = HeaderAuth.bearer(token, config.base_url) if token else None
+        auth = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what) if token else None
         secrets = (token,) if token else ()
         client = rest_client(config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited)
         return client, secrets, [wait_for_rate_limit, status_hook(what, secrets, retryable=is_rate_limited)]

@@ -1,6 +1,6 @@
 """Shared plumbing of the API sources (Jira, GitHub): dlt's RESTClient on dlt's retrying
-session, auth that stays on its host, status handling (retryable vs permanent), secret
-redaction, and stamping raw rows with lineage.
+session, auth that stays on the source's origin (`guard.OriginGuard`), status handling
+(retryable vs permanent), secret redaction, and stamping raw rows with lineage.
 
 Retries: dlt's session retries connection errors, 429 and 5xx (honouring `Retry-After`, capped
 by RUNTIME__REQUEST_MAX_RETRY_DELAY) plus whatever `retryable` says; other 4xx raise
@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from dlt.sources.helpers.requests import Client, HTTPError, Response
 from dlt.sources.helpers.rest_client import RESTClient
@@ -22,7 +21,9 @@ from dlt.sources.helpers.rest_client.exceptions import IgnoreResponseException
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests.auth import AuthBase
 
+from etl_platform import redaction
 from etl_platform.sources.errors import PermanentSourceError
+from etl_platform.sources.guard import OriginGuard, show
 from etl_platform.sources.lineage import RECORD, RunContext
 
 logger = logging.getLogger(__name__)
@@ -31,41 +32,31 @@ ResponseHook = Callable[..., Any]
 
 
 def redact(text: str | None, secrets: Iterable[str | None]) -> str | None:
-    """`text` with every secret (raw or URL-encoded) and any URL user-info replaced by ***."""
-    if text is None:
-        return None
-    for value in secrets:
-        if value:
-            for form in {value, quote(value, safe=""), quote(value)}:
-                text = text.replace(form, "***")
-    parts = urlsplit(text) if text.startswith(("http://", "https://")) else None
-    if parts is not None and "@" in parts.netloc:
-        text = urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-    return text
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+    """`text` without the given and the remembered secrets (all their forms), URL user-info and
+    secret-looking query parameters."""
+    return redaction.redact(text, secrets)
 
 
 class HeaderAuth(AuthBase):
-    """Sets `Authorization` only on requests to `host`: a next-page link to another host never
-    receives the credential (the same rule requests applies to redirects)."""
+    """Sets `Authorization` on requests to the source's own origin (and its `allowed_hosts`);
+    a page link or redirect to any other origin fails the load (`guard.ForeignHostError`)."""
 
-    def __init__(self, value: str, base_url: str) -> None:
+    def __init__(self, value: str, base_url: str, allowed_hosts: Iterable[str] = (), what: str = "source") -> None:
         self._value = value
-        self._host = _origin(base_url)
+        self._guard = OriginGuard(what, base_url, allowed_hosts)
+        redaction.remember(self.credential)
 
     @classmethod
-    def basic(cls, user: str, password: str, base_url: str) -> HeaderAuth:
+    def basic(
+        cls, user: str, password: str, base_url: str, allowed_hosts: Iterable[str] = (), what: str = "source"
+    ) -> HeaderAuth:
+        redaction.remember_basic(user, password)
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        return cls(f"Basic {token}", base_url)
+        return cls(f"Basic {token}", base_url, allowed_hosts, what)
 
     @classmethod
-    def bearer(cls, token: str, base_url: str) -> HeaderAuth:
-        return cls(f"Bearer {token}", base_url)
+    def bearer(cls, token: str, base_url: str, allowed_hosts: Iterable[str] = (), what: str = "source") -> HeaderAuth:
+        return cls(f"Bearer {token}", base_url, allowed_hosts, what)
 
     @property
     def credential(self) -> str:
@@ -73,12 +64,12 @@ class HeaderAuth(AuthBase):
         return self._value.split(" ", 1)[-1]
 
     def __call__(self, request: Any) -> Any:
-        if _origin(request.url) == self._host:
-            request.headers["Authorization"] = self._value
+        self._guard.authorize(request)
+        request.headers["Authorization"] = self._value
         return request
 
     def __repr__(self) -> str:
-        return f"HeaderAuth(host={self._host!r}, value=***)"
+        return f"HeaderAuth(origins={sorted(map(show, self._guard.origins))}, value=***)"
 
 
 def rest_client(

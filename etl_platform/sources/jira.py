@@ -155,11 +155,11 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
     def connect() -> tuple[RESTClient, tuple[str, ...]]:
         if config.pat_env:
             token = secret(config.pat_env, what=f"{what} pat_env")
-            auth, secrets = HeaderAuth.bearer(token, config.base_url), (token,)
+            auth, secrets = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what), (token,)
         elif config.email_env or config.api_token_env:
-            email = secret(config.email_env, what=f"{what} email_env") or ""
+            email = secret(config.email_env, what=f"{what} email_env", sensitive=False) or ""
             token = secret(config.api_token_env, what=f"{what} api_token_env") or ""
-            auth = HeaderAuth.basic(email, token, config.base_url)
+            auth = HeaderAuth.basic(email, token, config.base_url, config.allowed_hosts, what)
             secrets = (token, auth.credential)
         else:
             auth, secrets = None, ()

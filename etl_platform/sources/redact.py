@@ -1,46 +1,70 @@
-"""Remove secrets from URLs and messages before they reach logs, errors or metadata."""
+"""Secrets out of what sources write: URLs in rows and messages, and dlt's pipeline trace.
+
+Text redaction itself lives in `etl_platform.redaction` (every layer uses it). Here:
+`redact_url`/`redact_text` for source code, and `install_trace_redaction()`, which makes every
+dlt pipeline of this process write its trace (`<pipelines_dir>/<pipeline>/trace.pickle`,
+`pipeline.last_trace`) with exception messages and resolved configuration values redacted.
+What else dlt keeps in a pipeline folder holds no secret: `state.json` (incremental cursors,
+schema hashes), `schemas/` (column names and hints), load packages (the rows, already
+redacted by the sources) and the `_dlt_*` tables derived from them.
+"""
 
 from __future__ import annotations
 
-import re
+import threading
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
-SECRET_PARAMS = {
-    "token",
-    "access_token",
-    "api_key",
-    "apikey",
-    "key",
-    "password",
-    "secret",
-    "client_secret",
-    "sig",
-    "signature",
-    "auth",
-}
+from etl_platform import redaction
+
+_INSTALLED = threading.Event()
 
 
 def redact_url(url: str, extra_params: Iterable[str] = ()) -> str:
-    """The URL with userinfo and secret-looking query values replaced by '***'."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    secret_names = SECRET_PARAMS | {p.lower() for p in extra_params}
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.split("@", 1)[1]
-    query = urlencode(
-        [(k, "***" if k.lower() in secret_names else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-        safe="*",
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    """The URL without user-info, secret-looking query values and remembered secrets."""
+    return redaction.redact(url, params=extra_params) or url
 
 
 def redact_text(text: str, secrets: Iterable[str | None] = (), extra_params: Iterable[str] = ()) -> str:
-    """A message with known secret values and secret URL parameters removed."""
-    for value in secrets:
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return re.sub(r"https?://[^\s'\"<>]+", lambda m: redact_url(m.group(0), extra_params), text)
+    """A message without remembered or given secrets and secret URL parameters."""
+    return redaction.redact(text, secrets, extra_params) or text
+
+
+class _TraceRedaction:
+    """A dlt tracking module: redacts each finished step of a trace before dlt saves it."""
+
+    @staticmethod
+    def on_start_trace(trace: Any, step: Any, pipeline: Any) -> None:
+        return None
+
+    @staticmethod
+    def on_start_trace_step(trace: Any, step: Any, pipeline: Any) -> None:
+        return None
+
+    @staticmethod
+    def on_end_trace_step(trace: Any, step: Any, pipeline: Any, step_info: Any, send_state: bool) -> None:
+        for i, item in enumerate(trace.steps):
+            if item.step_exception or item.exception_traces:
+                trace.steps[i] = item._replace(
+                    step_exception=redaction.redact(item.step_exception),
+                    exception_traces=redaction.redact_value(item.exception_traces, urls=True),
+                )
+        trace.resolved_config_values[:] = [
+            v._replace(value=redaction.redact_value(v.value, urls=True)) for v in trace.resolved_config_values
+        ]
+
+    @staticmethod
+    def on_end_trace(trace: Any, pipeline: Any, send_state: bool) -> None:
+        return None
+
+
+def install_trace_redaction() -> None:
+    """Register `_TraceRedaction` first among dlt's tracking modules (once per process), so
+    no trace dlt saves or sends holds a secret."""
+    if _INSTALLED.is_set():
+        return
+    from dlt.pipeline import trace
+
+    if _TraceRedaction not in trace.TRACKING_MODULES:
+        trace.TRACKING_MODULES.insert(0, _TraceRedaction)
+    _INSTALLED.set()

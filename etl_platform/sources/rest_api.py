@@ -3,8 +3,9 @@
 The tenants file's `rest_api` source is translated into a dlt `RESTAPIConfig`: dlt's
 paginators and its retrying HTTP client (429 with Retry-After, 5xx, connection errors,
 exponential backoff) do the work. This module adds what dlt does not: secrets read from
-environment variables, a guard against paginators that repeat themselves, the partition
-window, and raw-row lineage (page URL, row key, original record).
+environment variables and sent only to the source's origin (`guard.py`), errors and page URLs
+without secrets, a guard against paginators that repeat themselves, the partition window, and
+raw-row lineage (page URL, row key, original record).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any
 
 from dlt.extract.items_transform import ItemTransform
 from dlt.sources import DltSource
-from dlt.sources.helpers.rest_client.auth import OAuth2ClientCredentials
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from dlt.sources.rest_api import rest_api_source
 
 from etl_platform.config.models import ApiKeyAuth, BasicAuth, BearerAuth, Paginator, RestApiSource, RestResource, secret
 from etl_platform.config.models import OAuth2ClientCredentials as OAuth2Config
+from etl_platform.redaction import contains_secret, redact_value, remember_basic
 from etl_platform.sources import lineage
+from etl_platform.sources.guard import GuardedApiKey, GuardedBasic, GuardedBearer, GuardedOAuth2, OriginGuard
+from etl_platform.sources.http import status_hook
 from etl_platform.sources.redact import redact_url
 
 DEFAULT_PAGINATOR = Paginator(type="header_link")
@@ -39,6 +42,7 @@ class RestStats:
     repeated_pages_stopped: int = 0
     pages_by_resource: dict[str, int] = field(default_factory=dict)
     current_url: dict[str, str] = field(default_factory=dict)
+    tainted: dict[str, bool] = field(default_factory=dict)  # the current page holds a secret
 
 
 class LoopGuard(BasePaginator):
@@ -79,32 +83,29 @@ def _paginator(config: Paginator, stats: RestStats) -> LoopGuard:
 
 
 def _auth(source: RestApiSource) -> Any:
+    """dlt's auth object for the source, bound to its origin and `allowed_hosts`."""
     what = f"source {source.name!r} auth"
     auth = source.auth
     if auth is None:
         return None
+    guard = OriginGuard(f"rest_api source {source.name!r}", source.base_url, source.allowed_hosts)
     if isinstance(auth, BearerAuth):
-        return {"type": "bearer", "token": secret(auth.token_env, what=what)}
+        return GuardedBearer(token=secret(auth.token_env, what=what)).bind(guard)
     if isinstance(auth, ApiKeyAuth):
-        return {
-            "type": "api_key",
-            "name": auth.name,
-            "api_key": secret(auth.api_key_env, what=what),
-            "location": auth.location,
-        }
+        key = secret(auth.api_key_env, what=what)
+        return GuardedApiKey(name=auth.name, api_key=key, location=auth.location).bind(guard)
     if isinstance(auth, BasicAuth):
-        return {
-            "type": "http_basic",
-            "username": secret(auth.username_env, what=what),
-            "password": secret(auth.password_env, what=what),
-        }
+        username = secret(auth.username_env, what=what, sensitive=False)
+        password = secret(auth.password_env, what=what)
+        remember_basic(username, password)
+        return GuardedBasic(username=username, password=password).bind(guard)
     if isinstance(auth, OAuth2Config):
-        return OAuth2ClientCredentials(
+        return GuardedOAuth2(
             access_token_url=auth.token_url,
             client_id=secret(auth.client_id_env, what=what),
             client_secret=secret(auth.client_secret_env, what=what),
             default_token_expiration=3600,
-        )
+        ).bind(guard)
     raise ValueError(f"{what}: unsupported auth {auth!r}")
 
 
@@ -119,13 +120,29 @@ def _iso(ts: dt.datetime) -> str:
     return ts.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _endpoint(resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats) -> dict:
+def own_secrets(auth: Any) -> list[str]:
+    """The secret values `auth` sends (the OAuth2 access token once granted): what an API that
+    echoes its input would put into its pages."""
+    if auth is None:
+        return []
+    values = [getattr(auth, name, None) for name in ("token", "api_key", "password", "client_secret", "access_token")]
+    if isinstance(auth, GuardedBasic):
+        values.append(f"{auth.username}:{auth.password}")
+    return [v for v in values if isinstance(v, str)]
+
+
+def _endpoint(
+    resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats, auth: Any
+) -> dict:
     params = dict(resource.params)
     endpoint: dict[str, Any] = {
         "path": resource.path,
         "params": params,
         "paginator": _paginator(resource.paginator or source.paginator or DEFAULT_PAGINATOR, stats),
-        "response_actions": [_page_recorder(resource.name, stats, secret_query_params(source))],
+        "response_actions": [
+            status_hook(f"rest_api source {source.name!r}, resource {resource.name!r}", ()),
+            _page_recorder(resource.name, stats, secret_query_params(source), auth),
+        ],
     }
     if resource.data_selector:
         endpoint["data_selector"] = resource.data_selector
@@ -141,18 +158,20 @@ def _endpoint(resource: RestResource, source: RestApiSource, ctx: lineage.RunCon
     return endpoint
 
 
-def _page_recorder(resource: str, stats: RestStats, secret_params: list[str]) -> Any:
+def _page_recorder(resource: str, stats: RestStats, secret_params: list[str], auth: Any) -> Any:
     def record_page(response: Any, *args: Any, **kwargs: Any) -> Any:
         stats.pages += 1
         stats.pages_by_resource[resource] = stats.pages_by_resource.get(resource, 0) + 1
         stats.bytes += len(response.content or b"")
         stats.current_url[resource] = redact_url(response.url, secret_params)
+        # an API that echoes the credential into its data: this page's records are redacted
+        stats.tainted[resource] = contains_secret(response.content or b"", own_secrets(auth))
         return response
 
     return record_page
 
 
-def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats) -> Any:
+def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContext, stats: RestStats, auth: Any) -> Any:
     """A yield-map step: original record + lineage; one row per day for snapshots."""
     cursor = resource.incremental.cursor_path if resource.incremental else source.event_time
     pk = resource.primary_key
@@ -160,6 +179,8 @@ def _stamp(resource: RestResource, source: RestApiSource, ctx: lineage.RunContex
 
     def stamp(item: dict[str, Any]) -> list[dict[str, Any]]:
         stats.rows += 1
+        if stats.tainted.get(resource.name):
+            item = redact_value(item, own_secrets(auth))
         original = copy.deepcopy(item)
         row_key = lineage.key_of(item, pk_fields) if pk_fields else None
         if row_key is None:
@@ -228,14 +249,15 @@ def _build(config: RestApiSource, ctx: lineage.RunContext, *, with_secrets: bool
     client: dict[str, Any] = {"base_url": config.base_url.rstrip("/") + "/"}
     if config.headers:
         client["headers"] = dict(config.headers)
-    if with_secrets and config.auth is not None:
-        client["auth"] = _auth(config)
+    auth = _auth(config) if with_secrets and config.auth is not None else None
+    if auth is not None:
+        client["auth"] = auth
     rest_config: dict[str, Any] = {
         "client": client,
         "resources": [
             {
                 "name": r.name,
-                "endpoint": _endpoint(r, config, ctx, stats),
+                "endpoint": _endpoint(r, config, ctx, stats, auth),
                 **({"primary_key": r.primary_key} if r.primary_key else {}),
             }
             for r in config.resources
@@ -244,7 +266,7 @@ def _build(config: RestApiSource, ctx: lineage.RunContext, *, with_secrets: bool
     source = rest_api_source(rest_config, name=config.name, max_table_nesting=1)
     by_name = {r.name: r for r in config.resources}
     for name, resource in source.resources.items():
-        resource.add_step(_StampPage(_stamp(by_name[name], config, ctx, stats)))
+        resource.add_step(_StampPage(_stamp(by_name[name], config, ctx, stats, auth)))
         lineage.apply_raw_hints(resource, schema_contract=config.schema_contract)
     source.etl_stats = stats  # type: ignore[attr-defined]
     return source
