@@ -9,28 +9,36 @@ import sys
 from pathlib import Path
 
 
+class NoInstanceError(RuntimeError):
+    """No Dagster instance is configured where the command runs."""
+
+
 def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, or the project folder (where dagster.yaml is) when unset: the same
-    instance `dagster dev` uses when started there with DAGSTER_HOME=$PWD."""
+    """The Dagster instance folder: DAGSTER_HOME (an existing folder), else the nearest folder
+    from here upwards holding a `dagster.yaml` (the project folder: the instance `dagster dev`
+    uses there with DAGSTER_HOME=$PWD). Never creates one: raises NoInstanceError instead."""
     home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        here = Path.cwd()
-        for folder in (here, *here.parents):
-            if (folder / "dagster.yaml").exists() and (folder / "workspace.yaml").exists():
-                home = str(folder)
-                break
-        else:
-            home = str(here)
-        os.environ["DAGSTER_HOME"] = home
-        print(f"DAGSTER_HOME is not set; using {home}", file=sys.stderr)
-    Path(home).mkdir(parents=True, exist_ok=True)
-    return Path(home)
+    if home:
+        if not Path(home).is_dir():
+            raise NoInstanceError(f"DAGSTER_HOME={home} is not a folder; create it (with a dagster.yaml) or unset it")
+        return Path(home)
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "dagster.yaml").is_file():
+            os.environ["DAGSTER_HOME"] = str(folder)
+            print(f"DAGSTER_HOME is not set; using {folder} (it has a dagster.yaml)", file=sys.stderr)
+            return folder
+    raise NoInstanceError(
+        f"no Dagster instance here: DAGSTER_HOME is not set and there is no dagster.yaml in {here} or above it. "
+        "Run from the project folder, or `export DAGSTER_HOME=<folder with dagster.yaml>` "
+        "(the project's own: `export DAGSTER_HOME=$PWD` in the project folder)"
+    )
 
 
 def _instance():
+    """The instance of DAGSTER_HOME (main() has checked that there is one)."""
     from dagster import DagsterInstance
 
-    ensure_dagster_home()
     return DagsterInstance.get()
 
 
@@ -67,26 +75,72 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# per-partition materialization figures the demo reports, in the words it prints them with
+RUN_FIGURES = (
+    ("rows_loaded", "rows loaded"),
+    ("raw_rows", "raw rows read"),
+    ("records_written", "records written"),
+    ("rejects", "rejected"),
+)
+
+
+def _run_figures(result) -> dict[str, dict[str, int]]:
+    """Per asset: the run's figures summed over its partitions (from the materialization metadata)."""
+    out: dict[str, dict[str, int]] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        figures = out.setdefault(materialization.asset_key.to_user_string(), {})
+        for key, _words in RUN_FIGURES:
+            value = getattr(materialization.metadata.get(key), "value", None)
+            if isinstance(value, int):
+                figures[key] = figures.get(key, 0) + value
+    return out
+
+
+def _print_run(result, key: str) -> None:
+    print(f"\nloaded by this run ({key}):")
+    figures = _run_figures(result)
+    width = max((len(name) for name in figures), default=0)
+    for name, values in sorted(figures.items()):
+        text = ", ".join(f"{values[k]} {words}" for k, words in RUN_FIGURES if k in values) or "materialized"
+        print(f"  {name:<{width}}  {text}")
+    checks = result.get_asset_check_evaluations()
+    failed = sorted(f"{c.asset_key.to_user_string()}:{c.check_name}" for c in checks if not c.passed)
+    names = f" ({', '.join(failed)})" if failed else ""
+    print(f"checks: {len(checks) - len(failed)} passed, {len(failed)} failed{names}")
+
+
+def _print_warehouse(warehouse, dataset: str) -> None:
+    print(f"\nin the warehouse now, all loaded days: {warehouse} (schema {dataset})")
+    with warehouse.connect() as conn:
+        tables = conn.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [dataset]
+        )
+        for (table,) in tables:
+            if table.startswith("_dlt"):
+                continue
+            count = conn.query(f'SELECT count(*) FROM "{dataset}"."{table}"')[0][0]
+            print(f"  {dataset}.{table:<32} {count:>8} rows")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Register tenants, materialize today's partition of the demo tenant, print row counts."""
+    """Register tenants, materialize one partition of the demo tenant, print what it loaded and what is stored."""
+    from dagster import DagsterInstance
+
     from etl_platform.automation.onboarding import sync_tenants
     from etl_platform.automation.tags import TENANT_TAG, TRIGGER_TAG
     from etl_platform.config.registry import load_registry
     from etl_platform.config.settings import get_settings
+    from etl_platform.definitions import build_definitions
     from etl_platform.partitions import partition_key
     from etl_platform.warehouse import get_warehouse
 
-    ensure_dagster_home()
     os.environ.setdefault("RUNTIME__LOG_LEVEL", args.log_level)  # dlt's own logger
     registry = load_registry()
     tenant = registry.tenant(args.tenant)
     day = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.timezone.utc).date()
-    from dagster import DagsterInstance
-
-    from etl_platform.definitions import build_definitions
-
     with DagsterInstance.get() as instance:
-        print(sync_tenants(instance, registry).summary())
+        print(f"tenants: {sync_tenants(instance, registry).summary()}")
         job = build_definitions().resolve_job_def("ingest")
         key = partition_key(tenant.id, day)
         print(f"materializing {key} (tenant {tenant.id}, {day}) ...")
@@ -98,34 +152,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise_on_error=False,
         )
         print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
-    warehouse = get_warehouse()
-    print(f"\nwarehouse: {warehouse} (schema {tenant.dataset})")
-    with warehouse.connect() as conn:
-        tables = conn.query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [tenant.dataset]
-        )
-        for (table,) in tables:
-            if table.startswith("_dlt"):
-                continue
-            count = conn.query(f'SELECT count(*) FROM "{tenant.dataset}"."{table}"')[0][0]
-            print(f"  {tenant.dataset}.{table:<32} {count:>8} rows")
-    print(f"\nDagster instance: {os.environ['DAGSTER_HOME']} — run `dagster dev` there to see the assets.")
-    print(f"settings: start date {get_settings().start_date}, timezone {get_settings().timezone}")
+    _print_run(result, str(key))
+    _print_warehouse(get_warehouse(), tenant.dataset)
+    settings = get_settings()
+    home = os.environ["DAGSTER_HOME"]
+    print(f"\nDagster instance: {home}. The UI: `dg dev` in the project folder, with DAGSTER_HOME={home}.")
+    print(f"settings: start date {settings.start_date}, timezone {settings.timezone}")
     return 0 if result.success else 1
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from etl_platform.labels import job_label
     from etl_platform.runs import recent_runs
 
     with _instance() as instance:
         runs = recent_runs(instance, tenant=args.tenant, limit=args.limit)
-    header = ("RUN", "STATUS", "TENANT", "PARTITION", "TRIGGER", "ATTEMPT", "DURATION", "STARTED")
+    header = ("RUN", "STATUS", "JOB", "TENANT", "PARTITION", "TRIGGER", "ATTEMPT", "DURATION", "STARTED")
     rows = [header]
     for run in runs:
         rows.append(
             (
                 run.run_id[:8],
                 run.status,
+                job_label(run.job_name),
                 run.tenant or "-",
                 run.partition or "-",
                 run.trigger or "-",
@@ -136,14 +185,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
-        print("  ".join(col.ljust(widths[i]) for i, col in enumerate(row)))
+        print("  ".join(col.ljust(widths[i]) for i, col in enumerate(row)).rstrip())
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from etl_platform.api import serve
 
-    ensure_dagster_home()
     serve(host=args.host, port=args.port)
     return 0
 
@@ -157,32 +205,46 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="etl-platform", description="Multi-tenant ETL on Dagster and dlt.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="etl-platform",
+        description="Multi-tenant ETL on Dagster and dlt. Every command works on the Dagster instance of "
+        "DAGSTER_HOME, else of the nearest folder (from here upwards) with a dagster.yaml.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tenants = sub.add_parser("tenants", help="tenant registry").add_subparsers(dest="action", required=True)
+    tenants = sub.add_parser("tenants", help="the tenant registry: sync, list", description="The tenant registry.")
+    actions = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, func, text in (
         ("sync", cmd_tenants_sync, "add the tenants file's tenants as partitions (idempotent)"),
         ("list", cmd_tenants_list, "show tenants, sources and registration state"),
     ):
-        p = tenants.add_parser(name, help=text)
-        p.add_argument("--file", help="tenants file (default: ETL_TENANTS_FILE or ./tenants.yaml)")
+        p = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("--file", help="tenants file (default: ETL_TENANTS_FILE, else ./tenants.yaml)")
         p.set_defaults(func=func)
 
-    demo = sub.add_parser("demo", help="register tenants and materialize today's demo partition")
-    demo.add_argument("--tenant", default="demo")
-    demo.add_argument("--date", help="YYYY-MM-DD (default: today, UTC)")
-    demo.add_argument("--log-level", default="WARNING", help="Dagster console log level (default WARNING)")
+    text = "register the tenants, materialize one partition of the demo tenant, print what it loaded"
+    demo = sub.add_parser("demo", help=text, description=text[0].upper() + text[1:] + ".")
+    demo.add_argument("--tenant", default="demo", help="tenant to materialize (default: demo)")
+    demo.add_argument("--date", help="partition day, YYYY-MM-DD (default: today, UTC)")
+    demo.add_argument("--log-level", default="WARNING", help="Dagster console log level (default: WARNING)")
     demo.set_defaults(func=cmd_demo)
 
-    runs = sub.add_parser("runs", help="recent runs from Dagster's run storage")
-    runs.add_argument("--tenant")
-    runs.add_argument("--limit", type=int, default=20)
+    text = "recent runs from Dagster's run storage, newest first"
+    runs = sub.add_parser("runs", help=text, description=text[0].upper() + text[1:] + ".")
+    runs.add_argument("--tenant", help="only runs of this tenant id (default: every tenant)")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
     runs.set_defaults(func=cmd_runs)
 
-    serve = sub.add_parser("serve", help="start the read API (/data, /stats, /health)")
-    serve.add_argument("--host", default=os.environ.get("ETL_API_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("ETL_API_PORT", "8000")))
+    text = "start the read API (/data, /stats, /health; docs at /docs)"
+    serve = sub.add_parser("serve", help=text, description=text[0].upper() + text[1:] + ".")
+    serve.add_argument(
+        "--host", default=os.environ.get("ETL_API_HOST", "127.0.0.1"),
+        help="address to listen on (default: ETL_API_HOST, else 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ.get("ETL_API_PORT", "8000")),
+        help="port to listen on (default: ETL_API_PORT, else 8000)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     exporter = sub.add_parser("exporter", help="serve the platform's Prometheus metrics (/metrics)")
@@ -197,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     from etl_platform.config.models import TenantsFileError
 
     try:
+        ensure_dagster_home()  # before anything reads or writes under it (the tenants file cache too)
         return args.func(args)
-    except TenantsFileError as exc:
+    except (TenantsFileError, NoInstanceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

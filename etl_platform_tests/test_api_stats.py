@@ -40,6 +40,7 @@ def test_stats_per_source(warehouse: Warehouse, dagster) -> None:
     github = sources["github"]
     assert github["last_success"]["run_id"] == ids["all_sources"]  # the run of every source is newer
     assert github["last_failure"]["run_id"] == ids["github_failed"]
+    assert github["last_success"]["job"] == "assets (materialized from Python)"  # not `__ephemeral_asset_job__`
     assert "GitHub answered 502 Bad Gateway" in github["last_failure"]["failure_reason"]
     assert github["runs_by_status"] == {"FAILURE": 1, "SUCCESS": 3}
     assert (github["records_written"], github["rejects"], github["raw_rows"]) == (150, 15, 165)

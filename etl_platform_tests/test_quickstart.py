@@ -32,6 +32,10 @@ def test_demo_command(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SUCCESS" in proc.stdout and "tenant_demo.records" in proc.stdout
+    # the demo says what its numbers count: this run's loads, then the warehouse over all loaded days
+    assert "loaded by this run" in proc.stdout and "15 records written" in proc.stdout
+    assert "in the warehouse now, all loaded days" in proc.stdout
+    assert "Warning" not in proc.stderr, proc.stderr  # no Dagster warnings the platform triggers knowingly
     conn = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
     counts = dict(conn.execute("SELECT source, count(*) FROM tenant_demo.records GROUP BY 1").fetchall())
     assert counts == {"support_tickets": 8, "products": 4, "release_notes": 3}

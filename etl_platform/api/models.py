@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from etl_platform.labels import job_label
 
 
 class Record(BaseModel):
@@ -66,7 +68,7 @@ class RunInfo(BaseModel):
     """A run of the tenant as recorded by Dagster."""
 
     run_id: str
-    job_name: str
+    job_name: str = Field(description="Dagster's job name (`__ASSET_JOB`: assets launched from the UI or CLI)")
     status: str
     source: str | None
     trigger: str | None
@@ -78,6 +80,11 @@ class RunInfo(BaseModel):
     ended_at: str | None
     duration_s: float | None
     failure_reason: str | None = None
+
+    @computed_field(description="the job as a person reads it, e.g. 'assets (launched from the UI or CLI)'")
+    @property
+    def job(self) -> str:
+        return job_label(self.job_name)
 
 
 class SourceStats(BaseModel):
