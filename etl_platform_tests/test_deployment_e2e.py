@@ -6,8 +6,10 @@ Started as compose starts them (each in its own process group, killed with its c
 end): the init step (deploy/init_stack.py: creates the warehouse database, `dagster instance
 migrate`, `etl-platform tenants sync`), the gRPC code server (`dagster api grpc`), dagster-webserver
 and dagster-daemon on the workspace pointing at it, and the read API (`etl-platform serve`).
-DAGSTER_HOME holds deploy/dagster.yaml with two test-only changes: run monitoring polls every 2 s
-and the queue every 1 s. The tenant's REST source is a local json-server look-alike.
+DAGSTER_HOME holds deploy/dagster.yaml with the single-process run launcher (MonitoredRunLauncher:
+runs are children of the code server; the Compose stack's own launcher, one container per run, is
+tested in test_containers.py) and faster polling: run monitoring every 2 s, the queue every 1 s.
+The tenant's REST source is a local json-server look-alike.
 
 1. A partition run of `ingest` launched through the webserver's GraphQL API (as a client would)
    is dequeued by the daemon and succeeds: run storage and warehouse rows are checked.
@@ -181,8 +183,9 @@ def _tenant(base_url: str) -> dict[str, Any]:
 
 
 def _render_instance(home: Path) -> None:
-    """deploy/dagster.yaml, with faster polling for the test."""
+    """deploy/dagster.yaml with the single-process run launcher and faster polling."""
     config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    config["run_launcher"] = {"module": "etl_platform.run_launcher", "class": "MonitoredRunLauncher"}
     config["run_monitoring"]["poll_interval_seconds"] = 2
     config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
     config["run_coordinator"]["config"]["user_code_failure_retry_delay"] = 2
