@@ -17,6 +17,7 @@ Usage: python deploy/healthcheck.py [ROLE]
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -71,8 +72,10 @@ def check(role: str) -> tuple[bool, str]:
     if role == "api":
         return http_ok(f"http://127.0.0.1:{os.environ.get('ETL_API_PORT', '8000')}/health")
     if role == "daemon":
+        beside = Path(sys.executable).parent / "dagster-daemon"  # a venv; else PATH (/usr/local/bin)
+        daemon = str(beside) if beside.exists() else shutil.which("dagster-daemon") or "dagster-daemon"
         done = subprocess.run(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "liveness-check"],
+            [daemon, "liveness-check"],
             capture_output=True, text=True, timeout=60,
         )
         return done.returncode == 0, (done.stdout + done.stderr).strip()[-500:]
