@@ -82,7 +82,7 @@ class ComposeStack:
     def health(self, service: str) -> str:
         """healthy | unhealthy | starting | exited(<code>) | ... for the service's container."""
         state = self.inspect(self.container(service))["State"]
-        if state.get("Health"):
+        if state.get("Running") and state.get("Health"):
             return state["Health"]["Status"]
         return f"{state['Status']}({state.get('ExitCode')})"
 

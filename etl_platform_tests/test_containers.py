@@ -222,7 +222,7 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
     first = launch()
     assert wait_finished(client, first, 420) == "SUCCESS", run_messages(instance, first)[-3000:]
     run = instance.get_run_by_id(first)
-    assert run.tags["docker/image"] == IMAGE and run.tags["dagster/partition"] == f"{DAY}|{TENANT}"
+    assert run.tags["dagster/image"] == IMAGE and run.tags["dagster/partition"] == f"{DAY}|{TENANT}"
     assert "Launching run in a new container" in run_messages(instance, first)
     wait_for("the finished run's container to be removed", lambda: gone(run.tags["docker/container_id"]), 60)
     counts = table_counts(warehouse_url, f"tenant_{TENANT}")
@@ -298,4 +298,9 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
     assert wait_finished(client, fourth, 420) == "SUCCESS", run_messages(instance, fourth)[-3000:]
     assert table_counts(warehouse_url, f"tenant_{TENANT}")["records"] == RECORDS  # merged, not duplicated
     mark("run 4 succeeded after the restart")
+    for record in instance.get_run_records():  # for sizing (README): a run's container, start to end
+        run = record.dagster_run
+        waited = (record.start_time or 0) - record.create_timestamp.timestamp()
+        print(f"run {run.run_id[:8]} {run.status.value}: {(record.end_time or 0) - (record.start_time or 0):.1f}s "
+              f"from start to end, {waited:.1f}s from submission to start", flush=True)
     return instance
