@@ -220,7 +220,7 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
 
     # --- 2. a partition run, in its own container ---------------------------------------------------
     first = launch()
-    assert wait_finished(client, first, 420) == "SUCCESS", run_messages(instance, first)[-3000:]
+    assert wait_finished(client, first, 600) == "SUCCESS", run_messages(instance, first)[-3000:]
     run = instance.get_run_by_id(first)
     assert run.tags["dagster/image"] == IMAGE and run.tags["dagster/partition"] == f"{DAY}|{TENANT}"
     assert "Launching run in a new container" in run_messages(instance, first)
@@ -257,7 +257,7 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
     retry = wait_retry_of(instance, second, 120)
     assert retry.tags["etl/attempt"] == "2" and retry.tags["etl/trigger"] == "retry"
     assert retry.tags["dagster/partition"] == f"{DAY}|{TENANT}"
-    assert wait_finished(client, retry.run_id, 420) == "SUCCESS", run_messages(instance, retry.run_id)[-3000:]
+    assert wait_finished(client, retry.run_id, 600) == "SUCCESS", run_messages(instance, retry.run_id)[-3000:]
     assert instance.get_run_by_id(second).tags["etl/retry"].startswith("retried")
     mark("run 2 (container killed) retried")
 
@@ -274,7 +274,7 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
     assert stack.inspect(container)["State"]["Running"], "the run's container died with the code server"
     assert instance.get_run_by_id(third).status == DagsterRunStatus.STARTED
     source.recover()
-    assert wait_finished(client, third, 420) == "SUCCESS", run_messages(instance, third)[-3000:]
+    assert wait_finished(client, third, 600) == "SUCCESS", run_messages(instance, third)[-3000:]
     wait_for("the code server healthy again", lambda: stack.health("user-code") == "healthy", 300, 2)
     mark("run 3 survived the code server's crash")
 
@@ -295,7 +295,7 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
                             60)
     assert len(page["data"]) == RECORDS, page
     fourth = launch()
-    assert wait_finished(client, fourth, 420) == "SUCCESS", run_messages(instance, fourth)[-3000:]
+    assert wait_finished(client, fourth, 600) == "SUCCESS", run_messages(instance, fourth)[-3000:]
     assert table_counts(warehouse_url, f"tenant_{TENANT}")["records"] == RECORDS  # merged, not duplicated
     mark("run 4 succeeded after the restart")
     for record in instance.get_run_records():  # for sizing (README): a run's container, start to end
