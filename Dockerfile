@@ -4,6 +4,7 @@
 # (etl-platform serve) and the one-shot init step. The command picks the process.
 #
 #   docker build -t etl-platform:latest .
+#   docker build --build-arg ETL_EXTRAS=k8s -t REGISTRY/etl-platform:TAG .   (Kubernetes: deploy/helm)
 #
 # Python matches the version the platform is tested on (3.11).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -25,8 +26,10 @@ WORKDIR /opt/dagster/app
 # Dependencies alone, from pyproject.toml: this layer is rebuilt only when pyproject.toml
 # changes, not when the platform's code does. Every dependency ships manylinux wheels for
 # Python 3.11 (psycopg[binary], psycopg2-binary, duckdb, pyarrow, grpcio): no compiler needed.
+# ETL_EXTRAS adds optional dependencies: `--build-arg ETL_EXTRAS=k8s` for Kubernetes (dagster-k8s).
+ARG ETL_EXTRAS=""
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + [d for e in os.environ['ETL_EXTRAS'].split(',') if e for d in p['optional-dependencies'][e]]; open('/tmp/requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

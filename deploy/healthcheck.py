@@ -8,6 +8,8 @@ docker-compose.yml), else guessed from the running commands:
   daemon       `dagster-daemon liveness-check`: every daemon sent a heartbeat lately
   api          the read API answers GET /health with 200 (ok or degraded; 503 is unhealthy)
   init         a one-shot job: always healthy
+  run          a run's own container (DockerRunLauncher): Dagster's run monitoring watches it,
+               so healthy while it runs
 
 Usage: python deploy/healthcheck.py [ROLE]
 """
@@ -15,6 +17,7 @@ Usage: python deploy/healthcheck.py [ROLE]
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -27,6 +30,8 @@ MARKERS = {  # command-line fragments -> role, for containers started without ET
     "dagster-webserver": "webserver",
     "dagster-daemon run": "daemon",
     "etl-platform serve": "api",
+    "api execute_run": "run",
+    "api resume_run": "run",
 }
 
 
@@ -67,14 +72,18 @@ def check(role: str) -> tuple[bool, str]:
     if role == "api":
         return http_ok(f"http://127.0.0.1:{os.environ.get('ETL_API_PORT', '8000')}/health")
     if role == "daemon":
+        beside = Path(sys.executable).parent / "dagster-daemon"  # a venv; else PATH (/usr/local/bin)
+        daemon = str(beside) if beside.exists() else shutil.which("dagster-daemon") or "dagster-daemon"
         done = subprocess.run(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "liveness-check"],
+            [daemon, "liveness-check"],
             capture_output=True, text=True, timeout=60,
         )
         return done.returncode == 0, (done.stdout + done.stderr).strip()[-500:]
     if role == "init":
         return True, "one-shot job"
-    return False, f"unknown role {role!r} (expected code-server, webserver, daemon, api or init)"
+    if role == "run":
+        return True, "run worker (watched by Dagster's run monitoring)"
+    return False, f"unknown role {role!r} (expected code-server, webserver, daemon, api, init or run)"
 
 
 def main(argv: list[str]) -> int:

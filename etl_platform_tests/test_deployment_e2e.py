@@ -6,8 +6,10 @@ Started as compose starts them (each in its own process group, killed with its c
 end): the init step (deploy/init_stack.py: creates the warehouse database, `dagster instance
 migrate`, `etl-platform tenants sync`), the gRPC code server (`dagster api grpc`), dagster-webserver
 and dagster-daemon on the workspace pointing at it, and the read API (`etl-platform serve`).
-DAGSTER_HOME holds deploy/dagster.yaml with two test-only changes: run monitoring polls every 2 s
-and the queue every 1 s. The tenant's REST source is a local json-server look-alike.
+DAGSTER_HOME holds deploy/dagster.yaml with the single-process run launcher (MonitoredRunLauncher:
+runs are children of the code server; the Compose stack's own launcher, one container per run, is
+tested in test_containers.py) and faster polling: run monitoring every 2 s, the queue every 1 s.
+The tenant's REST source is a local json-server look-alike.
 
 1. A partition run of `ingest` launched through the webserver's GraphQL API (as a client would)
    is dequeued by the daemon and succeeds: run storage and warehouse rows are checked.
@@ -21,71 +23,44 @@ and the queue every 1 s. The tenant's REST source is a local json-server look-al
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from etl_platform_tests.conftest import PG_ADMIN_URL, create_pg_database, drop_pg_database
-from etl_platform_tests.jsonserver import collection_handler
+from etl_platform_tests.deployment import (
+    API_KEY,
+    DAY,
+    POSTS,
+    TENANT,
+    USERS,
+    SlowSource,
+    free_port,
+    graphql_launcher,
+    http_json,
+    run_messages,
+    tenant_config,
+    wait_finished,
+    wait_for,
+    wait_retry_of,
+)
 from etl_platform_tests.platform import table_counts, write_tenants
-from etl_platform_tests.servers import LocalServer, Request, Response
+from etl_platform_tests.servers import LocalServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.daemon, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-TENANT = "e2e_org"
-DAY = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
-API_KEY = "e2e-tenant-key"
-USERS = [{"id": i, "name": f"User {i}", "username": f"user{i}", "email": f"user{i}@example.org"} for i in range(1, 7)]
-POSTS = [{"id": i, "userId": i % 6 + 1, "title": f"post {i}", "body": f"text of post {i}"} for i in range(1, 26)]
-RUN_TAGS = {
-    # what the UI sets for a multi-partition run; the per-tenant queue limit keys on the tenant tag
-    "dagster/partition": f"{DAY}|{TENANT}",
-    "dagster/partition/date": DAY,
-    "dagster/partition/tenant": TENANT,
-    "etl/tenant": TENANT,
-    "etl/trigger": "manual",
-}
-FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # not ready yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class Proc:
@@ -140,63 +115,15 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-class SlowSource:
-    """JSONPlaceholder-shaped users and posts; while `slow` is set, page 2 of posts hangs."""
-
-    def __init__(self, server: LocalServer) -> None:
-        self.slow = threading.Event()
-        self.hanging = threading.Event()  # a request for page 2 hangs now
-        self.release = threading.Event()
-        server.route("/users", collection_handler(USERS, server.url, "/users"))
-        posts = collection_handler(POSTS, server.url, "/posts")
-
-        def handle(req: Request) -> Response:
-            if req.arg("_page") == "2" and self.slow.is_set():
-                self.hanging.set()
-                self.release.wait(60)
-            return posts(req)
-
-        server.route("/posts", handle)
-        # a hung request whose client was killed fails to answer: expected, not worth a traceback
-        server.httpd.handle_error = lambda request, client_address: None
-
-    def hang(self) -> None:
-        self.release.clear()
-        self.hanging.clear()
-        self.slow.set()
-
-    def recover(self) -> None:
-        self.slow.clear()
-        self.release.set()
-
-
-def _tenant(base_url: str) -> dict[str, Any]:
-    resources = [
-        {"name": name, "path": name, "params": {"_page": 1, "_limit": limit}, "primary_key": "id"}
-        for name, limit in (("users", 4), ("posts", 10))  # 2 and 3 pages
-    ]
-    source = {"name": "placeholder", "kind": "rest_api", "base_url": base_url, "paginator": {"type": "header_link"},
-              "resources": resources, "field_mapping": {"author": "userId"}}
-    return {"id": TENANT, "name": "Deployment e2e", "api_key_env": "ETL_E2E_API_KEY", "sources": [source]}
-
-
 def _render_instance(home: Path) -> None:
-    """deploy/dagster.yaml, with faster polling for the test."""
+    """deploy/dagster.yaml with the single-process run launcher and faster polling."""
     config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    config["run_launcher"] = {"module": "etl_platform.run_launcher", "class": "MonitoredRunLauncher"}
     config["run_monitoring"]["poll_interval_seconds"] = 2
     config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
     config["run_coordinator"]["config"]["user_code_failure_retry_delay"] = 2
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def _http_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def _worker_pid(instance, run_id: str) -> int:
@@ -208,10 +135,6 @@ def _worker_pid(instance, run_id: str) -> int:
         if pid is not None and "Started process for run" in (entry.message or ""):
             return int(pid.value)
     raise LookupError(f"no 'Started process for run' event for {run_id} yet")
-
-
-def _messages(instance, run_id: str) -> str:
-    return "\n".join(r.event_log_entry.message or "" for r in instance.get_records_for_run(run_id).records)
 
 
 def test_compose_stack_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,14 +163,14 @@ def test_compose_stack_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse_url, procs, started):
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterInstance, DagsterRunStatus
     from dagster_graphql import DagsterGraphQLClient
 
     pg = urlsplit(dagster_url)
     home = tmp_path / "dagster_home"
     _render_instance(home)
-    tenants = write_tenants(tmp_path / "tenants.yaml", [_tenant(server.url)])
-    grpc_port, web_port, api_port = _free_port(), _free_port(), _free_port()
+    tenants = write_tenants(tmp_path / "tenants.yaml", [tenant_config(server.url)])
+    grpc_port, web_port, api_port = free_port(), free_port(), free_port()
     stack_env = {
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_HOST": pg.hostname or "127.0.0.1",
@@ -292,7 +215,7 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
             [str(BIN / "dagster"), "api", "grpc", "--host", "127.0.0.1", "--port", str(grpc_port),
              "--module-name", "etl_platform.definitions", "--location-name", "etl_platform"],
         )
-        _wait("the code server's health check", lambda: healthy("code-server"), 120, interval=1)
+        wait_for("the code server's health check", lambda: healthy("code-server"), 120, interval=1)
 
     # --- init (compose service `init`), then the long-running services --------------------------
     init = subprocess.run(
@@ -300,54 +223,36 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
         timeout=180,
     )
     assert init.returncode == 0, init.stdout + init.stderr
-    assert "created the warehouse database" in init.stdout and f"added ['{TENANT}']" in init.stdout, init.stdout
+    assert "created the warehouse database" in init.stdout, init.stdout
+    assert re.search(rf"added .*\b{TENANT}\b", init.stdout), init.stdout
     start_code_server()
     start("webserver", [str(BIN / "dagster-webserver"), "--host", "127.0.0.1", "--port", str(web_port),
                         "--workspace", workspace])
     start("daemon", [str(BIN / "dagster-daemon"), "run", "--workspace", workspace])
     start("api", [str(BIN / "etl-platform"), "serve", "--host", "127.0.0.1", "--port", str(api_port)])
     for role in ("webserver", "api", "daemon"):
-        _wait(f"the {role}'s health check", lambda role=role: healthy(role), 120, interval=1)
+        wait_for(f"the {role}'s health check", lambda role=role: healthy(role), 120, interval=1)
     print(f"stack up after {time.monotonic() - started:.1f}s")
 
     instance = DagsterInstance.get()  # the same PostgreSQL storage, from DAGSTER_HOME
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
     client = DagsterGraphQLClient("127.0.0.1", port_number=web_port, timeout=60)
 
-    def launch() -> str:
-        return client.submit_job_execution(
-            "ingest", repository_location_name="etl_platform", repository_name="__repository__", tags=RUN_TAGS
-        )
-
-    def wait_finished(run_id: str, timeout: float) -> str:
-        status = _wait(
-            f"run {run_id} to finish",
-            lambda: (s := client.get_run_status(run_id).value) in FINISHED and s,
-            timeout,
-        )
-        return status
-
-    def wait_retry_of(run_id: str, timeout: float):
-        record = _wait(
-            f"a retry of {run_id}",
-            lambda: instance.get_run_records(RunsFilter(tags={"etl/parent_run_id": run_id}), limit=1),
-            timeout,
-        )[0]
-        return record.dagster_run
+    launch = graphql_launcher(client)
 
     # --- 1. a partition run through GraphQL, dequeued and run by the daemon ----------------------
     first = launch()
-    assert wait_finished(first, 120) == "SUCCESS", _messages(instance, first)[-3000:]
+    assert wait_finished(client, first, 120) == "SUCCESS", run_messages(instance, first)[-3000:]
     run = instance.get_run_by_id(first)
     assert run.status == DagsterRunStatus.SUCCESS
     assert run.tags["dagster/partition"] == f"{DAY}|{TENANT}" and run.tags["dagster/partition/tenant"] == TENANT
     counts = table_counts(warehouse_url, f"tenant_{TENANT}")
     assert (counts["placeholder_users"], counts["placeholder_posts"]) == (len(USERS), len(POSTS)), counts
     assert counts["records"] == len(USERS) + len(POSTS), counts
-    status, body = _http_json(f"http://127.0.0.1:{api_port}/health", {"Authorization": f"Bearer {API_KEY}"})
+    status, body = http_json(f"http://127.0.0.1:{api_port}/health", {"Authorization": f"Bearer {API_KEY}"})
     assert status == 200 and body["components"]["daemon"]["ok"], body
     assert body["last_runs"][TENANT]["status"] == "SUCCESS", body
-    status, page = _http_json(
+    status, page = http_json(
         f"http://127.0.0.1:{api_port}/data?limit=500", {"Authorization": f"Bearer {API_KEY}"}
     )
     assert status == 200 and len(page["data"]) == len(USERS) + len(POSTS), page
@@ -357,7 +262,7 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
     source.hang()
     second = launch()
     assert source.hanging.wait(120), "the second run never asked for page 2"
-    worker = _wait("the run worker's pid", lambda: _worker_pid(instance, second), 30)
+    worker = wait_for("the run worker's pid", lambda: _worker_pid(instance, second), 30)
     assert instance.get_run_by_id(second).status == DagsterRunStatus.STARTED
     tree = _descendants(worker)  # the step processes of the multiprocess executor
     for pid in [worker, *tree]:  # the worker first: it must not see its steps fail
@@ -366,14 +271,14 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
         except ProcessLookupError:
             pass
     source.recover()
-    assert wait_finished(second, 60) == "FAILURE"
-    assert f"Run execution process for {second} was terminated by signal 9 (SIGKILL)" in _messages(
+    assert wait_finished(client, second, 60) == "FAILURE"
+    assert f"Run execution process for {second} was terminated by signal 9 (SIGKILL)" in run_messages(
         instance, second
     )
-    retry = wait_retry_of(second, 90)
+    retry = wait_retry_of(instance, second, 90)
     assert retry.tags["etl/attempt"] == "2" and retry.tags["etl/trigger"] == "retry"
     assert retry.tags["dagster/partition"] == f"{DAY}|{TENANT}"
-    assert wait_finished(retry.run_id, 120) == "SUCCESS", _messages(instance, retry.run_id)[-3000:]
+    assert wait_finished(client, retry.run_id, 120) == "SUCCESS", run_messages(instance, retry.run_id)[-3000:]
     assert instance.get_run_by_id(second).tags["etl/retry"].startswith("retried")
     print(f"run 2 (worker killed) retried after {time.monotonic() - started:.1f}s")
 
@@ -381,7 +286,7 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
     source.hang()
     third = launch()
     assert source.hanging.wait(120), "the third run never asked for page 2"
-    _wait("the run worker's pid", lambda: _worker_pid(instance, third), 30)
+    wait_for("the run worker's pid", lambda: _worker_pid(instance, third), 30)
     procs["user-code"].kill(signal.SIGKILL)  # the server, the run worker and its steps at once
     procs["user-code"].popen.wait(timeout=10)
     source.recover()
@@ -389,12 +294,12 @@ def _run_scenarios(tmp_path, monkeypatch, server, source, dagster_url, warehouse
     assert instance.get_run_by_id(third).status == DagsterRunStatus.STARTED
     procs.pop("user-code").stop()
     start_code_server()  # compose's restart policy
-    assert wait_finished(third, 60) == "FAILURE"
-    assert "has no process for this run" in _messages(instance, third)
-    retry = wait_retry_of(third, 90)
+    assert wait_finished(client, third, 60) == "FAILURE"
+    assert "has no process for this run" in run_messages(instance, third)
+    retry = wait_retry_of(instance, third, 90)
     assert retry.tags["etl/attempt"] == "2" and retry.tags["dagster/partition"] == f"{DAY}|{TENANT}"
     # the restarted code server runs it (its success was shown in scenario 2; not waited for here)
-    _wait(
+    wait_for(
         f"retry {retry.run_id} to start",
         lambda: instance.get_run_by_id(retry.run_id).status
         in (DagsterRunStatus.STARTED, DagsterRunStatus.SUCCESS),

@@ -18,6 +18,7 @@ from etl_platform.api.limits import HeaderLimitMiddleware
 from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
 from etl_platform.api.params import DagsterUnavailable
 from etl_platform.api.ratelimit import RateLimiter
+from etl_platform.api.readers import TenantReaders
 from etl_platform.api.routes import router
 from etl_platform.api.settings import ApiSettings
 from etl_platform.config.registry import Registry, load_registry
@@ -56,17 +57,22 @@ def create_app(
     instance of DAGSTER_HOME (loaded on first use), settings and keys from the environment."""
     registry = registry or load_registry()
     settings = settings or ApiSettings.from_env()
-    reader = Reader(
-        warehouse or get_warehouse(),
-        pool_size=settings.pg_pool_size,
-        statement_timeout_ms=settings.statement_timeout_ms,
-        duckdb_lock_timeout_s=settings.duckdb_lock_timeout_s,
-    )
+
+    def make_reader(wh: Warehouse) -> Reader:
+        return Reader(
+            wh,
+            pool_size=settings.pg_pool_size,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            duckdb_lock_timeout_s=settings.duckdb_lock_timeout_s,
+        )
+
+    reader = make_reader(warehouse or get_warehouse())
+    readers = TenantReaders(registry, reader, make_reader)  # tenants with a warehouse of their own
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        await reader.close()
+        await readers.close()
 
     # /docs and /redoc from Swagger UI's and ReDoc's files shipped in fastapi-offline: no CDN, works offline
     app = FastAPIOffline(
@@ -78,6 +84,7 @@ def create_app(
     app.state.registry = registry
     app.state.settings = settings
     app.state.reader = reader
+    app.state.readers = readers
     app.state.keyring = keyring or KeyRing.from_env(registry)
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.get_instance = _instance_getter(instance)

@@ -72,7 +72,8 @@ async def get_data(
         source=source, record_type=record_type, category=category, status=status, updated_since=since,
         updated_until=until, q=q, include_inactive=include_inactive, limit=limit, after=after,
     )
-    page = await queries.fetch_page(request.app.state.reader, principal.tenant_id, query)
+    reader = request.app.state.readers.for_tenant(principal.tenant_id)
+    page = await queries.fetch_page(reader, principal.tenant_id, query)
     meta = metadata(request)
     meta["pagination"] = {
         "limit": limit,
@@ -95,7 +96,8 @@ async def get_record(
     """One record by record_id (inactive ones too); another tenant's record is 404 as well."""
     if "\x00" in record_id or len(record_id) > 1024:
         raise HTTPException(404, "record not found")
-    row = await queries.fetch_record(request.app.state.reader, principal.tenant_id, record_id)
+    reader = request.app.state.readers.for_tenant(principal.tenant_id)
+    row = await queries.fetch_record(reader, principal.tenant_id, record_id)
     if row is None:
         raise HTTPException(404, "record not found")
     return {"data": row, "metadata": metadata(request)}
@@ -113,7 +115,7 @@ async def tenant_stats(request: Request, tenant: str, window_hours: float) -> di
     """Run stats per source (Dagster, in a worker thread) merged with active-record counts (warehouse)."""
     state = request.app.state
     now = dt.datetime.now(dt.timezone.utc)
-    records = await queries.active_counts(state.reader, tenant)
+    records = await queries.active_counts(state.readers.for_tenant(tenant), tenant)
     names = [s.name for s in state.registry.tenant(tenant).sources] + [r["source"] for r in records]
     sources = await run_in_threadpool(_run_stats, state, tenant, window_hours, names, now)
     for item in sources:
