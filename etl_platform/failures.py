@@ -85,7 +85,7 @@ def classify(exc: BaseException) -> str:
     return TRANSIENT
 
 
-def _secrets_of(config: Any) -> list[str]:
+def secrets_of(config: Any) -> list[str]:
     """Secret values the config points at (to scrub them from messages)."""
     import os
 
@@ -123,7 +123,7 @@ def _redacted(text: str, config: Any) -> str:
     extra = []
     if config is not None and getattr(getattr(config, "auth", None), "location", None) == "query":
         extra.append(config.auth.name)
-    return redact_text(text, _secrets_of(config), extra)
+    return redact_text(text, secrets_of(config), extra)
 
 
 def failure_for(exc: BaseException, tenant: str, source: str, *, permanent: bool, config: Any = None) -> Failure:

@@ -45,6 +45,7 @@ from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
 from etl_platform.failures import FAILED_TENANTS_TAG, TRANSIENT, TenantFailure, classify, run_failure, tenant_failure
 from etl_platform.normalize.drift import remember_schema
+from etl_platform.observability.logs import log_context
 from etl_platform.partitions import days_by_tenant, tenant_date_partitions
 from etl_platform.warehouse import Warehouse, WarehouseError, warehouse_for
 
@@ -132,7 +133,9 @@ def _with_lease(
             if not wait:
                 return None
             return [tenant_failure(exc, tenant_id, None, days)]
-        return TenantRun(context, registry, warehouse, tenant, days, scope, dlt_resource).run()
+        partitions = f"{days[0]}..{days[-1]}|{tenant_id}" if len(days) > 1 else f"{days[0]}|{tenant_id}"
+        with log_context(tenant=tenant_id, partition=partitions):  # JSON log lines name them
+            return TenantRun(context, registry, warehouse, tenant, days, scope, dlt_resource).run()
 
 
 @dataclass

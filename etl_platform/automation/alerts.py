@@ -50,7 +50,7 @@ from etl_platform.automation.tags import (
 )
 from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.failures import FAILED_TENANTS_TAG, TRANSIENT, TenantFailure, _secrets_of, run_failures
+from etl_platform.failures import FAILED_TENANTS_TAG, TRANSIENT, TenantFailure, run_failures, secrets_of
 from etl_platform.observability.channels import (
     FAILURE,
     RESOLVED,
@@ -310,7 +310,7 @@ class AlertTick:
 
     def _secrets(self, tenant: str) -> list[str]:
         try:
-            return _secrets_of(self.registry.tenant(tenant)) if self.registry else []
+            return secrets_of(self.registry.tenant(tenant)) if self.registry else []
         except Exception:  # noqa: BLE001 - a tenant removed from the file, or invalid: nothing to scrub
             return []
 
