@@ -55,7 +55,7 @@ class AsyncPgPool:
             self.options += f" -c statement_timeout={int(statement_timeout_ms)}"
         self.gate = TenantGate(size, per_tenant or default_tenant_share(size), wait_timeout_s)
         self._idle: list[psycopg.AsyncConnection] = []
-        self._timeouts: dict[int, int] = {}  # id(connection) -> its session's statement_timeout (ms)
+        self._sessions: dict[int, tuple[int, bool]] = {}  # id(connection) -> (statement_timeout ms, indexes_only)
 
     async def _connect(self) -> psycopg.AsyncConnection:
         try:
@@ -66,31 +66,38 @@ class AsyncPgPool:
         except psycopg.OperationalError as exc:
             raise WarehouseError(f"cannot connect to the warehouse: {str(exc).strip()}") from exc
         set_json_loads(orjson.loads, conn)
-        self._timeouts[id(conn)] = self.statement_timeout_ms
+        self._sessions[id(conn)] = (self.statement_timeout_ms, False)
         return conn
 
-    async def _run(self, conn: psycopg.AsyncConnection, sql: str, params: Sequence[Any], timeout_ms: int) -> list[Row]:
-        if self._timeouts.get(id(conn)) != timeout_ms:  # a SET only when this connection's route changes
-            await conn.execute(f"SET statement_timeout = {int(timeout_ms)}")
-            self._timeouts[id(conn)] = timeout_ms
+    async def _run(self, conn: psycopg.AsyncConnection, sql: str, params: Sequence[Any], session: tuple[int, bool]
+                   ) -> list[Row]:
+        if self._sessions.get(id(conn)) != session:  # set only when this connection's kind of query changes
+            timeout_ms, indexes_only = session
+            await conn.execute(
+                "SELECT set_config('statement_timeout', %s, false), set_config('enable_seqscan', %s, false)",
+                [str(timeout_ms), "off" if indexes_only else "on"],
+            )
+            self._sessions[id(conn)] = session
         cursor = await conn.execute(sql, params)
         return await cursor.fetchall()
 
     async def fetch(self, sql: str, params: Sequence[Any], *, tenant: str | None = None,
-                    timeout_ms: int | None = None) -> list[Row]:
+                    timeout_ms: int | None = None, indexes_only: bool = False) -> list[Row]:
         """Rows of one query, in `tenant`'s share of the pool (None: a shared slot only); a pooled
-        connection the server has dropped is replaced once."""
-        timeout_ms = self.statement_timeout_ms if timeout_ms is None else int(timeout_ms)
+        connection the server has dropped is replaced once. `indexes_only`: planned without sequential
+        scans (`enable_seqscan` off), for queries built around an index, so that a table the planner has
+        no statistics for (never analyzed) is still read through it."""
+        session = (self.statement_timeout_ms if timeout_ms is None else int(timeout_ms), indexes_only)
         async with self.gate.slot(tenant):
             for attempt in (0, 1):
                 conn = self._idle.pop() if self._idle and attempt == 0 else None
                 reused = conn is not None
                 conn = conn or await self._connect()
                 try:
-                    rows = await self._run(conn, sql, params, timeout_ms)
+                    rows = await self._run(conn, sql, params, session)
                 except psycopg.errors.QueryCanceled as exc:
                     await self._release(conn)
-                    raise QueryTimeout(timeout_ms) from exc
+                    raise QueryTimeout(session[0]) from exc
                 except psycopg.OperationalError as exc:
                     broken = conn.broken
                     await self._close(conn)
@@ -105,7 +112,7 @@ class AsyncPgPool:
             raise AssertionError("unreachable")
 
     async def _close(self, conn: psycopg.AsyncConnection) -> None:
-        self._timeouts.pop(id(conn), None)
+        self._sessions.pop(id(conn), None)
         await conn.close()
 
     async def _release(self, conn: psycopg.AsyncConnection) -> None:
@@ -144,9 +151,11 @@ class Reader:
         )
 
     async def query(self, sql: str, params: Sequence[Any] = (), *, tenant: str | None = None,
-                    timeout_ms: int | None = None, lock_timeout_s: float | None = None) -> list[Row]:
+                    timeout_ms: int | None = None, indexes_only: bool = False,
+                    lock_timeout_s: float | None = None) -> list[Row]:
         if self.pool is not None:
-            return await self.pool.fetch(pg_sql(sql), list(params), tenant=tenant, timeout_ms=timeout_ms)
+            return await self.pool.fetch(pg_sql(sql), list(params), tenant=tenant, timeout_ms=timeout_ms,
+                                         indexes_only=indexes_only)
         timeout = self.duckdb_lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         limit_ms = self.statement_timeout_ms if timeout_ms is None else int(timeout_ms)
         return await run_in_threadpool(self._duckdb_query, sql, list(params), timeout, limit_ms)

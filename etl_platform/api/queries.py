@@ -55,10 +55,13 @@ def is_missing_table(exc: BaseException) -> bool:
     return type(exc).__name__ in ("CatalogException", "UndefinedTable", "InvalidSchemaName")
 
 
-async def _rows(reader: Reader, sql: str, params: list[Any], tenant: str, timeout_ms: int | None) -> list[Row]:
-    """The query's rows, in the tenant's share of the reader; none when the tenant has no table yet."""
+async def _rows(reader: Reader, sql: str, params: list[Any], tenant: str, timeout_ms: int | None, *,
+                indexes_only: bool = True) -> list[Row]:
+    """The query's rows, in the tenant's share of the reader; none when the tenant has no table yet.
+    `indexes_only` (PostgreSQL): no sequential scan, see AsyncPgPool.fetch; the queries here are built
+    around the page index, the trigram index or the upsert key."""
     try:
-        return await reader.query(sql, params, tenant=tenant, timeout_ms=timeout_ms)
+        return await reader.query(sql, params, tenant=tenant, timeout_ms=timeout_ms, indexes_only=indexes_only)
     except Exception as exc:
         if is_missing_table(exc):
             return []
@@ -273,7 +276,7 @@ async def active_counts(reader: Reader, tenant: str) -> list[dict[str, Any]]:
     )
     return [
         {"source": s, "record_type": t, "active_records": int(n), "newest_record_at": newest}
-        for s, t, n, newest in await _rows(reader, sql, [tenant], tenant, None)
+        for s, t, n, newest in await _rows(reader, sql, [tenant], tenant, None, indexes_only=False)
     ]
 
 
