@@ -45,7 +45,7 @@ import psycopg
 from pgdb import drop_database
 
 from etl_platform.api.cursor import encode_cursor
-from etl_platform.normalize.schema import SEARCH_INDEX, ensure_search_index, ensure_tables
+from etl_platform.normalize.schema import ensure_search_index, ensure_tables
 from etl_platform.warehouse import Connection
 
 TENANT = "bench"
@@ -89,8 +89,7 @@ def load(url: str, rows: int, tenant: str = TENANT) -> float:
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as raw:
         conn = Connection(raw, "postgres")
-        ensure_tables(conn, f"tenant_{tenant}")
-        raw.execute(f"DROP INDEX tenant_{tenant}.{SEARCH_INDEX}")
+        ensure_tables(conn, f"tenant_{tenant}", search_index=False)
         cols = ", ".join(COLUMNS)
         with raw.cursor() as cur, cur.copy(f"COPY tenant_{tenant}.records ({cols}) FROM STDIN") as copy:
             for values in bench_rows(rows, tenant):
@@ -192,9 +191,16 @@ class LightClient:
         self.headers = {"Authorization": f"Bearer {key}"}
 
     def request(self, path: str) -> tuple[int, bytes]:
-        self.conn.request("GET", path, headers=self.headers)
-        response = self.conn.getresponse()
-        return response.status, response.read()
+        for attempt in (0, 1):
+            try:
+                self.conn.request("GET", path, headers=self.headers)
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()  # the server closed an idle keep-alive connection: reconnect once
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def get(self, path: str) -> bytes:
         status, body = self.request(path)

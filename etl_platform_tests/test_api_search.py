@@ -169,3 +169,28 @@ def test_short_words_search_with_a_longer_neighbour(warehouse_url: str) -> None:
     api = client(wh)
     ids = [r["record_id"] for r in api.get("/data", params={"q": "at 100% (a"}, headers=auth("acme")).json()["data"]]
     assert ids == ["github/pull_request/000001"]
+
+
+@pytest.mark.postgres
+def test_an_app_role_that_is_not_superuser_nor_owner_creates_the_search_index(pg_url: str) -> None:
+    """pg_trgm is a trusted extension: the CREATE right on the database, which the platform needs for
+    its schemas anyway, is enough (a managed database's usual application role)."""
+    import uuid
+
+    role = f"etl_test_{uuid.uuid4().hex[:8]}"
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
+    try:
+        with psycopg.connect(pg_url.replace("postgres@", f"{role}@"), autocommit=True) as raw:
+            ensure_tables(Connection(raw, "postgres"), "tenant_acme")
+            names = {r[0] for r in raw.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'tenant_acme'")}
+            superuser = raw.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        assert SEARCH_INDEX in names and superuser is False
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA tenant_acme CASCADE")
+            admin.execute("DROP EXTENSION pg_trgm")
+            admin.execute(f'REVOKE CREATE ON DATABASE "{database}" FROM {role}')
+            admin.execute(f"DROP ROLE {role}")

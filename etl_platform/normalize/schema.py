@@ -65,9 +65,10 @@ def _ddl(conn: Connection, schema: str, table: str, columns: dict[str, tuple[str
     return f"CREATE TABLE IF NOT EXISTS {quote(schema)}.{quote(table)} (\n  {cols}{tail}\n)"
 
 
-def ensure_tables(conn: Connection, schema: str) -> None:
-    """Create the tenant schema, `records` (with its upsert key, page index and, on PostgreSQL,
-    search index) and `record_rejects`."""
+def ensure_tables(conn: Connection, schema: str, *, search_index: bool = True) -> None:
+    """Create the tenant schema, `records` (with its upsert key, page index and, on PostgreSQL, search
+    index unless `search_index=False`: building it after a big first load, with ensure_search_index,
+    costs about half of maintaining it row by row) and `record_rejects`."""
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
     pk = ", ".join(quote(c) for c in UPSERT_KEY)
     conn.execute(_ddl(conn, schema, RECORDS_TABLE, RECORD_COLUMNS, f",\n  PRIMARY KEY ({pk})"))
@@ -80,7 +81,8 @@ def ensure_tables(conn: Connection, schema: str) -> None:
         conn.execute(
             f"CREATE INDEX IF NOT EXISTS records_event_date_idx ON {quote(schema)}.{quote(RECORDS_TABLE)} (event_date)"
         )
-        ensure_search_index(conn, schema)
+        if search_index:
+            ensure_search_index(conn, schema)
 
 
 def _trgm_schema(conn: Connection) -> str | None:
@@ -91,9 +93,11 @@ def _trgm_schema(conn: Connection) -> str | None:
 
 
 def ensure_search_index(conn: Connection, schema: str) -> bool:
-    """PostgreSQL: the trigram GIN index that serves the API's `q` (case-insensitive substring of title
-    or description, ILIKE), creating the `pg_trgm` extension first if needed (trusted since PostgreSQL 13:
-    the database owner may create it). Without the privilege: a warning, no index (search then scans).
+    """PostgreSQL: the trigram GIN index that serves the API's `q` (a case-insensitive substring of title
+    or description: `~*` on a literal pattern; it serves ILIKE too), creating the `pg_trgm` extension
+    first if needed (trusted since PostgreSQL 13: the CREATE right on the database is enough). When that
+    fails (no right, contrib not installed): a warning, no index (search then scans, bounded by the
+    API's time limit).
     True when the index exists."""
     import psycopg
 
@@ -102,9 +106,10 @@ def ensure_search_index(conn: Connection, schema: str) -> bool:
         try:
             with conn.transaction():  # a savepoint when the caller is in a transaction
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        except psycopg.errors.InsufficientPrivilege as exc:
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile,
+                psycopg.errors.FeatureNotSupported) as exc:  # no CREATE right; contrib not installed
             log.warning("no search index on %s.%s: cannot create extension pg_trgm (%s); ask the database "
-                        "owner to run CREATE EXTENSION pg_trgm", schema, RECORDS_TABLE, str(exc).strip())
+                        "administrator to run CREATE EXTENSION pg_trgm", schema, RECORDS_TABLE, str(exc).strip())
             return False
         except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
             pass  # created by a concurrent run
