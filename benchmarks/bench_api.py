@@ -306,8 +306,8 @@ def searches(client: LightClient, pids: tuple[int, list[int]], label: str, n: in
 
 def fairness(url: str, base: str, threads: int, requests: int, seconds: float) -> dict:
     """`threads` clients of tenant bench send EXPENSIVE requests back to back while one client of
-    tenant light sends first pages (up to `requests`, or `seconds`): light latencies and statuses,
-    the heavy requests' statuses, and the most bench queries seen running at once."""
+    tenant light sends first pages for `seconds` (at least `requests` of them): light latencies and
+    statuses, the heavy requests' statuses, and the most bench queries seen running at once."""
     stop, lock, heavy = threading.Event(), threading.Lock(), Counter()
 
     def hammer() -> None:
@@ -330,14 +330,15 @@ def fairness(url: str, base: str, threads: int, requests: int, seconds: float) -
     with psycopg.connect(url, autocommit=True) as watch:
         def running() -> int:
             return watch.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl-platform-api' "
-                                 "AND state = 'active' AND query LIKE %s", (f'%"tenant_{TENANT}"%',)).fetchone()[0]
+                                 "AND backend_type = 'client backend' AND state = 'active' AND query LIKE %s",
+                                 (f'%"tenant_{TENANT}"%',)).fetchone()[0]
         deadline = time.monotonic() + 30
         while threads and running() == 0 and time.monotonic() < deadline:  # the heavy queries have started
             time.sleep(0.05)
         light, lat, statuses = LightClient(base, LIGHT_KEY, timeout=60), [], Counter()
         end = time.monotonic() + seconds
         try:
-            while len(lat) < requests and time.monotonic() < end:
+            while len(lat) < requests or time.monotonic() < end:
                 started = time.perf_counter()
                 status, _ = light.request("/data?limit=50")
                 lat.append((time.perf_counter() - started) * 1000)
@@ -451,12 +452,12 @@ def main() -> None:
             loads = [load_test(base, cursors, args.threads, args.seconds, 100_000, kind)
                      for kind in ("httpx", "stdlib")]
             print("fairness ...", flush=True)
-            light_alone = fairness(url, base, 0, args.search_requests, args.seconds)
-            fair = fairness(url, base, args.heavy_threads, args.search_requests, 4 * args.seconds)
+            light_alone = fairness(url, base, 0, args.search_requests, 0)
+            fair = fairness(url, base, args.heavy_threads, args.search_requests, 2 * args.seconds)
             proc.terminate()
             proc.wait(10)
             proc, base = start_server(url, Path(tmp), {"ETL_API_PG_TENANT_CONNECTIONS": "8"})  # the whole pool
-            unfair = fairness(url, base, args.heavy_threads, args.search_requests, 2 * args.seconds)
+            unfair = fairness(url, base, args.heavy_threads, 0, 2 * args.seconds)
             proc.terminate()
             proc.wait(10)
             proc = None

@@ -39,7 +39,7 @@ def running(url: str, tenant: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl-platform-api' "
-            "AND state = 'active' AND query LIKE %s", (f'%"tenant_{tenant}"%',)
+            "AND backend_type = 'client backend' AND state = 'active' AND query LIKE %s", (f'%"tenant_{tenant}"%',)
         ).fetchone()[0]
 
 

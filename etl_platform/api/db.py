@@ -1,9 +1,10 @@
-"""Read-only warehouse access for the API: `await reader.query(sql, params)`.
+"""Read-only warehouse access for the API: `await reader.query(sql, params, tenant=..., timeout_ms=...)`.
 
-PostgreSQL: a small pool of asynchronous psycopg connections (no thread per query).
-DuckDB: a short read-only connection per query in a worker thread, through
-`Warehouse.connect()` (shared file lock, so the single writer is respected).
-Both sessions use the UTC time zone, so timestamps are read in UTC.
+PostgreSQL: a small pool of asynchronous psycopg connections (no thread per query), each tenant
+limited to its share of them (`fairness.TenantGate`). DuckDB: a short read-only connection per
+query in a worker thread, through `Warehouse.connect()` (shared file lock, so the single writer is
+respected). Both: a query past its time limit is cancelled (QueryTimeout), and sessions use the UTC
+time zone, so timestamps are read in UTC.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ class AsyncPgPool:
         self.wait_timeout_s = wait_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.statement_timeout_ms = int(statement_timeout_ms)
-        self.options = "-c default_transaction_read_only=on -c TimeZone=UTC"
+        # no parallel workers: a query uses one server process, so a tenant's share of connections
+        # is also its share of the server's CPUs
+        self.options = "-c default_transaction_read_only=on -c TimeZone=UTC -c max_parallel_workers_per_gather=0"
         if statement_timeout_ms:
             self.options += f" -c statement_timeout={int(statement_timeout_ms)}"
         self.gate = TenantGate(size, per_tenant or default_tenant_share(size), wait_timeout_s)
@@ -97,6 +100,8 @@ class AsyncPgPool:
                     rows = await self._run(conn, sql, params, session)
                 except psycopg.errors.QueryCanceled as exc:
                     await self._release(conn)
+                    if "statement timeout" not in str(exc):  # cancelled by an administrator
+                        raise WarehouseError(f"warehouse query cancelled: {str(exc).strip()}") from exc
                     raise QueryTimeout(session[0]) from exc
                 except psycopg.OperationalError as exc:
                     broken = conn.broken
