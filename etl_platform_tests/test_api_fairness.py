@@ -143,3 +143,44 @@ def test_query_past_the_time_limit_is_504_and_cancelled(warehouse_url: str) -> N
     assert follow.status_code == 200 and len(follow.json()["data"]) == 5
     record = api.get("/data/github/pull_request/000001", headers=auth("acme"))
     assert record.status_code == 504 and record.json()["detail"].startswith("the query ran longer than 0.3s")
+
+
+def test_gate_queues_a_tenant_over_its_share_apart_from_others() -> None:
+    """TenantGate alone: size 3, share 2. acme's third request waits in acme's queue (counted as
+    waiting) while globex takes the last slot at once; a shared-only caller (health) queues behind
+    the full pool and gives up with PoolExhausted; acme's waiter gives up with TenantBusy."""
+    from etl_platform.api.fairness import PoolExhausted, TenantBusy, TenantGate
+
+    gate = TenantGate(3, 2, wait_timeout_s=0.3)
+
+    async def main() -> list[str]:
+        events: list[str] = []
+        release = asyncio.Event()
+
+        async def hold(tenant: str | None, name: str) -> None:
+            try:
+                async with gate.slot(tenant):
+                    events.append(f"{name} in")
+                    await release.wait()
+            except (TenantBusy, PoolExhausted) as exc:
+                events.append(f"{name} {type(exc).__name__}")
+
+        acme = [asyncio.create_task(hold("acme", f"acme{n}")) for n in range(3)]
+        await asyncio.sleep(0.05)
+        assert (gate.in_use, gate.waiting) == (2, 1)
+        globex = asyncio.create_task(hold("globex", "globex"))
+        await asyncio.sleep(0.05)
+        assert gate.in_use == 3 and events[-1] == "globex in"
+        await hold(None, "health")  # the pool is full: waits, then gives up
+        await asyncio.wait_for(acme[2], 5)  # acme's third never got in
+        assert gate.waiting == 0
+        release.set()
+        await asyncio.gather(*acme[:2], globex)
+        assert (gate.in_use, gate.waiting) == (0, 0)
+        async with gate.slot("acme"):  # queues are dropped when empty, and recreated
+            events.append("acme again")
+        return events
+
+    events = asyncio.run(main())
+    # acme2 started waiting first, so its wait ends first
+    assert events == ["acme0 in", "acme1 in", "globex in", "acme2 TenantBusy", "health PoolExhausted", "acme again"]

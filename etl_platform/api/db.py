@@ -116,6 +116,12 @@ class AsyncPgPool:
                 return rows
             raise AssertionError("unreachable")
 
+    def stats(self) -> dict[str, int]:
+        """Slots in use, queries waiting for one (in a tenant's queue or the shared one), idle
+        connections, the size, a tenant's share (for /metrics)."""
+        return {"size": self.size, "in_use": self.gate.in_use, "waiting": self.gate.waiting,
+                "idle": len(self._idle), "tenant_share": self.gate.per_tenant}
+
     async def _close(self, conn: psycopg.AsyncConnection) -> None:
         self._sessions.pop(id(conn), None)
         await conn.close()
@@ -179,6 +185,10 @@ class Reader:
             raise QueryTimeout(timeout_ms) from exc
         except duckdb.IOException as exc:
             raise WarehouseError(f"cannot open the warehouse: {exc}") from exc
+
+    def pool_stats(self) -> dict[str, int] | None:
+        """The PostgreSQL pool's state (None on DuckDB: no pool)."""
+        return self.pool.stats() if self.pool is not None else None
 
     async def close(self) -> None:
         if self.pool is not None:

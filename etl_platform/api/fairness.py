@@ -52,6 +52,8 @@ class TenantGate:
         self.per_tenant = max(1, min(per_tenant, size))
         self.wait_timeout_s = wait_timeout_s
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self.in_use = 0  # slots held now (all loops; for metrics)
+        self.waiting = 0  # requests waiting for a slot, in a tenant's queue or the shared one
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -59,10 +61,6 @@ class TenantGate:
         if state is None:
             state = self._loops[loop] = _LoopState(asyncio.Semaphore(self.size))
         return state
-
-    def in_use(self) -> int:
-        """Slots held now on the running loop (for gauges and tests)."""
-        return self.size - self._state().shared._value
 
     @asynccontextmanager
     async def slot(self, tenant: str | None) -> AsyncIterator[None]:
@@ -74,6 +72,8 @@ class TenantGate:
             if queue is None:
                 queue = state.tenants[tenant] = _Queue(asyncio.Semaphore(self.per_tenant))
             queue.users += 1
+        self.waiting += 1
+        waiting = True
         try:
             if queue is not None:
                 try:
@@ -86,14 +86,18 @@ class TenantGate:
                     await asyncio.wait_for(state.shared.acquire(), left)
                 except asyncio.TimeoutError:
                     raise PoolExhausted("no free warehouse connection (pool exhausted)") from None
+                self.waiting, self.in_use, waiting = self.waiting - 1, self.in_use + 1, False
                 try:
                     yield
                 finally:
+                    self.in_use -= 1
                     state.shared.release()
             finally:
                 if queue is not None:
                     queue.semaphore.release()
         finally:
+            if waiting:
+                self.waiting -= 1
             if queue is not None:
                 queue.users -= 1
                 if queue.users == 0:
