@@ -70,8 +70,9 @@ def test_newest_first_shape_and_isolation(warehouse: Warehouse) -> None:
          {f"github/pull_request/{n:06d}" for n in range(10, 13)}),
         ({"q": "cpu"}, {"github/pull_request/000007", "github/pull_request/000008"}),
         ({"q": "100%"}, {"github/pull_request/000007"}),
-        ({"q": "u_s"}, {"github/pull_request/000007"}),
-        ({"q": "x%"}, set()),  # % is literal, not a wildcard
+        ({"q": "cpu_s"}, {"github/pull_request/000007"}),
+        ({"q": "item_1"}, set()),  # _ is literal too ("item 1..." would match)
+        ({"q": "tem%"}, set()),  # % is literal, not a wildcard ("item 1..." would match)
         ({"source": "github", "include_inactive": "true", "limit": 500},
          {f"github/pull_request/{n:06d}" for n in range(60)}),
         ({"source": "feed"}, set()),  # globex's source: acme sees nothing

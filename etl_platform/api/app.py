@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from etl_platform.api.auth import KeyRing
-from etl_platform.api.db import Reader
+from etl_platform.api.db import QueryTimeout, Reader
+from etl_platform.api.fairness import TenantBusy
 from etl_platform.api.limits import HeaderLimitMiddleware
 from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
-from etl_platform.api.params import DagsterUnavailable
+from etl_platform.api.params import DagsterUnavailable, timeout_detail
 from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.readers import TenantReaders
 from etl_platform.api.routes import router
@@ -64,6 +65,7 @@ def create_app(
             pool_size=settings.pg_pool_size,
             statement_timeout_ms=settings.statement_timeout_ms,
             duckdb_lock_timeout_s=settings.duckdb_lock_timeout_s,
+            tenant_connections=settings.pg_tenant_connections or None,
         )
 
     reader = make_reader(warehouse or get_warehouse())
@@ -93,6 +95,16 @@ def create_app(
     @app.exception_handler(WarehouseError)
     async def _warehouse_down(request: Request, exc: WarehouseError) -> JSONResponse:
         return JSONResponse({"detail": "warehouse unavailable"}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(QueryTimeout)
+    async def _query_timeout(request: Request, exc: QueryTimeout) -> JSONResponse:
+        return JSONResponse({"detail": timeout_detail(request.url.path, exc.timeout_ms)}, status_code=504)
+
+    @app.exception_handler(TenantBusy)
+    async def _tenant_busy(request: Request, exc: TenantBusy) -> JSONResponse:
+        detail = (f"too many concurrent queries for this tenant: at most {exc.share} run at once; "
+                  "retry when one has finished")
+        return JSONResponse({"detail": detail}, status_code=429, headers={"Retry-After": "1"})
 
     @app.exception_handler(DagsterUnavailable)
     async def _dagster_down(request: Request, exc: DagsterUnavailable) -> JSONResponse:

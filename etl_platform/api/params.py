@@ -17,8 +17,9 @@ TIMESTAMP_DOC = "ISO 8601 date-time such as 2024-05-01T00:00:00Z (no offset: UTC
 CURSOR = r"^[A-Za-z0-9_-]+={0,2}$"
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "missing or invalid API key"},
-    429: {"model": Error, "description": "rate limit exceeded (see Retry-After)"},
+    429: {"model": Error, "description": "rate limit exceeded, or too many concurrent queries (see Retry-After)"},
     503: {"model": Error, "description": "warehouse or Dagster storage unavailable"},
+    504: {"model": Error, "description": "the query ran longer than its limit and was cancelled (narrow it)"},
 }
 
 
@@ -61,6 +62,15 @@ def timestamp(field: str, raw: str | None) -> dt.datetime | None:
     except ValueError:
         raise invalid(field, "not a valid date-time") from None
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def timeout_detail(path: str, timeout_ms: int) -> str:
+    """The 504 answer: what happened and, for /data, how to narrow the query."""
+    detail = f"the query ran longer than {timeout_ms / 1000:g}s and was cancelled"
+    if path.startswith("/data"):
+        detail += ("; narrow it: a longer or rarer q, source or record_type, "
+                   "updated_since/updated_until, or a smaller limit")
+    return detail
 
 
 def metadata(request: Request) -> dict[str, Any]:

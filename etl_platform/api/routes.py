@@ -50,7 +50,11 @@ async def get_data(
     status: str | None = Query(None, max_length=200, pattern=TEXT, description="case-insensitive"),
     updated_since: str | None = Query(None, pattern=TIMESTAMP, description="sort_at >= this; " + TIMESTAMP_DOC),
     updated_until: str | None = Query(None, pattern=TIMESTAMP, description="sort_at < this; " + TIMESTAMP_DOC),
-    q: str | None = Query(None, max_length=200, pattern=TEXT, description="text in title or description"),
+    q: str | None = Query(
+        None, max_length=200, pattern=TEXT,
+        description="case-insensitive text in title or description (a substring); at least "
+        f"{queries.MIN_SEARCH_RUN} letters or digits in a row",
+    ),
     include_inactive: bool = Query(False, description="also records no longer active at the source"),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(
@@ -64,6 +68,8 @@ async def get_data(
             raise invalid("updated_until", "must be later than updated_since")
     except OverflowError:
         raise invalid("updated_until", "out of range") from None
+    if q is not None and (problem := queries.search_problem(q)):
+        raise invalid("q", problem)
     try:
         after = decode_cursor(cursor) if cursor is not None else None
     except CursorError as exc:
@@ -73,7 +79,8 @@ async def get_data(
         updated_until=until, q=q, include_inactive=include_inactive, limit=limit, after=after,
     )
     reader = request.app.state.readers.for_tenant(principal.tenant_id)
-    page = await queries.fetch_page(reader, principal.tenant_id, query)
+    timeout_ms = request.app.state.settings.data_timeout_ms
+    page = await queries.fetch_page(reader, principal.tenant_id, query, timeout_ms=timeout_ms)
     meta = metadata(request)
     meta["pagination"] = {
         "limit": limit,
@@ -97,7 +104,8 @@ async def get_record(
     if "\x00" in record_id or len(record_id) > 1024:
         raise HTTPException(404, "record not found")
     reader = request.app.state.readers.for_tenant(principal.tenant_id)
-    row = await queries.fetch_record(reader, principal.tenant_id, record_id)
+    row = await queries.fetch_record(reader, principal.tenant_id, record_id,
+                                     timeout_ms=request.app.state.settings.data_timeout_ms)
     if row is None:
         raise HTTPException(404, "record not found")
     return {"data": row, "metadata": metadata(request)}

@@ -42,7 +42,9 @@ class ApiSettings:
     health_require_daemon: bool = False  # ETL_HEALTH_REQUIRE_DAEMON: no/stale heartbeat -> 503
     daemon_max_age_s: float = 300.0  # ETL_HEALTH_DAEMON_MAX_AGE_SECONDS: older heartbeat is stale
     pg_pool_size: int = 8  # ETL_API_PG_POOL_SIZE: pooled PostgreSQL connections
-    statement_timeout_ms: int = 15000  # ETL_API_STATEMENT_TIMEOUT_MS (PostgreSQL)
+    pg_tenant_connections: int = 0  # ETL_API_PG_TENANT_CONNECTIONS: one tenant's share (0: a quarter of the pool)
+    statement_timeout_ms: int = 15000  # ETL_API_STATEMENT_TIMEOUT_MS: longest query (/stats); 0: no limit
+    data_timeout_ms: int = 5000  # ETL_API_DATA_TIMEOUT_MS: longest /data query (then 504); 0: no limit
     duckdb_lock_timeout_s: float = 30.0  # ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS: wait for a writer
     max_header_bytes: int = 16384  # ETL_API_MAX_HEADER_BYTES: request line + headers; larger: 400, connection closed
 
@@ -57,7 +59,9 @@ class ApiSettings:
             health_require_daemon=_flag("ETL_HEALTH_REQUIRE_DAEMON"),
             daemon_max_age_s=_number("ETL_HEALTH_DAEMON_MAX_AGE_SECONDS", cls.daemon_max_age_s),
             pg_pool_size=max(1, int(_number("ETL_API_PG_POOL_SIZE", cls.pg_pool_size))),
+            pg_tenant_connections=int(_number("ETL_API_PG_TENANT_CONNECTIONS", cls.pg_tenant_connections)),
             statement_timeout_ms=int(_number("ETL_API_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms)),
+            data_timeout_ms=int(_number("ETL_API_DATA_TIMEOUT_MS", cls.data_timeout_ms)),
             duckdb_lock_timeout_s=_number("ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS", cls.duckdb_lock_timeout_s),
             max_header_bytes=max(1024, int(_number("ETL_API_MAX_HEADER_BYTES", cls.max_header_bytes))),
         )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from etl_platform.warehouse import Connection, quote
 
+log = logging.getLogger(__name__)
+
 RECORDS_TABLE = "records"
+SEARCH_INDEX = "records_search_idx"  # PostgreSQL: pg_trgm GIN over title and description, serves `q`
 RECORD_REJECTS_TABLE = "record_rejects"
 
 # column -> (duckdb type, postgres type); order is the table's column order
@@ -60,8 +65,10 @@ def _ddl(conn: Connection, schema: str, table: str, columns: dict[str, tuple[str
     return f"CREATE TABLE IF NOT EXISTS {quote(schema)}.{quote(table)} (\n  {cols}{tail}\n)"
 
 
-def ensure_tables(conn: Connection, schema: str) -> None:
-    """Create the tenant schema, `records` (with its upsert key and page index) and `record_rejects`."""
+def ensure_tables(conn: Connection, schema: str, *, search_index: bool = True) -> None:
+    """Create the tenant schema, `records` (with its upsert key, page index and, on PostgreSQL, search
+    index unless `search_index=False`: building it after a big first load, with ensure_search_index,
+    costs about half of maintaining it row by row) and `record_rejects`."""
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
     pk = ", ".join(quote(c) for c in UPSERT_KEY)
     conn.execute(_ddl(conn, schema, RECORDS_TABLE, RECORD_COLUMNS, f",\n  PRIMARY KEY ({pk})"))
@@ -78,3 +85,43 @@ def ensure_tables(conn: Connection, schema: str) -> None:
             f"CREATE INDEX IF NOT EXISTS record_rejects_day_idx ON {quote(schema)}.{quote(RECORD_REJECTS_TABLE)} "
             "(tenant_id, event_date)"
         )
+
+        if search_index:
+            ensure_search_index(conn, schema)
+
+
+def _trgm_schema(conn: Connection) -> str | None:
+    rows = conn.query(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'"
+    )
+    return rows[0][0] if rows else None
+
+
+def ensure_search_index(conn: Connection, schema: str) -> bool:
+    """PostgreSQL: the trigram GIN index that serves the API's `q` (a case-insensitive substring of title
+    or description: `~*` on a literal pattern; it serves ILIKE too), creating the `pg_trgm` extension
+    first if needed (trusted since PostgreSQL 13: the CREATE right on the database is enough). When that
+    fails (no right, contrib not installed): a warning, no index (search then scans, bounded by the
+    API's time limit).
+    True when the index exists."""
+    import psycopg
+
+    ext_schema = _trgm_schema(conn)
+    if ext_schema is None:
+        try:
+            with conn.transaction():  # a savepoint when the caller is in a transaction
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile,
+                psycopg.errors.FeatureNotSupported) as exc:  # no CREATE right; contrib not installed
+            log.warning("no search index on %s.%s: cannot create extension pg_trgm (%s); ask the database "
+                        "administrator to run CREATE EXTENSION pg_trgm", schema, RECORDS_TABLE, str(exc).strip())
+            return False
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+            pass  # created by a concurrent run
+        ext_schema = _trgm_schema(conn)
+    ops = f"{quote(ext_schema)}.gin_trgm_ops"
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {SEARCH_INDEX} ON {quote(schema)}.{quote(RECORDS_TABLE)} "
+        f"USING gin (title {ops}, description {ops})"
+    )
+    return True
