@@ -25,6 +25,8 @@ from etl_platform.indexes import analyze_if_stale, ensure_slice_index
 from etl_platform.normalize.drift import observed_schema
 from etl_platform.sources import lineage
 from etl_platform.sources.build import build_source
+from etl_platform.sources.contracts import install_guards, rejects_resource
+from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.warehouse import Connection, Warehouse, quote
 
 STATS_FIELDS = (
@@ -111,15 +113,29 @@ def load_source(
             pipeline.drop()
         else:
             pipeline.drop_pending_packages()
-        load_info = pipeline.run(source)
+        guards = _contract_guards(pipeline, source, config, ctx)
+        try:
+            load_info = pipeline.run(source)
+        except Exception:
+            refused = [g.describe() for g in guards if g.mode == "freeze" and g.stats.violations]
+            if refused:  # name every field as the source writes it (dlt names its variant column)
+                raise PermanentSourceError("; ".join(refused)) from None
+            raise
         load_info.raise_on_failed_jobs()
         load_ids = list(load_info.loads_ids)
+        diverted = [row for guard in guards for row in guard.rejected]
+        if diverted:  # rows or values a contract discarded: kept in `rejects` with the reason
+            extra = pipeline.run(rejects_resource(diverted))
+            extra.raise_on_failed_jobs()
+            load_ids += list(extra.loads_ids)
         metadata = {
             name: dlt_resource.extract_resource_metadata(context, res, load_info, pipeline)
             for name, res in source.selected_resources.items()
         }
         with warehouse.connect(write=True) as conn:
             tables = [raw_table(config.name, r) for r in source.selected_resources]
+            if REJECTS_RESOURCE not in source.selected_resources and conn.table_exists(dataset, REJECTS_RESOURCE):
+                tables.append(REJECTS_RESOURCE)  # rows a contract diverted
             for table in tables:
                 if conn.dialect == "postgres" and conn.table_exists(dataset, table):
                     ensure_slice_index(conn, dataset, table)
@@ -148,10 +164,38 @@ def load_source(
         source=config.name,
         resources=loads,
         rejects_by_day=rejects,
-        stats=_stats(stats),
+        stats={**_stats(stats), **_contract_stats(guards)},
         swept=swept,
         duration_s=round(time.monotonic() - started, 3),
     )
+
+
+def _contract_guards(pipeline: Any, source: Any, config: SourceConfig, ctx: lineage.RunContext) -> list:
+    """Guards that make the source's schema contract tell the truth (`sources/contracts.py`),
+    against the tables as the destination knows them."""
+    if config.schema_contract == "evolve":
+        return []
+    try:
+        pipeline.sync_destination()
+    except Exception:  # noqa: BLE001 - nothing loaded yet: no table to hold to a contract
+        return []
+    schema = pipeline.default_schema if pipeline.default_schema_name else None
+    return install_guards(source, config.schema_contract, schema, lambda r: raw_table(config.name, r), ctx)
+
+
+def _contract_stats(guards: list) -> dict[str, Any]:
+    if not guards:
+        return {}
+    violations: dict[str, int] = {}
+    for guard in guards:
+        for name, count in guard.stats.violations.items():
+            violations[f"{guard.resource}.{name}"] = count
+    return {
+        "contract": guards[0].mode,
+        "contract_rows_discarded": sum(g.stats.rows_discarded for g in guards),
+        "contract_values_discarded": sum(g.stats.values_discarded for g in guards),
+        "contract_violations": violations,
+    }
 
 
 def _resource_metadata(meta: dict[str, Any], changes: list[str]) -> dict[str, Any]:
