@@ -1,6 +1,7 @@
 """Shared plumbing of the API sources (Jira, GitHub): dlt's RESTClient on dlt's retrying
-session, auth that stays on its host, status handling (retryable vs permanent), secret
-redaction, and stamping raw rows with lineage.
+session with bodies read as a stream (`pages.StreamingClient`: bounded memory, 204 and empty
+bodies as empty pages, records nested too deep kept), auth that stays on its host, status
+handling (retryable vs permanent), secret redaction, and stamping raw rows with lineage.
 
 Retries: dlt's session retries connection errors, 429 and 5xx (honouring `Retry-After`, capped
 by RUNTIME__REQUEST_MAX_RETRY_DELAY) plus whatever `retryable` says; other 4xx raise
@@ -17,13 +18,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from dlt.sources.helpers.requests import Client, HTTPError, Response
-from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.exceptions import IgnoreResponseException
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests.auth import AuthBase
 
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import RECORD, RunContext
+from etl_platform.sources.pages import ApiStats, StreamingClient
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +88,16 @@ def rest_client(
     auth: AuthBase | None,
     headers: dict[str, str] | None = None,
     retryable: Callable[[Response], bool] | None = None,
-) -> RESTClient:
-    """A dlt RESTClient on dlt's retrying session (timeouts and attempts from RUNTIME__REQUEST_*)."""
+    stats: ApiStats | None = None,
+) -> StreamingClient:
+    """A streaming dlt RESTClient on dlt's retrying session (timeouts and attempts from
+    RUNTIME__REQUEST_*), counting into `stats`."""
 
     def retry_condition(response: Response | None, exc: BaseException | None) -> bool:
         return response is not None and retryable is not None and retryable(response)
 
     session = Client(raise_for_status=False, retry_condition=retry_condition).session
-    return RESTClient(base_url.rstrip("/"), headers=headers, auth=auth, session=session)
+    return StreamingClient(base_url.rstrip("/"), headers=headers, auth=auth, session=session, stats=stats)
 
 
 def status_hook(
@@ -126,7 +129,7 @@ def status_hook(
 
 
 def pages(
-    client: RESTClient,
+    client: StreamingClient,
     path: str,
     *,
     paginator: BasePaginator,
@@ -163,6 +166,8 @@ def raw_row(
     }
 
 
-def log_skipped(source: str, resource: str, skipped: dict[str, int]) -> None:
-    if skipped.get(resource):
-        logger.info("%s.%s: skipped %d rows outside the window", source, resource, skipped[resource])
+def log_skipped(source: str, stats: ApiStats, resource: str) -> None:
+    """Log the rows of a resource read and not loaded, by reason (they are also in the stats)."""
+    for reason, count in sorted(stats.skipped_by_reason.items()):
+        if reason.startswith(f"{resource}: "):
+            logger.info("%s.%s: %d rows not loaded: %s", source, resource, count, reason.split(": ", 1)[1])
