@@ -20,8 +20,8 @@ JQL datetimes are read in the Jira user's timezone, so the `updated` range is wi
 on both sides and rows are then placed by their own UTC-aware `updated`.
 
 Stats (`source.etl_stats`, a `pages.ApiStats`): pages, bytes, empty pages, and every issue read
-and not loaded with its reason (`skipped_by_reason`: outside the window, no id or key, repeated)
-on a later page), also logged at the end of the resource.
+and not loaded with its reason (`skipped_by_reason`: outside the window, no id or key,
+repeated), also logged at the end of the resource.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ dlt's requests, hooks, auth and paginators, and reads each body differently:
 from __future__ import annotations
 
 import copy
-import io
 import json
 import tempfile
 from collections import Counter
@@ -166,12 +165,19 @@ class Body:
 
     def _stream(self) -> IO[bytes]:
         self._file.seek(0)
-        return io.BufferedReader(self._file, CHUNK_BYTES)  # type: ignore[arg-type]
+        return self._file
 
     def whole(self) -> Any:
-        """The parsed body (ijson: no recursion limit); {} when empty."""
+        """The parsed body; {} when empty. Python's parser (as requests uses) unless the body
+        nests deeper than its recursion limit."""
         if not self._parsed:
-            self._whole = {} if self.empty else next(ijson.items(self._stream(), "", use_float=True))
+            if self.empty:
+                self._whole = {}
+            else:
+                try:
+                    self._whole = json.loads(self._stream().read())
+                except RecursionError:
+                    self._whole = next(_items(self._stream, ""))
             self._parsed = True
         return self._whole
 
@@ -188,15 +194,15 @@ class Body:
         kind = self._kind_at(prefix)
         if kind == "start_array":
             self._skip = f"{prefix}.item" if prefix else "item"
-            yield from ijson.items(self._stream(), self._skip, use_float=True)
+            yield from _items(self._stream, self._skip)
         elif kind is not None and kind != "null":
-            yield from ijson.items(self._stream(), prefix, use_float=True)
+            yield from _items(self._stream, prefix)
 
     def _detected_prefix(self) -> str:
         """Where dlt's detector finds the page's list, judged on a skeleton of the body in which
         each list holds only as many Nones as it has items (one pass of ijson events)."""
         builder, sizes = ijson.ObjectBuilder(), Counter[str]()
-        for prefix, event, value in ijson.parse(self._stream(), use_float=True):
+        for prefix, event, value in _events(self._stream):
             parts = prefix.split(".")
             if "item" in parts:
                 if parts[-1] == "item" and "item" not in parts[:-1] and event in _VALUE_EVENTS:
@@ -211,10 +217,10 @@ class Body:
                 parent = parent[key]
             parent[last] = [None] * size
         path, _ = find_response_page_data(skeleton) if isinstance(skeleton, dict) else ((), None)
-        return ".".join(path)
+        return _prefix(".".join(path)) or ""
 
     def _kind_at(self, prefix: str) -> str | None:
-        for at, event, _ in ijson.parse(self._stream()):
+        for at, event, _ in _events(self._stream):
             if at == prefix and event not in ("map_key", "end_map", "end_array"):
                 return event
         return None
@@ -223,7 +229,33 @@ class Body:
         """The body for paginators: whole when small, else without the items (their list empty)."""
         if self._skip is None:
             return self.whole()
-        return _without(self._stream(), self._skip)
+        return _without(self._stream, self._skip)
+
+
+def _items(stream: Callable[[], IO[bytes]], prefix: str) -> Iterator[Any]:
+    """The values at `prefix` (ijson)."""
+    return _tolerant(lambda backend: backend.items(stream(), prefix, use_float=True))
+
+
+def _events(stream: Callable[[], IO[bytes]]) -> Iterator[tuple[str, str, Any]]:
+    """ijson's (prefix, event, value) of the body."""
+    return _tolerant(lambda backend: backend.parse(stream(), use_float=True))
+
+
+def _tolerant(read: Callable[[Any], Iterator[Any]]) -> Iterator[Any]:
+    """`read(ijson)`. yajl cannot hold an integer beyond 64 bits: from where it stopped, ijson's
+    Python backend (slower, exact) reads the rest."""
+    done = 0
+    try:
+        for value in read(ijson):
+            yield value
+            done += 1
+    except ijson.JSONError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+        for index, value in enumerate(read(ijson.get_backend("python"))):
+            if index >= done:
+                yield value
 
 
 def _selected(document: Any, selector: str | None) -> list[Any]:
@@ -237,11 +269,11 @@ def _selected(document: Any, selector: str | None) -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
-def _without(stream: IO[bytes], skip: str) -> Any:
+def _without(stream: Callable[[], IO[bytes]], skip: str) -> Any:
     """The document with the list at `skip`'s parent left empty (built from ijson events)."""
     builder = ijson.ObjectBuilder()
     inside = skip + "."
-    for prefix, event, value in ijson.parse(stream, use_float=True):
+    for prefix, event, value in _events(stream):
         if prefix == skip or prefix.startswith(inside):
             continue
         builder.event(event, value)
