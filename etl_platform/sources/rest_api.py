@@ -44,7 +44,10 @@ class RestStats(ApiStats):
 
     repeated_pages_stopped: int = 0
     pages_by_resource: dict[str, int] = field(default_factory=dict)
-    current_url: dict[str, str] = field(default_factory=dict)
+    current_url: dict[str, str] = field(default_factory=dict)  # the page being read, per resource
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {k: v for k, v in super().as_metadata().items() if k != "current_url"}
 
 
 class LoopGuard(BasePaginator):
