@@ -42,7 +42,7 @@ from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.paginators import HeaderLinkPaginator
 
 from etl_platform.config.models import GithubSource, secret
-from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
+from etl_platform.sources.http import HeaderAuth, pages, raw_row, redact, rest_client, status_hook
 from etl_platform.sources.lineage import PARTITION_DATE, RECORD, RunContext, apply_raw_hints, parse_time
 from etl_platform.sources.pages import OUTSIDE_WINDOW, ApiStats
 
@@ -161,7 +161,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                     yield rows
                 if older:
                     break
-        log_skipped(config.name, stats, "pull_requests")
+        stats.log_skipped(config.name, "pull_requests")
 
     def children(resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], row_key: Any) -> Any:
         def rows(prs: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -227,7 +227,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                         yield out
                     if not current:
                         break
-            log_skipped(config.name, stats, resource)
+            stats.log_skipped(config.name, resource)
 
         return dlt.resource(rows, name=resource)
 

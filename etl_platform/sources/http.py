@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -25,8 +24,6 @@ from requests.auth import AuthBase
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import RECORD, RunContext
 from etl_platform.sources.pages import ApiStats, StreamingClient
-
-logger = logging.getLogger(__name__)
 
 ResponseHook = Callable[..., Any]
 
@@ -165,9 +162,3 @@ def raw_row(
         RECORD: record,
     }
 
-
-def log_skipped(source: str, stats: ApiStats, resource: str) -> None:
-    """Log the rows of a resource read and not loaded, by reason (they are also in the stats)."""
-    for reason, count in sorted(stats.skipped_by_reason.items()):
-        if reason.startswith(f"{resource}: "):
-            logger.info("%s.%s: %d rows not loaded: %s", source, resource, count, reason.split(": ", 1)[1])

@@ -43,7 +43,7 @@ from dlt.sources.helpers.rest_client.paginators import (
 )
 
 from etl_platform.config.models import JiraSource, secret
-from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
+from etl_platform.sources.http import HeaderAuth, pages, raw_row, redact, rest_client, status_hook
 from etl_platform.sources.lineage import (
     PARTITION_DATE,
     POSITION,
@@ -215,7 +215,7 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
                 )
             if rows:
                 yield rows
-        log_skipped(config.name, stats, "issues")
+        stats.log_skipped(config.name, "issues")
 
     def _placed(issue: dict[str, Any]) -> tuple[dt.datetime | None, list[dt.date]]:
         """(event time, partition days): `updated`, else `created`, else every window day."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,6 +35,8 @@ from dlt.sources.helpers.rest_client.detector import find_response_page_data
 from dlt.sources.helpers.rest_client.exceptions import IgnoreResponseException
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests import Response
+
+logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 16
 BATCH_ITEMS = 1000
@@ -63,6 +66,12 @@ class ApiStats:
         self.skipped_by_reason[f"{resource}: {reason}"] += count
         if reason == OUTSIDE_WINDOW:
             self.outside_window += count
+
+    def log_skipped(self, source: str, resource: str) -> None:
+        """Log a resource's rows read and not loaded, by reason (once its pages are read)."""
+        for reason, count in sorted(self.skipped_by_reason.items()):
+            if reason.startswith(f"{resource}: "):
+                logger.info("%s.%s: %d rows not loaded: %s", source, resource, count, reason.split(": ", 1)[1])
 
     def reset(self) -> None:
         self.__dict__.update(type(self)().__dict__)

@@ -149,6 +149,7 @@ def _fetch(resource: RestResource, source: RestApiSource, ctx: lineage.RunContex
         yield from client.paginate(
             resource.path, params=params, paginator=paginator, data_selector=resource.data_selector, hooks=hooks
         )
+        stats.log_skipped(source.name, resource.name)
 
     return pages
 
