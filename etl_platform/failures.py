@@ -18,13 +18,13 @@ from dagster import Failure, MetadataValue
 from etl_platform.config.models import TenantsFileError
 from etl_platform.redaction import redact as redact_text
 from etl_platform.redaction import scrub_exception
+from etl_platform.sources.errors import PERMANENT_HTTP_STATUSES
 
 PERMANENT = "permanent"
 TRANSIENT = "transient"
 ERROR_KIND_KEY = "etl/error_kind"
 FAILURES_KEY = "etl/failures"  # metadata of a run's Failure: every failed (tenant, source), as JSON
 FAILED_TENANTS_TAG = "etl/failed_tenants"  # run tag: the tenants a run failed for, comma-separated
-PERMANENT_HTTP_STATUSES = {400, 401, 403, 404, 405, 410, 422}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -46,7 +46,8 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def _permanent_types() -> tuple[type[BaseException], ...]:
-    """Exception types that fail the same way on every attempt."""
+    """Exception types that fail the same way on every attempt (subclasses included)."""
+    import duckdb
     from dlt.common.schema.exceptions import DataValidationError
     from pydantic import ValidationError
 
@@ -54,20 +55,18 @@ def _permanent_types() -> tuple[type[BaseException], ...]:
 
     return (
         TenantsFileError,  # the tenants file or a secret it names
-        PermanentSourceError,  # 4xx, bad query, malformed feed, CSV configuration...
+        # 4xx, bad query, a file that is not a feed (FeedFormatError), CSV configuration
+        # (CsvConfigError: unknown encoding, unsupported compression, missing columns, a file not found)
+        PermanentSourceError,
         DataValidationError,  # a schema contract (freeze) refused the data
         ValidationError,
         FileNotFoundError,
         UnicodeError,
+        LookupError,  # KeyError, an unknown codec
         RecursionError,  # data nested deeper than the parser can follow
         MemoryError,
-        KeyError,
+        duckdb.OutOfMemoryException,  # DuckDB's memory cap: the same input needs the same memory again
     )
-
-
-def _deterministic_database_error(exc: BaseException) -> bool:
-    """DuckDB running out of its memory cap on the same input fails the same way again."""
-    return type(exc).__name__ == "OutOfMemoryException" and type(exc).__module__.startswith("duckdb")
 
 
 def classify(exc: BaseException) -> str:
@@ -79,9 +78,8 @@ def classify(exc: BaseException) -> str:
     if status is not None and (status in (408, 429) or status >= 500):
         return TRANSIENT
     permanent = _permanent_types()
-    for err in _chain(exc):
-        if isinstance(err, permanent) or _deterministic_database_error(err):
-            return PERMANENT
+    if any(isinstance(err, permanent) for err in _chain(exc)):
+        return PERMANENT
     return TRANSIENT
 
 

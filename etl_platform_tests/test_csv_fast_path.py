@@ -169,11 +169,13 @@ def test_bad_event_time_hands_over(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [r["reason"] for r in fast["rejects"]] == ["unparseable event_time 'not a time'"] * len(DAYS)
 
 
-def test_latin1_and_a_non_ascii_delimiter_use_the_row_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_latin1_takes_the_fast_path_and_a_non_ascii_delimiter_the_slow_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes("a;b\n1;caf\xe9\n".encode("latin-1"))
     fast, slow = read_both(path, monkeypatch, encoding="latin-1")
-    assert fast["reader"] == "rows"
+    assert fast["reader"] == "arrow" and [r["b"] for r in fast["rows"]] == ["café"] * len(DAYS)
     assert_same(fast, slow)
     path.write_text("a§b\n1§2\n", encoding="utf-8")
     fast, slow = read_both(path, monkeypatch, delimiter="§")

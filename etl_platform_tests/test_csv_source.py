@@ -20,6 +20,7 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from etl_platform.config.models import CsvSource
+from etl_platform.failures import classify
 from etl_platform.sources.csv_files import (
     CsvFileNotFoundError,
     CsvSourceError,
@@ -192,11 +193,15 @@ def test_ragged_rows_go_to_rejects_with_line_and_raw_text(fixtures_dir: Path, tm
 
 
 @pytest.mark.fixtures
-def test_null_spellings_become_null_but_the_record_keeps_them(fixtures_dir: Path, tmp_path: Path) -> None:
+def test_null_spellings_are_null_in_the_columns_and_in_the_record(fixtures_dir: Path, tmp_path: Path) -> None:
     pipeline, _ = load(tmp_path, fixtures_dir / "csv" / "csvkit" / "blanks.csv")
     [row] = table(pipeline, "rows")
     assert {c: row[c] for c in "abcdef"} == {"a": None, "b": None, "c": None, "d": "NONE", "e": None, "f": "."}
-    assert record(row) == {"a": "", "b": "NA", "c": "N/A", "d": "NONE", "e": "NULL", "f": "."}
+    assert record(row) == {"a": None, "b": None, "c": None, "d": "NONE", "e": None, "f": "."}
+    pipeline, _ = load(tmp_path, fixtures_dir / "csv" / "csvkit" / "blanks.csv", null_values=["N/A"])
+    [row] = table(pipeline, "rows")
+    assert record(row) == {"a": "", "b": "NA", "c": None, "d": "NONE", "e": "NULL", "f": "."}
+    assert {c: row[c] for c in "abcdef"} == record(row)
 
 
 @pytest.mark.fixtures
@@ -208,12 +213,17 @@ def test_utf8_bom_is_not_part_of_the_first_column(fixtures_dir: Path, tmp_path: 
 
 
 @pytest.mark.fixtures
-def test_latin1_with_its_encoding_and_rejected_as_utf8(fixtures_dir: Path, tmp_path: Path) -> None:
+def test_latin1_configured_detected_or_rejected_as_utf8(fixtures_dir: Path, tmp_path: Path) -> None:
     path = fixtures_dir / "csv" / "csvkit" / "test_latin1.csv"
-    pipeline, _ = load(tmp_path, path, encoding="latin-1")
+    pipeline, stats = load(tmp_path, path, encoding="latin-1")
     assert [(r["a"], r["b"], r["c"]) for r in table(pipeline, "rows")] == [("1", "2", "3"), ("4", "5", "©")]
+    assert (stats.encoding, stats.encoding_source) == ("iso8859-1", "configured")
 
-    pipeline, stats = load(tmp_path, path)
+    pipeline, stats = load(tmp_path, path)  # not declared, not UTF-8: detected
+    assert [(r["a"], r["b"], r["c"]) for r in table(pipeline, "rows")] == [("1", "2", "3"), ("4", "5", "©")]
+    assert (stats.encoding, stats.encoding_source) == ("cp1252", "detected") and "cp1252" in stats.warning
+
+    pipeline, stats = load(tmp_path, path, encoding="utf-8")  # declared: honoured, the bad line rejected
     assert [r["c"] for r in table(pipeline, "rows")] == ["3"]
     [reject] = table(pipeline, "rejects")
     assert reject["position"] == f"{path}:3" and reject["raw_text"] == "4,5,\\xa9"
@@ -249,7 +259,7 @@ def test_titanic(fixtures_dir: Path, tmp_path: Path) -> None:
     assert by_id["23"]["name"] == 'McGowan, Miss. Anna "Annie"'
     assert by_id["23"]["_etl_position"] == f"{path}:24"
     assert sum(r["age"] is None for r in rows) == 177
-    assert record(by_id["1"])["Cabin"] == "" and by_id["1"]["cabin"] is None
+    assert record(by_id["1"])["Cabin"] is None and by_id["1"]["cabin"] is None  # "" is a null spelling
     assert {(r["_etl_partition_date"], r["_etl_run_id"], r["_etl_event_time"]) for r in rows} == {(DAY, "run-1", None)}
 
 
@@ -310,7 +320,10 @@ def test_no_header_names_columns(tmp_path: Path) -> None:
 def test_header_only_file_loads_zero_rows(tmp_path: Path) -> None:
     pipeline, stats = load(tmp_path, DATA / "header_only.csv")
     assert table(pipeline, "rows") == []
-    assert stats == CsvStats(bytes_read=6)
+    counts = ("bytes_read", "rows_read", "rows_emitted", "rejects", "outside_window", "empty_file", "warning")
+    assert {name: getattr(stats, name) for name in counts} == {
+        name: getattr(CsvStats(bytes_read=6), name) for name in counts
+    }
 
 
 def test_empty_and_colliding_header_names_are_made_unique(tmp_path: Path) -> None:
@@ -383,9 +396,13 @@ def test_gzip_by_name_or_magic_bytes(name: str, tmp_path: Path) -> None:
 def test_undecodable_header_is_a_clear_error(tmp_path: Path) -> None:
     path = write(tmp_path, "bad_header.csv", b"id,caf\xe9\n1,2\n")
     with pytest.raises(Exception) as info:
-        load(tmp_path, path)
-    message = str(root_cause(info.value, CsvSourceError))
-    assert str(path) in message and "line 1" in message and "utf-8" in message
+        load(tmp_path, path, encoding="utf-8")
+    error = root_cause(info.value, CsvSourceError)
+    assert str(path) in str(error) and "line 1" in str(error) and "utf-8" in str(error)
+    assert classify(info.value) == "permanent"
+    pipeline, stats = load(tmp_path, path)  # without a declared encoding: detected
+    assert [(r["id"], r[snake("café")]) for r in table(pipeline, "rows")] == [("1", "2")]
+    assert stats.encoding_source == "detected"
 
 
 def test_event_time_window(tmp_path: Path) -> None:

@@ -281,6 +281,79 @@ def test_windows_1252_feed() -> None:
     assert row["_etl_event_time"] == dt.datetime(2024, 3, 2, 8, tzinfo=UTC)  # updated only
 
 
+RUSSIAN = {  # title -> description: the KOI8-R case of the issue (stored as mojibake before)
+    "Погода в Москве": "Завтра ожидается снег и сильный ветер.",
+    "Курс рубля": "Центральный банк опубликовал новые данные.",
+}
+JAPANESE = {  # the Shift_JIS case
+    "東京の天気": "明日は雪が降る見込みです。",
+    "円相場": "日本銀行が新しいデータを発表しました。",
+}
+
+
+def undeclared_feed(entries: dict[str, str], title: str, declaration: str = "") -> str:
+    items = "".join(
+        f"<item><title>{t}</title><guid>urn:x:{i}</guid><description>{d}</description>"
+        f"<pubDate>Fri, 01 Mar 2024 0{i}:00:00 GMT</pubDate></item>"
+        for i, (t, d) in enumerate(entries.items(), 1)
+    )
+    return (
+        f'<?xml version="1.0"{declaration}?>\n<rss version="2.0"><channel><title>{title}</title>'
+        f"<link>https://example.org/</link><description>{title}</description>{items}</channel></rss>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "entries", "title", "found"),
+    [
+        ("koi8-r", RUSSIAN, "Новости", "koi8_r"),
+        ("shift_jis", JAPANESE, "ニュース", "cp932"),
+    ],
+)
+def test_a_feed_declaring_no_encoding_is_read_in_the_detected_one(
+    encoding: str, entries: dict[str, str], title: str, found: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "feed.xml"
+    path.write_bytes(undeclared_feed(entries, title).encode(encoding))
+    assert feedparser.parse(path.read_bytes()).entries[0].title != next(iter(entries))  # feedparser alone: mojibake
+    source = feed_source(path, context(MAR[1]))
+    rows = load(source, tmp_path)
+    assert [(r["title"], r["_etl_record"]["summary"]) for r in rows] == list(entries.items())
+    assert rows[0]["_etl_record"]["_etl_feed"]["title"] == title
+    assert (source.etl_stats.encoding, source.etl_stats.encoding_source) == (found, "detected")
+    assert source.etl_stats.as_metadata()["encoding_source"] == "detected"
+
+
+def test_a_declared_encoding_is_not_second_guessed(tmp_path: Path) -> None:
+    path = tmp_path / "feed.xml"
+    path.write_bytes(undeclared_feed(RUSSIAN, "Новости", ' encoding="koi8-r"').encode("koi8-r"))
+    source = feed_source(path, context(MAR[1]))
+    assert [r["title"] for r in source] == list(RUSSIAN)
+    assert (source.etl_stats.encoding, source.etl_stats.encoding_source) == ("koi8-r", "declared")
+    path.write_bytes(undeclared_feed(RUSSIAN, "Новости").encode("utf-8"))
+    source = feed_source(path, context(MAR[1]))
+    assert [r["title"] for r in source] == list(RUSSIAN)
+    assert source.etl_stats.encoding_source == "utf-8 (valid)"
+
+
+def test_feed_failures_are_classified(tmp_path: Path) -> None:
+    from etl_platform.failures import classify
+
+    empty = tmp_path / "empty.xml"
+    empty.write_bytes(b"")
+    for location, kind in ((empty, "permanent"), (tmp_path / "missing.xml", "permanent")):
+        with pytest.raises(Exception) as excinfo:
+            list(feed_source(location, context(MAR[1])))
+        assert classify(excinfo.value) == kind, location
+    with LocalServer() as server:
+        server.route("/gone", lambda req: Response(404, "no"))
+        server.route("/down", lambda req: Response(503, "later"))
+        for path, kind in (("/gone", "permanent"), ("/down", "transient")):
+            with pytest.raises(Exception) as excinfo:
+                list(feed_source(server.url + path, context(MAR[1])))
+            assert classify(excinfo.value) == kind, path
+
+
 def test_row_keys_fall_back_to_link_then_content_hash() -> None:
     source = feed_source(DATA / "fallback_keys.xml", context(MAR[1]))
     rows = list(source)

@@ -290,7 +290,12 @@ def test_window_filtering_stops_at_older_pages(tmp_path: Path) -> None:
     assert [(r["tag_name"], r["_etl_event_time"].hour) for r in releases] == [("v2", 1), ("v3", 10), ("v4-draft", 11)]
     (deployment,) = table(tmp_path, "deployments")
     assert (deployment["_etl_row_key"], deployment["repository"], deployment["environment"]) == ("70", "o/r", "prod")
-    assert source.etl_skipped["pull_requests"] == 1 and source.etl_skipped["releases"] == 1
+    # every row received and not loaded is counted: PR 9 (after), 6 and 5 (older, the page's rest); v1
+    assert source.etl_stats.skipped_by_reason == {
+        "pull_requests: outside the window": 3,
+        "releases: outside the window": 1,
+    }
+    assert source.etl_stats.outside_window == 4
 
 
 def test_reloading_a_partition_leaves_one_copy(tmp_path: Path) -> None:

@@ -322,17 +322,29 @@ def test_rows_outside_the_window_are_skipped_and_counted(tmp_path: Path) -> None
         make_issue(3, "2024-01-02T23:30:00.000-0100"),  # 2024-01-03T00:30Z: after
         make_issue(4, "2024-01-02T00:00:00.000+0000"),
         make_issue(5, "2024-01-03T00:30:00.000+0100"),  # 2024-01-02T23:30Z
-        {"id": "10006", "key": "BULK-6", "fields": {}},  # no updated
+        {"id": "10006", "key": "BULK-6", "fields": {}},  # no updated, no created: the partition day
+        {"id": "10007", "key": "BULK-7", "fields": {"created": "2024-01-02T08:00:00.000+0000"}},  # created
+        {"id": "10008", "key": "BULK-8", "fields": {"created": "2023-12-02T08:00:00.000+0000"}},  # created, before
+        make_issue(4, "2024-01-02T10:00:00.000+0000"),  # repeated
+        {"fields": {"summary": "no id, no key"}},
     ]
     with LocalServer() as server:
-        server.route("/rest/api/2/search", search_v2({0: {"startAt": 0, "total": 6, "issues": issues}}))
+        server.route("/rest/api/2/search", search_v2({0: {"startAt": 0, "total": 10, "issues": issues}}))
         snapshots(server, 2)
         source = build_jira_source(config(server, api_version=2), context())
         pipeline(tmp_path).run(source)
     rows = table(tmp_path, "issues")
-    assert [r["key"] for r in rows] == ["BULK-4", "BULK-5"]
+    assert [r["key"] for r in rows] == ["BULK-4", "BULK-5", "BULK-6", "BULK-7"]
     assert {r["_etl_partition_date"] for r in rows} == {DAY}
-    assert source.etl_skipped["issues"] == 4
+    assert [r["_etl_event_time"] is None for r in rows] == [False, False, True, False]
+    stats = source.etl_stats
+    assert stats.skipped_by_reason == {
+        "issues: outside the window": 4,
+        "issues: repeated": 1,
+        "issues: no id or key": 1,
+    }
+    assert stats.event_time_fallbacks == {"issues: created": 2, "issues: partition day": 1}
+    assert stats.as_metadata()["skipped_by_reason"]["issues: outside the window"] == 4
 
 
 def test_status_transitions_from_the_changelog(tmp_path: Path) -> None:

@@ -93,16 +93,36 @@ def test_rest_api_defaults_trim_utc_lowercase_and_attributes(warehouse_url):
     assert row["event_date"] == DAY and row["raw_row_key"] == "row0"
 
 
-NUMBERS = {"12.5": 12.5, " -3 ": -3.0, "9,50": 9.5, "1e3": 1000.0, "1e999": None, "-1e999": None, "1.2.3": None}
+NUMBERS = {
+    "12.5": 12.5,
+    " -3 ": -3.0,
+    "+4": 4.0,
+    ".5": 0.5,
+    "5.": 5.0,
+    "9,50": 9.5,
+    "-1,5": -1.5,
+    "1,234.50": 1234.5,
+    "1,234,567": 1234567.0,
+    "1e3": 1000.0,
+    7: 7.0,
+    2.25: 2.25,
+}
+NOT_NUMBERS = ["abc", "1e999", "-1e999", "1.2.3", "NaN", "inf", "0x1A", "1_000", "12 EUR", "1,23,4"]
 
 
-def test_value_is_a_finite_number_or_null(warehouse_url):
-    """A value out of the double range ('1e999') is NULL, as is text that is no number; neither
-    fails the normalization nor makes a reject."""
+def test_value_is_a_finite_number_or_a_reject(warehouse_url):
+    """A value that is no finite number ("abc", out of the double range) makes the record a reject
+    with the text in its reason, never a silent NULL; DuckDB and PostgreSQL read numbers alike."""
     mapping = build_mapping("api", "rest_api", "items", primary_key=["id"])
-    rows = _map(warehouse_url, mapping, [{"id": f"n{i}", "amount": v} for i, v in enumerate(NUMBERS)])
-    assert {r["source_id"]: r["value"] for r in rows} == {f"n{i}": v for i, v in enumerate(NUMBERS.values())}
-    assert all(r["reject_reason"] is None for r in rows)
+    records = [{"id": f"n{i}", "amount": v} for i, v in enumerate([*NUMBERS, *NOT_NUMBERS])] + [{"id": "none"}]
+    rows = {r["source_id"]: r for r in _map(warehouse_url, mapping, records)}
+    assert {f"n{i}": rows[f"n{i}"]["value"] for i in range(len(NUMBERS))} == {
+        f"n{i}": v for i, v in enumerate(NUMBERS.values())
+    }
+    assert all(rows[f"n{i}"]["reject_reason"] is None for i in range(len(NUMBERS)))
+    reasons = {rows[f"n{i + len(NUMBERS)}"]["reject_reason"] for i in range(len(NOT_NUMBERS))}
+    assert reasons == {f"unparseable number in value: {v}" for v in NOT_NUMBERS}
+    assert rows["none"]["value"] is None and rows["none"]["reject_reason"] is None  # no value: no reject
 
 
 def test_missing_id_and_bad_dates_are_rejects_with_reasons(warehouse_url):
@@ -255,7 +275,7 @@ def test_plain_timestamp_cast_matches_the_function_or_raises(pg_url):
     [
         (None, None),
         ({"updated_at": "2024-02-30T10:00:00Z"}, "unparseable date in updated_at: 2024-02-30T10:00:00Z"),
-        ({"amount": "1e999"}, None),  # out of range: value NULL, not a reject
+        ({"amount": "1e999"}, "unparseable number in value: 1e999"),  # out of range
     ],
 )
 def test_stage_falls_back_to_the_safe_functions_on_a_data_error(pg_url, bad, reject):

@@ -113,25 +113,42 @@ def to_timestamp(dialect: str, text_expr: str, safe: bool = True) -> str:
     return f"(CASE WHEN {text_expr} ~ '[0-9]' THEN CAST({text_expr} AS TIMESTAMPTZ) END)"
 
 
-def number_text(text_expr: str) -> str:
-    """Decimal comma ("9,50") read as a decimal point."""
-    fixed = f"regexp_replace({text_expr}, '^(-?[0-9]+),([0-9]+)$', '\\1.\\2')"
-    return f"(CASE WHEN {text_expr} LIKE '%,%' THEN {fixed} ELSE {text_expr} END)"
+def matches(dialect: str, text_expr: str, pattern: str) -> str:
+    """Whether text matches an anchored regular expression (a SQL literal)."""
+    return f"regexp_matches({text_expr}, {pattern})" if dialect == "duckdb" else f"({text_expr} ~ {pattern})"
 
 
-NUMBER_PATTERN = "'^\\s*-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?\\s*$'"
+def number_text(dialect: str, text_expr: str) -> str:
+    """Decimal comma ("9,50") read as a decimal point; thousands separators ("1,234.50",
+    "1,234,567") dropped."""
+    decimal_comma = f"regexp_replace({text_expr}, '^([-+]?[0-9]+),([0-9]+)$', '\\1.\\2')"
+    thousands = f"replace({text_expr}, ',', '')"
+    grouped = "'^[-+]?[0-9]{1,3}(,[0-9]{3})+(\\.[0-9]+)?$'"
+    return (
+        f"(CASE WHEN {text_expr} NOT LIKE '%,%' THEN {text_expr} "
+        f"WHEN {matches(dialect, text_expr, grouped)} AND ({text_expr} LIKE '%.%' OR {text_expr} LIKE '%,%,%') "
+        f"THEN {thousands} ELSE {decimal_comma} END)"
+    )
+
+
+# a number as both databases read it alike (DuckDB alone would also take '0x1A', '1_000', 'inf')
+NUMBER_PATTERN = "'^\\s*[-+]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*$'"
 
 
 def to_number(dialect: str, number_text_expr: str, safe: bool = True) -> str:
-    """Text as a finite double, NULL when it is not a number or out of range ('1e999'). On
-    PostgreSQL `safe` calls `etl_try_float8`; else a plain cast that raises when out of range
-    (see `to_timestamp`)."""
+    """Text as a finite double, NULL when it is not a number (`NUMBER_PATTERN`) or out of range
+    ('1e999'); `select_for` makes such a value a reject. On PostgreSQL `safe` calls
+    `etl_try_float8`; else a plain cast that raises when out of range (see `to_timestamp`)."""
     if dialect == "duckdb":
         number = f"TRY_CAST({number_text_expr} AS DOUBLE)"
-        return f"(CASE WHEN isfinite({number}) THEN {number} END)"
+        pattern = matches(dialect, number_text_expr, NUMBER_PATTERN)
+        return f"(CASE WHEN {pattern} AND isfinite({number}) THEN {number} END)"
     if safe:
         return f"etl_try_float8({number_text_expr})"
-    return f"(CASE WHEN {number_text_expr} ~ {NUMBER_PATTERN} THEN CAST({number_text_expr} AS DOUBLE PRECISION) END)"
+    return (
+        f"(CASE WHEN {matches(dialect, number_text_expr, NUMBER_PATTERN)} "
+        f"THEN CAST({number_text_expr} AS DOUBLE PRECISION) END)"
+    )
 
 
 def _first_of(dialect: str, aliases: list[str]) -> str:
@@ -214,7 +231,8 @@ def select_for(
     inline and re-evaluate every expression where it is used; `OFFSET 0` keeps the layers):
     0 (DuckDB) every record path extracted in one parse of `_etl_record`; 1 each distinct candidate
     as trimmed text; 2 per column its text (first non-empty candidate), the index of the candidate
-    it took, and the parsed times and number text; 3 the unified columns.
+    it took, and the parsed times and number; 3 the unified columns and the reject reason: a missing id, or a
+    date or number that does not parse (the value is never dropped silently).
     """
     c = {
         col: [n for n in names if all(column in has_columns for column in raw_columns(n))]
@@ -288,7 +306,8 @@ def select_for(
         first = _first_of(dialect, [cand[n] for n in c.get(col, [])])
         layer2_cols.append(f"{to_timestamp(dialect, first, safe_casts)} AS {ts[col]}")
     number = alias("n", "value")
-    layer2_cols.append(f"{number_text(_first_of(dialect, [cand[n] for n in c.get('value', [])]))} AS {number}")
+    value_text = number_text(dialect, _first_of(dialect, [cand[n] for n in c.get("value", [])]))
+    layer2_cols.append(f"{to_number(dialect, value_text, safe_casts)} AS {number}")
     layer2 = f"SELECT {', '.join(layer2_cols)} FROM ({layer1}) AS l1{fence}"
 
     # layer 3
@@ -302,6 +321,8 @@ def select_for(
                 f"THEN {literal('unparseable date in ' + col + ': ')} || {get(col)}"
                 for col in TIME_COLUMNS
             ),
+            f"WHEN {get('value')} IS NOT NULL AND {number} IS NULL "
+            f"THEN {literal('unparseable number in value: ')} || {get('value')}",
             "ELSE NULL END",
         ]
     )
@@ -319,7 +340,7 @@ def select_for(
         "author": get("author"),
         "category": f"LOWER({get('category')})" if "category" in CATEGORICAL_COLUMNS else get("category"),
         "status": f"LOWER({status})",
-        "value": to_number(dialect, number, safe_casts),
+        "value": number,
         "created_at": ts["created_at"],
         "updated_at": ts["updated_at"],
         "event_date": quote(lineage.PARTITION_DATE),

@@ -1,13 +1,14 @@
-"""Arrow side of the CSV source: raw rows as Arrow tables, and the fast columnar pass.
+"""The CSV source's fast path: raw rows as Arrow tables, read by pyarrow's streaming CSV reader.
 
-- `TableBuilder` turns a batch of raw string columns into the raw table the source yields
-  (null spellings, the `_etl_record` JSON, lineage columns); both readers use it.
-- `ArrowPass` reads the data records of a UTF-8 file with pyarrow's streaming CSV reader and
-  does the per-row work with Arrow kernels (line numbers, keys, JSON). It hands over to the
-  row-by-row reader (`FallBack`, with the count of records it already yielded) at the first
-  thing only that reader handles exactly: a row to reject (wrong field count, invalid UTF-8,
-  missing or duplicate primary key, unparseable event time), a blank line (line numbers would
-  drift), a NUL byte, or a parse error.
+- `TableBuilder` turns a batch of raw string columns into the raw table the source yields (null
+  spellings as nulls, in the columns and in the `_etl_record` JSON; lineage columns); both paths
+  use it. A file of more than `MAX_COLUMNS` columns keeps its fields in `_etl_record` only.
+- `ArrowPass` reads the data records (UTF-8, after the header) in blocks of `BLOCK_BYTES`, so a
+  batch holds fewer rows the wider they are, and does the per-row work with Arrow kernels (line
+  numbers, keys, JSON). It hands over to the slow path (`csv_rows.RowReader`; `FallBack`, with
+  the count of records it already yielded) at the first thing only that path handles exactly: a
+  row to reject (wrong field count, invalid UTF-8, missing or duplicate primary key, unparseable
+  event time), a blank line (line numbers would drift), a NUL byte, or a parse error.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from etl_platform.sources import lineage
 from etl_platform.sources.lineage import RunContext, parse_time
 
 BLOCK_BYTES = 2 << 20  # bytes of CSV per Arrow batch (~12k rows of 160 bytes); 4 MB: +120 MB RSS
+# Beyond this many columns the fields stay in `_etl_record` only: DuckDB needs ~100 KB of its
+# memory cap per column whatever the batch size (at its 128 MB cap a 4,000-column CREATE TABLE of
+# no rows fails; a staged merge of 750 columns fails, 500 fit), and a PostgreSQL table holds at
+# most 1,600 columns.
+MAX_COLUMNS = 500
 _ARROW_TYPES = {
     "text": pa.string(),
     "json": pa.string(),
@@ -93,8 +99,14 @@ class TableBuilder:
     snapshot: bool
     schema: pa.Schema = field(init=False)
 
+    @property
+    def flat(self) -> bool:
+        """Whether the fields are also columns of their own (not only in `_etl_record`)."""
+        return len(self.names) <= MAX_COLUMNS
+
     def __post_init__(self) -> None:
-        fields = [pa.field(name, pa.string()) for name in self.names] + [
+        own = self.names if self.flat else []
+        fields = [pa.field(name, pa.string()) for name in own] + [
             pa.field(name, _ARROW_TYPES[hint["data_type"]], nullable=hint.get("nullable", True))
             for name, hint in lineage.LINEAGE_COLUMNS.items()
         ]
@@ -110,17 +122,18 @@ class TableBuilder:
         special: list[bool] | None = None,
     ) -> Iterator[pa.Table]:
         """One table of the rows (one per window day for a snapshot): values as received except
-        null spellings, which become null (the `_etl_record` JSON keeps them)."""
+        null spellings, which become null in the columns and in the `_etl_record` JSON."""
         count, schema = len(raw[0]), self.schema
         nulls = self.config.null_values
         null_set = pa.array(sorted(set(nulls)), pa.string()) if nulls else None
         no_value = pa.scalar(None, pa.string())
-        columns: dict[str, Any] = {}
-        for name, array in zip(self.names, raw):
+        values: list[pa.Array] = []
+        for array in raw:
             is_null = pc.is_in(array, value_set=null_set) if null_set is not None else None
             if is_null is not None and _any(is_null):
                 array = pc.if_else(is_null, no_value, array)
-            columns[name] = array
+            values.append(array)
+        columns: dict[str, Any] = dict(zip(self.names, values)) if self.flat else {}
         constant = self.ctx.lineage(
             resource=self.config.resource, partition_date=self.ctx.window.days[0], position=None, row_key=""
         )
@@ -132,7 +145,7 @@ class TableBuilder:
         columns[lineage.ROW_KEY] = keys if isinstance(keys, pa.Array) else pa.array(keys, pa.string())
         time_type = schema.field(lineage.EVENT_TIME).type
         columns[lineage.EVENT_TIME] = pa.nulls(count, time_type) if self.snapshot else pa.array(times, time_type)
-        columns[lineage.RECORD] = json_objects(self.names, raw, special)
+        columns[lineage.RECORD] = json_objects(self.names, values, special)
         if not self.snapshot:
             columns[lineage.PARTITION_DATE] = pa.array(days, pa.date32())
         table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

@@ -1,4 +1,4 @@
-"""CSV files (local path or http(s) URL, optionally gzipped) as a dlt source.
+"""CSV files (local path or http(s) URL) as a dlt source.
 
     source = build_csv_source(config, location, ctx)
     pipeline.run(source)
@@ -7,14 +7,23 @@
 `build_csv_source` does no I/O: the file is opened when dlt iterates the source. The source
 (named ``config.name``) has two resources over one streaming pass of the file:
 
-- ``config.resource``: the data rows, yielded to dlt as pyarrow Tables (`TableBuilder`).
-  Values stay the strings received, except the spellings in ``config.null_values`` (null);
-  each row carries the lineage columns, ``_etl_position`` = ``"<location>:<line>"`` (the
-  physical line where the record starts, 1-based, counting skipped and header lines) and
-  ``_etl_record``, the record as a JSON string keyed by the header names.
-- ``rejects``: records that cannot be loaded (wrong field count, undecodable bytes, missing or
-  duplicate primary key, unparseable event time, CSV syntax errors), with position, raw text
-  and reason. Nothing is dropped silently.
+- ``config.resource``: the data rows, yielded to dlt as pyarrow Tables (`csv_arrow.TableBuilder`).
+  Values stay the strings received, except the spellings in ``config.null_values``, which are
+  null both in the columns and in ``_etl_record`` (the record as a JSON object keyed by the header
+  names). Each row carries the lineage columns; ``_etl_position`` is ``"<location>:<line>"`` (the
+  physical line where the record starts, 1-based, counting skipped and header lines). A file of
+  more than ``csv_arrow.MAX_COLUMNS`` columns keeps its fields in ``_etl_record`` only.
+- ``rejects``: records that cannot be loaded (wrong field count, bytes the encoding cannot
+  decode, missing or duplicate primary key, unparseable event time, CSV syntax errors), with
+  position, raw text and reason. Nothing is dropped silently.
+
+Reading (`content`): compression from the magic bytes (gzip, bz2, xz, zip with one file; other
+formats are a permanent error naming them); the encoding from a BOM, else ``config.encoding`` when
+the tenants file sets it, else UTF-8 when the file's first 256 KB are valid UTF-8, else
+`charset-normalizer`'s guess. Every file is then read as UTF-8: the header once (`Layout`), then
+the data records by the columnar fast path (`csv_arrow.ArrowPass`), which hands over to the slow
+path (`csv_rows.RowReader`, resuming after the records already yielded) at the first row only
+that path handles. ``stats.reader`` says which.
 
 Partitions: with ``config.event_time`` a row belongs to ``ctx.window.day_of(event_time)``;
 rows outside the window are skipped and counted in ``outside_window``. Without it the file is
@@ -23,63 +32,46 @@ unknown are written to every window day, so one multi-day run loads exactly what
 day would.
 
 Row key: the primary-key values joined with ``|`` (a later row repeating a key is rejected),
-else ``content_key(values)`` plus ``#<n>`` for the n-th identical row. Both checks remember
-one small entry per distinct row, the only memory that grows with the file.
+else ``content_key(values)`` plus ``#<n>`` for the n-th identical row.
 
-Two readers, one result: UTF-8 files go through `csv_arrow.ArrowPass` (pyarrow's streaming
-reader, per-row work in Arrow kernels: ~20x faster), which hands over to the row-by-row reader
-(Python's csv module, exact line tracking) at the first line only that one handles (a reject,
-a blank line, a NUL byte); the row reader then resumes after the records already yielded. Other
-encodings and non-ASCII delimiters use the row reader throughout. ``stats.reader`` says which.
-
-`CsvStats` (``source.etl_stats``; reset at each iteration, also updated when a clone such as
-``with_resources(...)`` runs; ``as_metadata()`` for materialization metadata):
-``rows_read`` = data records parsed = ``rows_emitted + rejects + outside_window`` (a snapshot
-row counts once however many days it is loaded into); ``reader``; ``bytes_read`` (alias ``bytes``) from
-the file or network, compressed size for gzip; ``empty_file`` and ``warning`` when the file
-has no header at all (zero rows and a warning, not an exception).
+`CsvStats` (``source.etl_stats``, reset at each iteration; ``as_metadata()``): ``rows_read`` =
+data records parsed = ``rows_emitted + rejects + outside_window`` (a snapshot row counts once
+however many days it is loaded into); ``reader``; ``bytes_read`` (alias ``bytes``, compressed
+size); ``compression``, ``member`` (inside a zip), ``encoding`` and ``encoding_source``
+(bom, configured, utf-8 (valid), detected, fallback); ``columns``; ``empty_file`` and
+``warning`` (no header at all, a guessed encoding, a wide file).
 
 Header names are kept, except that empty ones become ``col_<n>`` and names that would collide
-(exactly or after dlt's snake_case) get a ``_2``, ``_3``... suffix.
-
-URLs are redacted (``redact_url``) wherever they are written: positions, rejects, messages.
-
-Errors name tenant, source and location: `CsvFileNotFoundError` (also a FileNotFoundError; a
-missing file, HTTP 404/410) and `CsvSourceError` (other HTTP errors with URL and status, an
-unreadable header, configured columns missing from the header, read failures near a line).
+(exactly or after dlt's snake_case) get a ``_2``, ``_3``... suffix. URLs are redacted wherever
+they are written. Errors name tenant, source and location: `CsvConfigError` (permanent: missing
+file or HTTP 404/410 as `CsvFileNotFoundError`, an unknown encoding, an unreadable header,
+configured columns missing from the header) and `CsvSourceError` (a read that failed part-way).
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import csv
-import datetime as dt
-import gzip
 import io
-import itertools
 import logging
 import re
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from functools import partial
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
 
 import dlt
-import pyarrow as pa
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.common.schema import Schema
 from dlt.extract.source import DltSource
 from dlt.sources.helpers import requests
 
 from etl_platform.config.models import CsvSource
-from etl_platform.sources import lineage
-from etl_platform.sources.csv_arrow import ArrowPass, CheckedStream, FallBack, TableBuilder
-from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, apply_raw_hints, content_key, parse_time
-from etl_platform.sources.redact import redact_text, redact_url
+from etl_platform.sources import content, lineage
+from etl_platform.sources.csv_arrow import MAX_COLUMNS, ArrowPass, CheckedStream, FallBack, TableBuilder
+from etl_platform.sources.csv_rows import Lines, Out, RowReader, undecodable
+from etl_platform.sources.errors import PermanentSourceError
+from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, apply_raw_hints, content_key
+from etl_platform.sources.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +87,10 @@ class _IntendedJsonHint(logging.Filter):
 
 logging.getLogger("dlt").addFilter(_IntendedJsonHint())
 
-BATCH_ROWS = 10_000  # rows per Arrow table of the row-by-row reader
-CHUNK_BYTES = 1 << 16
-FAST_PASS = True  # use `csv_arrow.ArrowPass` where it applies (tests compare both readers)
-HEAD_BYTES = 1 << 18  # where the fast pass looks for skipped lines, the header and the sniff sample
+FAST_PASS = True  # use `csv_arrow.ArrowPass` where it applies (tests compare both paths)
+HEAD_BYTES = 1 << 18  # read ahead for skipped lines, the header and the sniff sample (grows for a longer header)
 SNIFF_BYTES = 32 * 1024
 SNIFF_DELIMITERS = ",;\t|"
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _NAMING = NamingConvention()
 
@@ -110,22 +99,26 @@ class CsvSourceError(RuntimeError):
     """A CSV file cannot be read; the message names tenant, source and location."""
 
 
-class CsvFileNotFoundError(CsvSourceError, FileNotFoundError):
+class CsvConfigError(CsvSourceError, PermanentSourceError):
+    """The source's settings do not fit the file (columns, encoding): retrying cannot help."""
+
+
+class CsvFileNotFoundError(CsvConfigError, FileNotFoundError):
     """The CSV file (or URL) does not exist."""
 
 
 @dataclass
-class CsvStats:
+class CsvStats(content.Received):
     """Counters of one pass over the file (see the module docstring)."""
 
     rows_read: int = 0
     rows_emitted: int = 0
     rejects: int = 0
     outside_window: int = 0
-    bytes_read: int = 0
+    columns: int = 0
     empty_file: bool = False
     warning: str | None = None
-    # "arrow" (the fast pass), "rows" (row by row) or "arrow, then rows from record <n>: <why>"
+    # "arrow" (the fast path), "rows" (the slow path) or "arrow, then rows from record <n>: <why>"
     reader: str = "rows"
 
     @property
@@ -134,18 +127,29 @@ class CsvStats:
         return self.bytes_read
 
     def reset(self) -> None:
-        self.__dict__.update(asdict(CsvStats()))
+        self.__dict__.update(CsvStats().__dict__)
+
+    def restart(self) -> None:
+        """Zero the counters of a pass (the slow path reads the file again), keep what was found."""
+        for name in ("bytes_read", "rows_read", "rows_emitted", "rejects", "outside_window"):
+            setattr(self, name, 0)
 
     def as_metadata(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass(frozen=True)
-class _Out:
-    """One item of the reader, routed to a resource by `table`."""
+@dataclass
+class Layout:
+    """What the head of a file says: delimiter, header names, the physical line of the first
+    data record, the columns configured as key and event time."""
 
-    table: str
-    data: Any
+    delimiter: str
+    names: list[str]
+    first_line: int
+    key_index: list[int]
+    time_index: int | None
+    nulls: frozenset[str]
+    content_keys: ContentKeys
 
 
 def build_csv_source(config: CsvSource, location: str, ctx: RunContext) -> DltSource:
@@ -154,14 +158,14 @@ def build_csv_source(config: CsvSource, location: str, ctx: RunContext) -> DltSo
         raise ValueError(f"source {config.name!r}: resource name {REJECTS_TABLE!r} is reserved")
     stats = CsvStats()
 
-    def read_file() -> Iterator[_Out]:
+    def read_file() -> Iterator[Out]:
         yield from _read(config, location, ctx, stats)
 
-    def data_rows(item: _Out) -> Iterator[Any]:
+    def data_rows(item: Out) -> Iterator[Any]:
         if item.table == config.resource:
             yield item.data
 
-    def rejected_rows(item: _Out) -> Iterator[Any]:
+    def rejected_rows(item: Out) -> Iterator[Any]:
         if item.table == REJECTS_TABLE:
             yield item.data
 
@@ -203,223 +207,159 @@ def apply_load_hints(source: DltSource, config: CsvSource, warehouse_kind: str) 
 # --- reading ------------------------------------------------------------------------------
 
 
-def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) -> Iterator[_Out]:
-    """The fast columnar pass where it applies, handing over to the row-by-row reader
-    (resuming after the records already yielded) at the first row only that reader handles."""
+def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) -> Iterator[Out]:
+    """The header, then the fast path where it applies, handing over to the slow path (resuming
+    after the records already yielded) at the first row only that path handles."""
     where = f"tenant {ctx.tenant_id!r}, source {config.name!r}"
-    shown = _shown(location)
-    resume, handover = 0, ""
-    if FAST_PASS and codecs.lookup(config.encoding).name == "utf-8" and (config.delimiter or ",").isascii():
-        stats.reset()
-        with _open_binary(location, where, stats) as binary:
-            fast = _fast_pass(config, shown, ctx, stats, where, binary)
-            if fast is not None:
-                arrow_pass, stream = fast
-                try:
-                    stats.reader = "arrow"
-                    for table in arrow_pass.tables(stream):
-                        yield _Out(config.resource, table)
-                    return
-                except FallBack as exc:
-                    resume = exc.records_done
-                    handover = f"arrow, then rows from record {resume + 1}: {exc}"
-                    log.info("%s: %s: %s", where, shown, handover)
+    shown = content.shown(location)
     stats.reset()
-    stats.reader = handover or "rows"
-    with _open_text(location, config.encoding, where, stats) as text:
-        lines = _Lines(text)
+    with _open_utf8(config, location, where, stats) as data:
+        layout, head, rest = _layout(config, data, shown, where, stats.encoding or "utf-8")
+        if layout is None:
+            stats.empty_file = True
+            stats.warning = f"{shown} is empty (no header): zero rows loaded"
+            log.warning("%s: %s", where, stats.warning)
+            return
+        _note_layout(stats, layout, shown, where)
+        builder = TableBuilder(layout.names, shown, config, ctx, snapshot=layout.time_index is None)
+        if not (FAST_PASS and layout.delimiter.isascii()):
+            stats.reader = "rows"
+            yield from _slow_path(head, data, layout, builder, stats, where, shown, resume=0)
+            return
+        arrow_pass = ArrowPass(
+            builder=builder,
+            delimiter=layout.delimiter,
+            first_line=layout.first_line,
+            stats=stats,
+            key_index=layout.key_index,
+            time_index=layout.time_index,
+            content_key=layout.content_keys,
+        )
         try:
-            yield from _Records(config, shown, ctx, stats, where, lines, resume_after=resume).batches()
-        except CsvSourceError:
-            raise
-        except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
-            message = redact_text(str(exc))
-            raise CsvSourceError(f"{where}: reading {shown} failed near line {lines.line}: {message}") from None
+            stats.reader = "arrow"
+            for table in arrow_pass.tables(CheckedStream(head[rest:], data)):
+                yield Out(config.resource, table)
+            return
+        except FallBack as exc:
+            resume, handover = exc.records_done, f"arrow, then rows from record {exc.records_done + 1}: {exc}"
+            log.info("%s: %s: %s", where, shown, handover)
+    stats.restart()
+    stats.reader = handover
+    layout.content_keys = ContentKeys()
+    with _open_utf8(config, location, where, stats) as data:
+        yield from _slow_path(b"", data, layout, builder, stats, where, shown, resume=resume)
 
 
-def _fast_pass(
-    config: CsvSource, shown: str, ctx: RunContext, stats: CsvStats, where: str, binary: IO[bytes]
-) -> tuple[ArrowPass, CheckedStream] | None:
-    """The fast pass over the data records after the header, when the head of the file is
-    plain (no NUL, blank or undecodable line before the data, header within `HEAD_BYTES`)."""
-    head = binary.read(HEAD_BYTES)
-    at_end = len(head) < HEAD_BYTES
-    head = head.removeprefix(codecs.BOM_UTF8)
-    if b"\0" in head:
-        return None
-    lines = _LINE.findall(head.decode("utf-8", "surrogateescape"))
-    after = lines[config.skip_lines :]
-    sample, size = [], 0
-    for line in after:
-        if size >= SNIFF_BYTES:
-            break
-        sample.append(line)
-        size += len(line)
-    if size < SNIFF_BYTES and not at_end:
-        return None
-    delimiter = config.delimiter or _sniff("".join(sample))
-    if not delimiter.isascii() or len(delimiter) != 1:
-        return None
-    reader = csv.reader(iter(after), delimiter=delimiter)
+@contextlib.contextmanager
+def _open_utf8(config: CsvSource, location: str, where: str, stats: CsvStats) -> Iterator[IO[bytes]]:
+    """The file's bytes as UTF-8 (see `content`); an encoding set in the tenants file is honoured."""
+    configured = config.encoding if "encoding" in config.model_fields_set else None
+    with content.open_bytes(location, where, stats, not_found=CsvFileNotFoundError) as binary:
+        yield content.utf8_bytes(binary, configured, stats, where)
+
+
+def _slow_path(
+    head: bytes,
+    data: IO[bytes],
+    layout: Layout,
+    builder: TableBuilder,
+    stats: CsvStats,
+    where: str,
+    shown: str,
+    *,
+    resume: int,
+) -> Iterator[Out]:
+    """`RowReader` over the file (`head`, the bytes already read, then `data`)."""
+    if head:
+        data = io.BufferedReader(content.Prefixed(head, data))
+    text = io.TextIOWrapper(data, encoding="utf-8", errors="surrogateescape", newline="")
+    lines = Lines(text)
     try:
-        first = next(reader)
-    except (StopIteration, csv.Error):
-        return None
-    used = reader.line_num if config.has_header else 0
-    header_text = "".join(after[: max(used, 1)])
-    if (
-        not first
-        or _undecodable(header_text)
-        or len(after) <= used
-        or (used == len(after) - 1 and not at_end)
-        or any(line in ("\n", "\r", "\r\n") for line in lines[: config.skip_lines + used])
-    ):
-        return None
-    names = _column_names(first) if config.has_header else [f"col_{i}" for i in range(1, len(first) + 1)]
-    rest = "".join(after[used:]).encode("utf-8", "surrogateescape")
-    builder = TableBuilder(names, shown, config, ctx, snapshot=not config.event_time)
-    arrow_pass = ArrowPass(
-        builder=builder,
+        yield from RowReader(layout, builder, stats, resume_after=resume).batches(lines)
+    except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
+        message = redact_text(str(exc))
+        raise CsvSourceError(f"{where}: reading {shown} failed near line {lines.line}: {message}") from None
+
+
+def _layout(
+    config: CsvSource, data: IO[bytes], shown: str, where: str, encoding: str
+) -> tuple[Layout | None, bytes, int]:
+    """The file's `Layout` (None for a file without any record), the head read to find it, and
+    where the data records start in that head."""
+    head = b""
+    while True:
+        more = data.read(max(HEAD_BYTES, len(head)))
+        head += more
+        at_end = not more
+        found = _header(config, head, at_end, shown, where, encoding)
+        if found is not None or at_end:
+            break
+    if found is None:
+        return None, head, len(head)
+    delimiter, fields_, used = found
+    names = _column_names(fields_) if config.has_header else [f"col_{i}" for i in range(1, len(fields_) + 1)]
+    layout = Layout(
         delimiter=delimiter,
+        names=names,
         first_line=config.skip_lines + used + 1,
-        stats=stats,
         key_index=[_column(names, name, "primary_key", where, shown) for name in config.primary_key],
         time_index=_column(names, config.event_time, "event_time", where, shown) if config.event_time else None,
-        content_key=_ContentKeys(),
+        nulls=frozenset(config.null_values),
+        content_keys=ContentKeys(),
     )
-    return arrow_pass, CheckedStream(rest, binary)
+    lines = _LINE.findall(head.decode("utf-8", "surrogateescape"))
+    skipped = "".join(lines[: layout.first_line - 1]).encode("utf-8", "surrogateescape")
+    return layout, head, len(skipped)
 
 
-def _is_url(location: str) -> bool:
-    return urlsplit(location).scheme.lower() in ("http", "https")
+def _header(
+    config: CsvSource, head: bytes, at_end: bool, shown: str, where: str, encoding: str
+) -> tuple[str, list[str], int] | None:
+    """(delimiter, first record's fields, physical lines up to and including the header (none
+    without one)), or None when the head holds no complete first record yet (or none at all)."""
+    lines = _LINE.findall(head.decode("utf-8", "surrogateescape"))
+    if not at_end and lines and not lines[-1].endswith(("\n", "\r")):
+        lines = lines[:-1]  # a line cut by the read
+    after = [line.replace("\0", "") for line in lines[config.skip_lines :]]
+    delimiter = config.delimiter or _sniff("".join(after)[:SNIFF_BYTES])
+    feed = Lines(iter(after))
+    reader = csv.reader(feed, delimiter=delimiter)
+    while True:
+        try:
+            first = next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            if not at_end and feed.line == len(after):
+                return None  # a quoted value open at the end of the head: read more
+            raise CsvConfigError(
+                f"{where}: cannot read the first record (line {config.skip_lines + feed.line}) of {shown}: "
+                f"{exc}; check the source's delimiter and skip_lines"
+            ) from None
+        line, raw = feed.take()
+        if first:
+            break
+    if not at_end and feed.line == len(after):
+        return None  # the record may go on past the head
+    if bad := undecodable(raw):
+        raise CsvConfigError(
+            f"{where}: cannot read the first record (line {config.skip_lines + line}) of {shown}: not valid "
+            f"{encoding} (byte {bad}); check the source's encoding and delimiter"
+        )
+    used = feed.line if config.has_header else line - 1
+    return delimiter, first, used
 
 
-def _shown(location: str) -> str:
-    """The location as written into rows and messages: URLs without secrets."""
-    return redact_url(location) if _is_url(location) else location
-
-
-@contextlib.contextmanager
-def _open_text(location: str, encoding: str, where: str, stats: CsvStats) -> Iterator[IO[str]]:
-    """The decoded text of a path or URL (see `_open_binary`).
-
-    Lines keep their own endings (\\n, \\r\\n or \\r); undecodable bytes become lone
-    surrogates so that the reader can reject the line holding them."""
-    if codecs.lookup(encoding).name == "utf-8":
-        encoding = "utf-8-sig"
-    with _open_binary(location, where, stats) as binary:
-        yield io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
-
-
-@contextlib.contextmanager
-def _open_binary(location: str, where: str, stats: CsvStats) -> Iterator[IO[bytes]]:
-    """The bytes of a path or URL, gunzipped when they start with the gzip magic bytes."""
-    with contextlib.ExitStack() as stack:
-        scheme = urlsplit(location).scheme.lower()
-        if _is_url(location):
-            chunks = _http_chunks(location, where, stack)
-        elif scheme in ("", "file"):
-            path = Path(unquote(urlsplit(location).path) if scheme == "file" else location)
-            try:
-                handle = stack.enter_context(open(path, "rb"))
-            except FileNotFoundError as exc:
-                raise CsvFileNotFoundError(f"{where}: CSV file not found: {path}") from exc
-            except OSError as exc:
-                raise CsvSourceError(f"{where}: cannot open CSV file {path}: {exc}") from exc
-            chunks = iter(partial(handle.read, CHUNK_BYTES), b"")
-        else:
-            raise CsvSourceError(f"{where}: unsupported location {_shown(location)!r} (expected a path or http(s) URL)")
-        binary: IO[bytes] = io.BufferedReader(_ChunkStream(chunks, stats), CHUNK_BYTES)
-        if binary.peek(2)[:2] == b"\x1f\x8b":
-            binary = gzip.GzipFile(fileobj=binary, mode="rb")
-        yield binary
-
-
-def _http_chunks(url: str, where: str, stack: contextlib.ExitStack) -> Iterator[bytes]:
-    """The body of a GET, streamed; errors name the URL (redacted) and the status."""
-    shown = redact_url(url)
-    try:
-        response = requests.get(url, stream=True)
-        response.raise_for_status()
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        reason = exc.response.reason if exc.response is not None else exc
-        error = CsvFileNotFoundError if status in (404, 410) else CsvSourceError
-        raise error(f"{where}: GET {shown} failed: HTTP {status} {reason}") from None
-    except requests.RequestException as exc:
-        raise CsvSourceError(f"{where}: GET {shown} failed: {redact_text(str(exc))}") from None
-    stack.enter_context(response)
-    return response.iter_content(CHUNK_BYTES)
-
-
-class _ChunkStream(io.RawIOBase):
-    """A raw binary stream over an iterator of byte chunks, counting bytes read."""
-
-    def __init__(self, chunks: Iterator[bytes], stats: CsvStats) -> None:
-        self._chunks = chunks
-        self._stats = stats
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._stats.bytes_read += len(chunk)
-            self._pending = memoryview(chunk)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-
-class _Lines:
-    """Physical lines for `csv.reader`, remembering the raw text and first line of a record."""
-
-    def __init__(self, text: IO[str]) -> None:
-        self._text = iter(text)
-        self._lookahead: deque[str] = deque()
-        self.line = 0
-        self._raw: list[str] = []
-
-    def skip(self, count: int) -> None:
-        for _ in range(count):
-            if next(self._text, None) is None:
-                break
-            self.line += 1
-
-    def sample(self, size: int) -> str:
-        """Up to `size` characters of whole lines ahead, without consuming them."""
-        total = 0
-        while total < size:
-            line = next(self._text, None)
-            if line is None:
-                break
-            self._lookahead.append(line)
-            total += len(line)
-        return "".join(self._lookahead)
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        line = self._lookahead.popleft() if self._lookahead else next(self._text)
-        self.line += 1
-        if "\0" in line:
-            line = line.replace("\0", "")
-        self._raw.append(line)
-        return line
-
-    def take(self) -> tuple[int, str]:
-        """(first line, raw text without its final line ending) of the lines read since the last call."""
-        lines = self._raw
-        text = lines[0] if len(lines) == 1 else "".join(lines)
-        start, raw = self.line - len(lines) + 1, text.removesuffix("\n").removesuffix("\r")
-        lines.clear()
-        return start, raw
+def _note_layout(stats: CsvStats, layout: Layout, shown: str, where: str) -> None:
+    stats.columns = len(layout.names)
+    notes = []
+    if stats.encoding_source in ("detected", "fallback"):
+        notes.append(f"encoding not declared and not UTF-8: read as {stats.encoding} ({stats.encoding_source})")
+    if len(layout.names) > MAX_COLUMNS:
+        notes.append(f"{len(layout.names)} columns (more than {MAX_COLUMNS}): the fields are in _etl_record only")
+    if notes:
+        stats.warning = f"{shown}: " + "; ".join(notes)
+        log.warning("%s: %s", where, stats.warning)
 
 
 def _sniff(sample: str) -> str:
@@ -427,16 +367,6 @@ def _sniff(sample: str) -> str:
         return csv.Sniffer().sniff(sample, delimiters=SNIFF_DELIMITERS).delimiter
     except csv.Error:
         return ","
-
-
-def _undecodable(text: str) -> str | None:
-    """The first undecodable byte in `text` as 0xNN, else None."""
-    match = _UNDECODABLE.search(text)
-    return f"0x{ord(match.group()) - 0xDC00:02x}" if match else None
-
-
-def _printable(text: str) -> str:
-    return _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
 
 
 def _column_names(header: list[str]) -> list[str]:
@@ -461,12 +391,11 @@ def _column(names: list[str], name: str, setting: str, where: str, location: str
         for index, own in enumerate(names):
             if matches(own):
                 return index
-    raise CsvSourceError(
-        f"{where}: {setting} column {name!r} is not in the header of {location} (columns: {', '.join(names)})"
-    )
+    shown = ", ".join(names[:50]) + (f", ... ({len(names)} columns)" if len(names) > 50 else "")
+    raise CsvConfigError(f"{where}: {setting} column {name!r} is not in the header of {location} (columns: {shown})")
 
 
-class _ContentKeys:
+class ContentKeys:
     """Row keys of a source without primary key: ``content_key(values)#<n>`` for the n-th
     identical row (one small counter per distinct row)."""
 
@@ -478,158 +407,3 @@ class _ContentKeys:
         digest = int(key[:16], 16)
         occurrence = self._seen[digest] = self._seen.get(digest, 0) + 1
         return f"{key}#{occurrence}"
-
-
-@dataclass
-class _Records:
-    """One row-by-row pass over the records of a file, yielding Arrow batches and rejects;
-    records up to `resume_after` (already yielded by the fast pass) are read, not yielded."""
-
-    config: CsvSource
-    location: str
-    ctx: RunContext
-    stats: CsvStats
-    where: str
-    lines: _Lines
-    resume_after: int = 0
-    names: list[str] = field(default_factory=list)
-    nulls: frozenset[str] = frozenset()
-    # hash of "<day>|<row key>" -> first line (str hash: 64-bit, stable within one pass)
-    seen: dict[int, int] = field(default_factory=dict)
-    content_keys: _ContentKeys = field(default_factory=_ContentKeys)
-    # the pending batch, one entry per row in parallel lists (no per-row tuple objects)
-    rows: list[list[str]] = field(default_factory=list)
-    _row_lines: list[int] = field(default_factory=list)
-    _row_keys: list[str] = field(default_factory=list)
-    _row_times: list[dt.datetime | None] = field(default_factory=list)
-    _row_days: list[dt.date | None] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    _key_index: list[int] = field(default_factory=list)
-    _time_index: int | None = None
-    _builder: TableBuilder | None = None
-
-    def batches(self) -> Iterator[_Out]:
-        config = self.config
-        self.nulls = frozenset(config.null_values)
-        self.lines.skip(config.skip_lines)
-        delimiter = config.delimiter or _sniff(self.lines.sample(SNIFF_BYTES))
-        records = self._parsed(csv.reader(self.lines, delimiter=delimiter))
-        first = next(records, None)
-        if first is None:
-            self.stats.empty_file = True
-            self.stats.warning = f"{self.location} is empty (no header): zero rows loaded"
-            log.warning("%s: %s", self.where, self.stats.warning)
-            return
-        line, raw, fields, error = first
-        if error or fields is None or _undecodable(raw):
-            raise CsvSourceError(
-                f"{self.where}: cannot read the first record (line {line}) of {self.location}: "
-                f"{error or f'not valid {config.encoding} (byte {_undecodable(raw)})'}; check the "
-                "source's encoding and delimiter"
-            )
-        self.names = _column_names(fields) if config.has_header else [f"col_{i}" for i in range(1, len(fields) + 1)]
-        self._key_index = [_column(self.names, n, "primary_key", self.where, self.location) for n in config.primary_key]
-        if config.event_time:
-            self._time_index = _column(self.names, config.event_time, "event_time", self.where, self.location)
-        self._builder = TableBuilder(self.names, self.location, config, self.ctx, snapshot=self._time_index is None)
-        for line, raw, fields, error in itertools.chain([] if config.has_header else [first], records):
-            self.stats.rows_read += 1
-            if fields is None:
-                self._reject(line, raw, error or "unreadable record")
-            else:
-                self._record(line, raw, fields)
-            if len(self.rows) >= BATCH_ROWS:
-                yield from self._flush_rows()
-            if len(self.rejected) >= BATCH_ROWS:
-                yield from self._flush_rejects()
-        yield from self._flush_rows()
-        yield from self._flush_rejects()
-
-    def _parsed(self, reader: Iterator[list[str]]) -> Iterator[tuple[int, str, list[str] | None, str | None]]:
-        """(first line, raw text, fields, None) of each non-blank record; fields None and the
-        reason when the CSV syntax is broken (the reader resumes at the next line)."""
-        while True:
-            try:
-                fields: list[str] | None = next(reader)
-                error = None
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                fields, error = None, f"csv error: {exc}"
-            line, raw = self.lines.take()
-            if fields != []:
-                yield line, raw, fields, error
-
-    def _record(self, line: int, raw: str, fields: list[str]) -> None:
-        if bad := _undecodable(raw):
-            return self._reject(
-                line, raw, f"line is not valid {self.config.encoding} (byte {bad}); check the source's encoding"
-            )
-        if len(fields) != len(self.names):
-            return self._reject(line, raw, f"expected {len(self.names)} fields, got {len(fields)}")
-        event_time = day = None
-        if self._time_index is not None:
-            value = fields[self._time_index]
-            event_time = None if value in self.nulls else parse_time(value)
-            if event_time is None:
-                return self._reject(line, raw, f"unparseable event_time {value!r}")
-            day = self.ctx.window.day_of(event_time)
-            if day is None:
-                self.stats.outside_window += 1
-                return None
-        if self._key_index:
-            key_values = [fields[i] for i in self._key_index]
-            for index, value in zip(self._key_index, key_values):
-                if value in self.nulls:
-                    return self._reject(line, raw, f"missing primary key {self.names[index]!r}")
-            row_key = "|".join(key_values)
-            first = self.seen.setdefault(hash(f"{day}|{row_key}"), line)
-            if first != line:
-                return self._reject(line, raw, f"duplicate primary key {row_key!r} (first at line {first})", day)
-        else:
-            row_key = self.content_keys(fields)
-        self.stats.rows_emitted += 1
-        if self.stats.rows_read <= self.resume_after:
-            return None
-        self.rows.append(fields)
-        self._row_lines.append(line)
-        self._row_keys.append(row_key)
-        if self._time_index is not None:
-            self._row_times.append(event_time)
-            self._row_days.append(day)
-        return None
-
-    def _reject(self, line: int, raw: str, reason: str, day: dt.date | None = None) -> None:
-        self.stats.rejects += 1
-        for partition_date in [day] if day else self.ctx.window.days:
-            self.rejected.append(
-                self.ctx.reject(
-                    resource=self.config.resource,
-                    position=f"{self.location}:{line}",
-                    raw_text=_printable(raw),
-                    reason=reason,
-                    partition_date=partition_date,
-                )
-            )
-
-    def _flush_rejects(self) -> Iterator[_Out]:
-        if self.rejected:
-            yield _Out(REJECTS_TABLE, self.rejected)
-            self.rejected = []
-
-    def _flush_rows(self) -> Iterator[_Out]:
-        """The pending rows as Arrow tables (`TableBuilder`)."""
-        if not self.rows or self._builder is None:
-            return
-        raw = [pa.array(values, pa.string()) for values in zip(*self.rows)]
-        snapshot = self._time_index is None
-        tables = self._builder.tables(
-            raw,
-            self._row_lines,
-            self._row_keys,
-            None if snapshot else self._row_times,
-            None if snapshot else self._row_days,
-        )
-        self.rows, self._row_lines, self._row_keys, self._row_times, self._row_days = [], [], [], [], []
-        for table in tables:
-            yield _Out(self.config.resource, table)

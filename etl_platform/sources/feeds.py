@@ -26,13 +26,18 @@ Stats: the returned source carries ``etl_stats``, a ``FeedStats`` filled while d
 (reset at each iteration) for materialization metadata (``etl_stats.as_metadata()``):
 ``entries_read``, ``rows_emitted``, ``outside_window`` (dated entries outside the window),
 ``duplicates`` (repeated row keys within a day, dropped), ``bytes`` (document size), ``warning``
-(feedparser's bozo text, or None), ``version`` and ``feed_title``.
+(feedparser's bozo text, or None), ``version``, ``feed_title``, ``encoding`` (what feedparser
+read) and ``encoding_source``: ``declared`` (a BOM, the XML declaration or the HTTP charset),
+``utf-8 (valid)``, or ``detected``: a document that declares nothing and is not valid UTF-8 is
+read in the encoding `charset-normalizer` finds (feedparser alone would guess windows-1252 and
+store mojibake).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -47,6 +52,7 @@ from dlt.extract.source import DltSource
 from dlt.sources.helpers import requests
 
 from etl_platform.config.models import FeedSource
+from etl_platform.sources.content import bom_encoding, detect_encoding, is_utf8
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import RECORD, RunContext, apply_raw_hints, content_key
 from etl_platform.sources.redact import redact_text, redact_url
@@ -56,6 +62,8 @@ logger = logging.getLogger(__name__)
 RESOURCE = "entries"
 FEED_KEY = "_etl_feed"  # feed-level info added to each record
 ACCEPT = "application/atom+xml, application/rss+xml, application/rdf+xml, application/xml;q=0.9, */*;q=0.5"
+_XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+_CHARSET = re.compile(r"charset\s*=", re.IGNORECASE)
 
 
 class FeedError(RuntimeError):
@@ -80,6 +88,8 @@ class FeedStats:
     warning: str | None = None  # feedparser's bozo complaint about a feed it could still read
     version: str | None = None
     feed_title: str | None = None
+    encoding: str | None = None
+    encoding_source: str | None = None
 
     def reset(self) -> None:
         self.__dict__.update(asdict(FeedStats()))
@@ -134,9 +144,27 @@ def _fetch(location: str, where: str) -> tuple[bytes, dict[str, str]]:
         raise FeedError(f"{where}: could not read the feed file: {exc}") from exc
 
 
+def _declare_encoding(data: bytes, headers: dict[str, str], stats: FeedStats) -> dict[str, str]:
+    """`headers` for feedparser, with the charset `charset-normalizer` finds when the document
+    declares none (no BOM, XML declaration or HTTP charset) and is not valid UTF-8."""
+    if bom_encoding(data) or _XML_ENCODING.match(data) or _CHARSET.search(headers.get("content-type", "")):
+        stats.encoding_source = "declared"
+        return headers
+    if is_utf8(data, complete=True):
+        stats.encoding_source = "utf-8 (valid)"
+        return headers
+    detected = detect_encoding(data)
+    if detected is None:
+        return headers
+    stats.encoding_source = "detected"
+    media = headers.get("content-type", "application/xml").split(";")[0].strip() or "application/xml"
+    return {**headers, "content-type": f"{media}; charset={detected}"}
+
+
 def _parse(data: bytes, headers: dict[str, str], where: str, stats: FeedStats) -> Any:
     if not data.strip():
         raise FeedFormatError(f"{where}: empty document (0 entries)")
+    headers = _declare_encoding(data, headers, stats)
     parsed = feedparser.parse(data, response_headers=headers)
     exc = parsed.get("bozo_exception") if parsed.bozo else None
     reason = f"{type(exc).__name__}: {exc}" if exc is not None else None
@@ -151,6 +179,9 @@ def _parse(data: bytes, headers: dict[str, str], where: str, stats: FeedStats) -
     stats.warning = reason
     stats.version = parsed.get("version") or None
     stats.feed_title = parsed.feed.get("title")
+    stats.encoding = parsed.get("encoding") or None
+    if stats.encoding_source == "detected":
+        logger.warning("%s: no encoding declared and not UTF-8: read as %s (detected)", where, stats.encoding)
     return parsed
 
 

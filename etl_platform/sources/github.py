@@ -18,6 +18,11 @@ is only sent to the configured host) and stops on a next URL already requested.
 Rate limits: on `X-RateLimit-Remaining: 0` the source sleeps until `X-RateLimit-Reset` (+1 s),
 at most ETL_GITHUB_MAX_RATE_LIMIT_WAIT_SECONDS (default 900); a 403/429 that is a (secondary)
 rate limit is retried after `Retry-After`; 401 and other 403s raise PermanentSourceError.
+A 204 No Content (or an empty body) is an empty page.
+
+Stats (`source.etl_stats`, a `pages.ApiStats`): pages, bytes, empty pages, and every row read and
+not loaded with its reason (`skipped_by_reason`: outside the window, repeated),
+also logged at the end of each resource.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import datetime as dt
 import functools
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urljoin
@@ -38,8 +42,9 @@ from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.paginators import HeaderLinkPaginator
 
 from etl_platform.config.models import GithubSource, secret
-from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
+from etl_platform.sources.http import HeaderAuth, pages, raw_row, redact, rest_client, status_hook
 from etl_platform.sources.lineage import PARTITION_DATE, RECORD, RunContext, apply_raw_hints, parse_time
+from etl_platform.sources.pages import OUTSIDE_WINDOW, ApiStats
 
 MAX_WAIT_ENV = "ETL_GITHUB_MAX_RATE_LIMIT_WAIT_SECONDS"
 DEFAULT_MAX_WAIT = 900.0
@@ -104,7 +109,7 @@ def commit_time(commit: dict[str, Any]) -> dt.datetime | None:
 def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
     """The dlt source of some GitHub repositories for one run; no I/O until iterated."""
     window = ctx.window
-    skipped: Counter[str] = Counter()
+    stats = ApiStats()
     what = f"github source {config.name!r}"
     per_page = {"per_page": config.page_size}
 
@@ -113,7 +118,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
         token = secret(config.token_env, what=f"{what} token_env")
         auth = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what) if token else None
         secrets = (token,) if token else ()
-        client = rest_client(config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited)
+        client = rest_client(config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited, stats=stats)
         return client, secrets, [wait_for_rate_limit, status_hook(what, secrets, retryable=is_rate_limited)]
 
     def pull_requests() -> Iterator[list[dict[str, Any]]]:
@@ -125,17 +130,19 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                 client, f"repos/{repo}/pulls", params=params, paginator=LinkPaginator(), hooks=hooks
             ):
                 position, rows, older = redact(url, secrets), [], False
-                for pr in items:
+                for index, pr in enumerate(items):
                     updated = parse_time(pr.get("updated_at"))
-                    if updated is not None and updated < window.start:
+                    if updated is not None and updated < window.start:  # newest first: the rest is older
+                        stats.skip("pull_requests", OUTSIDE_WINDOW, len(items) - index)
                         older = True
                         break
                     key = f"{repo}#{pr.get('number')}"
                     day = window.day_of(updated)
                     if key in seen:
+                        stats.skip("pull_requests", "repeated")
                         continue
                     if day is None:
-                        skipped["pull_requests"] += 1
+                        stats.skip("pull_requests", OUTSIDE_WINDOW if updated else "no updated_at")
                         continue
                     seen.add(key)
                     rows.append(
@@ -154,7 +161,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                     yield rows
                 if older:
                     break
-        log_skipped(config.name, "pull_requests", skipped)
+        stats.log_skipped(config.name, "pull_requests")
 
     def children(resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], row_key: Any) -> Any:
         def rows(prs: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -202,7 +209,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                         current |= any(t is None or t >= window.start for t in (at, created))
                         day = window.day_of(at)
                         if day is None:
-                            skipped[resource] += 1
+                            stats.skip(resource, OUTSIDE_WINDOW if at else "no event time")
                             continue
                         out.append(
                             raw_row(
@@ -220,7 +227,7 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
                         yield out
                     if not current:
                         break
-            log_skipped(config.name, resource, skipped)
+            stats.log_skipped(config.name, resource)
 
         return dlt.resource(rows, name=resource)
 
@@ -235,5 +242,5 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
     for resource in resources:
         apply_raw_hints(resource, schema_contract=config.schema_contract)
     source = DltSource(dlt.Schema(config.name), "github", resources)
-    source.etl_skipped = skipped  # rows outside the window, by resource (filled while extracting)
+    source.etl_stats = stats  # filled while extracting
     return source

@@ -1,6 +1,8 @@
 """Shared plumbing of the API sources (Jira, GitHub): dlt's RESTClient on dlt's retrying
-session, auth that stays on the source's origin (`guard.OriginGuard`), status handling
-(retryable vs permanent), secret redaction, and stamping raw rows with lineage.
+session with bodies read as a stream (`pages.StreamingClient`: bounded memory, 204 and empty
+bodies as empty pages, records nested too deep kept), auth that stays on the source's origin
+(`guard.OriginGuard`), status handling (retryable vs permanent), secret redaction, and stamping
+raw rows with lineage.
 
 Retries: dlt's session retries connection errors, 429 and 5xx (honouring `Retry-After`, capped
 by RUNTIME__REQUEST_MAX_RETRY_DELAY) plus whatever `retryable` says; other 4xx raise
@@ -11,12 +13,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dlt.sources.helpers.requests import Client, HTTPError, Response
-from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.exceptions import IgnoreResponseException
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests.auth import AuthBase
@@ -25,8 +25,7 @@ from etl_platform import redaction
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.guard import OriginGuard, show
 from etl_platform.sources.lineage import RECORD, RunContext
-
-logger = logging.getLogger(__name__)
+from etl_platform.sources.pages import ApiStats, StreamingClient
 
 ResponseHook = Callable[..., Any]
 
@@ -78,14 +77,16 @@ def rest_client(
     auth: AuthBase | None,
     headers: dict[str, str] | None = None,
     retryable: Callable[[Response], bool] | None = None,
-) -> RESTClient:
-    """A dlt RESTClient on dlt's retrying session (timeouts and attempts from RUNTIME__REQUEST_*)."""
+    stats: ApiStats | None = None,
+) -> StreamingClient:
+    """A streaming dlt RESTClient on dlt's retrying session (timeouts and attempts from
+    RUNTIME__REQUEST_*), counting into `stats`."""
 
     def retry_condition(response: Response | None, exc: BaseException | None) -> bool:
         return response is not None and retryable is not None and retryable(response)
 
     session = Client(raise_for_status=False, retry_condition=retry_condition).session
-    return RESTClient(base_url.rstrip("/"), headers=headers, auth=auth, session=session)
+    return StreamingClient(base_url.rstrip("/"), headers=headers, auth=auth, session=session, stats=stats)
 
 
 def status_hook(
@@ -117,7 +118,7 @@ def status_hook(
 
 
 def pages(
-    client: RESTClient,
+    client: StreamingClient,
     path: str,
     *,
     paginator: BasePaginator,
@@ -153,7 +154,3 @@ def raw_row(
         RECORD: record,
     }
 
-
-def log_skipped(source: str, resource: str, skipped: dict[str, int]) -> None:
-    if skipped.get(resource):
-        logger.info("%s.%s: skipped %d rows outside the window", source, resource, skipped[resource])

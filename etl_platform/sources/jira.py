@@ -3,7 +3,8 @@ transitions, and snapshots of statuses and issue types.
 
 Resources (tables):
 - `issues`: one row per issue; row key = issue id (key when the API gives no id); event time
-  `fields.updated`.
+  `fields.updated`, else `fields.created`; an issue with neither is a snapshot row of every window
+  day (counted in `etl_stats.event_time_fallbacks`).
 - `issue_transitions`: one row per status change in an issue's changelog; parent keys
   `issue_id`, `issue_key`; row key `<issue id>|<history id>|<item index>`; event time = the
   history's `created`; partition day = the issue's (the changelog is re-read with the issue).
@@ -17,6 +18,10 @@ token or an empty page.
 
 JQL datetimes are read in the Jira user's timezone, so the `updated` range is widened by 14 h
 on both sides and rows are then placed by their own UTC-aware `updated`.
+
+Stats (`source.etl_stats`, a `pages.ApiStats`): pages, bytes, empty pages, and every issue read
+and not loaded with its reason (`skipped_by_reason`: outside the window, no id or key,
+repeated), also logged at the end of the resource.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +43,7 @@ from dlt.sources.helpers.rest_client.paginators import (
 )
 
 from etl_platform.config.models import JiraSource, secret
-from etl_platform.sources.http import HeaderAuth, log_skipped, pages, raw_row, redact, rest_client, status_hook
+from etl_platform.sources.http import HeaderAuth, pages, raw_row, redact, rest_client, status_hook
 from etl_platform.sources.lineage import (
     PARTITION_DATE,
     POSITION,
@@ -49,6 +53,7 @@ from etl_platform.sources.lineage import (
     content_key,
     parse_time,
 )
+from etl_platform.sources.pages import OUTSIDE_WINDOW, ApiStats
 
 FIELDS = [
     "summary",
@@ -148,7 +153,7 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
     """The dlt source of one Jira site for one run; no I/O until iterated."""
     api = f"rest/api/{config.api_version}"
     window = ctx.window
-    skipped: Counter[str] = Counter()
+    stats = ApiStats()
     what = f"jira source {config.name!r}"
 
     @functools.cache
@@ -164,7 +169,7 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
         else:
             auth, secrets = None, ()
         headers = {"Accept": "application/json"}
-        return rest_client(config.base_url, auth=auth, headers=headers), secrets
+        return rest_client(config.base_url, auth=auth, headers=headers, stats=stats), secrets
 
     def issues() -> Iterator[list[dict[str, Any]]]:
         client, secrets = connect()
@@ -185,16 +190,16 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
             for issue in items:
                 key = _issue_key(issue)
                 if not key or key in seen:
+                    stats.skip("issues", "repeated" if key else "no id or key")
                     continue
                 seen.add(key)
-                updated = jira_time((issue.get("fields") or {}).get("updated"))
-                day = window.day_of(updated)
-                if day is None:
-                    skipped["issues"] += 1
+                event_time, days = _placed(issue)
+                if not days:
+                    stats.skip("issues", OUTSIDE_WINDOW)
                     continue
                 # the changelog stays in _etl_record only (its status items are issue_transitions)
                 columns = {k: v for k, v in issue.items() if k != "changelog"}
-                rows.append(
+                rows.extend(
                     raw_row(
                         ctx,
                         "issues",
@@ -203,13 +208,27 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
                         day=day,
                         position=position,
                         row_key=key,
-                        event_time=updated,
+                        event_time=event_time,
                         **columns,
                     )
+                    for day in days
                 )
             if rows:
                 yield rows
-        log_skipped(config.name, "issues", skipped)
+        stats.log_skipped(config.name, "issues")
+
+    def _placed(issue: dict[str, Any]) -> tuple[dt.datetime | None, list[dt.date]]:
+        """(event time, partition days): `updated`, else `created`, else every window day."""
+        fields = issue.get("fields") or {}
+        for name in ("updated", "created"):
+            event_time = jira_time(fields.get(name))
+            if event_time is not None:
+                if name != "updated":
+                    stats.event_time_fallbacks[f"issues: {name}"] += 1
+                day = window.day_of(event_time)
+                return event_time, [day] if day else []
+        stats.event_time_fallbacks["issues: partition day"] += 1
+        return None, list(window.days)
 
     def histories(issue: dict[str, Any]) -> list[dict[str, Any]]:
         """The issue's changelog histories; the rest are fetched when the search truncated them."""
@@ -293,5 +312,5 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
     for resource in resources:
         apply_raw_hints(resource, schema_contract=config.schema_contract)
     source = DltSource(dlt.Schema(config.name), "jira", resources)
-    source.etl_skipped = skipped  # rows outside the window, by resource (filled while extracting)
+    source.etl_stats = stats  # filled while extracting
     return source
