@@ -28,11 +28,12 @@ FAILED_TENANTS_TAG = "etl/failed_tenants"  # run tag: the tenants a run failed f
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, as Python reports them (`raise … from None` ends the chain)."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in seen:
         seen.append(current)
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return seen
 
 

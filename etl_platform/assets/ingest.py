@@ -250,10 +250,13 @@ class TenantRun:
     def _log_load(self, load: SourceLoad) -> None:
         rows = sum(sum(r.rows_by_day.values()) for r in load.resources if r.resource != REJECTS_RESOURCE)
         rejects = sum(load.rejects_by_day.values())
-        warning = load.stats.get("warning")
+        notes = [f"warning: {load.stats['warning']}"] if load.stats.get("warning") else []
+        for name in ("skipped_by_reason", "event_time_fallbacks", "contract_violations"):
+            if load.stats.get(name):  # rows not loaded (or loaded differently), with the reason
+                notes.append(f"{name}: {load.stats[name]}")
         self.context.log.info(
             f"tenant {self.tenant.id}, source {load.source}: {rows} rows in {len(self.days)} day(s), "
-            f"{rejects} rejects, {load.duration_s:.1f}s" + (f"; warning: {warning}" if warning else "")
+            f"{rejects} rejects, {load.duration_s:.1f}s" + ("; " + "; ".join(notes) if notes else "")
         )
 
     def _emit(self, what: str, source: str | None, events: Callable[[], Iterator[Any]]) -> None:

@@ -102,7 +102,7 @@ class ContractGuard:
             found.append((top, path, f"is {value_type} ({_short(value)}), the table has {column_type}"))
 
     def guard_row(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        """The row (changed per the contract), plus reject rows."""
+        """The row as the contract lets it through (none, whole, or without the changed fields)."""
         found = self.violations(row)
         if not found:
             return [row]
@@ -119,18 +119,19 @@ class ContractGuard:
         self._reject(row, f"schema contract discard_value: dropped {reason}")
         return [{k: v for k, v in row.items() if k not in {top for top, _, _ in found}}]
 
-    def _reject(self, row: dict[str, Any], reason: str) -> Any:
+    def _reject(self, row: dict[str, Any], reason: str) -> None:
+        """Keep the row for the tenant's `rejects` table (loaded after the data)."""
         record = row.get(lineage.RECORD)
         text = record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)
-        day = row.get(lineage.PARTITION_DATE)
-        reject = self.ctx.reject(
-            resource=self.resource,
-            position=row.get(lineage.POSITION),
-            raw_text=text,
-            reason=reason,
-            partition_date=day,
+        self.rejected.append(
+            self.ctx.reject(
+                resource=self.resource,
+                position=row.get(lineage.POSITION),
+                raw_text=text,
+                reason=reason,
+                partition_date=row.get(lineage.PARTITION_DATE),
+            )
         )
-        return dlt.mark.with_table_name(reject, REJECTS)
 
     # --- Arrow batches (CSV) --------------------------------------------------------------------
 
