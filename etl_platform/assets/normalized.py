@@ -43,4 +43,5 @@ def day_metadata(day: DayFigures, result: NormalizeResult) -> dict[str, Any]:
         "reject_reasons": MetadataValue.json(day.reject_reasons),
         "by_table": MetadataValue.json(day.by_table),
         "records_upserted_in_run": MetadataValue.int(result.records_upserted),
+        "seconds (whole run)": MetadataValue.json({"normalize": result.normalize_s, "checks": result.checks_s}),
     }

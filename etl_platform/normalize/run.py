@@ -10,6 +10,7 @@ Everything runs as set-based SQL inside one transaction:
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,8 @@ class NormalizeResult:
     by_table: dict[str, dict[str, int]] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
     by_day: dict[dt.date, DayFigures] = field(default_factory=dict)
+    normalize_s: float = 0.0  # staging, rejects and upsert
+    checks_s: float = 0.0  # the checks' queries
 
 
 def raw_table_name(source: str, resource: str) -> str:
@@ -93,6 +96,7 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
         prepare(conn, schema)
         _ingest_rejects(conn, schema, days_sql, result)
         with conn.transaction():
+            started = time.perf_counter()
             _delete_rejects(conn, schema, tenant, days_sql)
             staged = stage_tenant(conn, tenant, result.days)
             if staged:
@@ -100,7 +104,10 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
                 _insert_rejects(conn, schema)
                 result.records_upserted = _upsert(conn, schema, result.records_written)
                 analyze_if_stale(conn, schema, RECORDS_TABLE, RECORD_STAT_COLUMNS, written=result.records_upserted)
+            checked = time.perf_counter()
             checks = check_days(conn, schema, tenant.id, result.days, STAGE if staged else None)
+            result.normalize_s = round(checked - started, 3)
+            result.checks_s = round(time.perf_counter() - checked, 3)
             for day, figures in checks.items():
                 result.by_day[day].checks = figures
             conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
