@@ -23,6 +23,7 @@ from etl_platform.normalize.schema import (
     RECORD_REJECTS_TABLE,
     RECORDS_TABLE,
     UPSERT_KEY,
+    ensure_search_index,
     ensure_tables,
 )
 from etl_platform.normalize.sql import POSTGRES_FUNCTIONS, literal, select_for
@@ -103,6 +104,10 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
                 _count(conn, result)
                 _insert_rejects(conn, schema)
                 result.records_upserted = _upsert(conn, schema, result.records_written)
+                if conn.dialect == "postgres":
+                    # the search index: built in one pass after a tenant's first (often large) load,
+                    # maintained row by row afterwards
+                    ensure_search_index(conn, schema)
                 analyze_if_stale(conn, schema, RECORDS_TABLE, RECORD_STAT_COLUMNS, written=result.records_upserted)
             checked = time.perf_counter()
             checks = check_days(conn, schema, tenant.id, result.days, STAGE if staged else None)
@@ -119,8 +124,9 @@ def _days_sql(days: list[dt.date]) -> str:
 
 
 def prepare(conn: Connection, schema: str) -> None:
-    """The tenant's `records` and `record_rejects` tables, and PostgreSQL's safe-cast functions."""
-    ensure_tables(conn, schema)
+    """The tenant's `records` and `record_rejects` tables (the search index comes after the first
+    upsert), and PostgreSQL's safe-cast functions."""
+    ensure_tables(conn, schema, search_index=False)
     if conn.dialect == "postgres":
         conn.execute(POSTGRES_FUNCTIONS)
 
