@@ -10,6 +10,7 @@ import pytest
 from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance
 
 from etl_platform.warehouse import Warehouse
+from etl_platform_tests.orchestration import rest_tenant
 from etl_platform_tests.platform import materialize, metadata_values, partition_materialization
 from etl_platform_tests.servers import LocalServer, Response
 
@@ -22,21 +23,11 @@ CHANGED = [
 ]
 
 
-def tenant(tenant_id: str, url: str, path: str, contract: str = "evolve") -> dict:
-    return {
-        "id": tenant_id,
-        "sources": [
-            {
-                "name": "api",
-                "kind": "rest_api",
-                "base_url": url,
-                "schema_contract": contract,
-                "resources": [
-                    {"name": "items", "path": path, "primary_key": "id", "paginator": {"type": "single_page"}}
-                ],
-            }
-        ],
-    }
+def tenant(tenant_id: str, server: LocalServer, path: str, contract: str = "evolve") -> dict:
+    """A tenant with one REST source `api` (resource `items` at `path`) under `contract`."""
+    config = rest_tenant(tenant_id, server, path)
+    config["sources"][0]["schema_contract"] = contract
+    return config
 
 
 def query(url: str, sql: str) -> list:
@@ -56,7 +47,7 @@ def test_discarding_contracts_count_and_reject(warehouse_url, platform_env, cont
     payload = {"rows": FIRST}
     with LocalServer() as server:
         server.route("/items", lambda r: Response(200, payload["rows"]))
-        platform_env([tenant("acme", server.url, "/items", contract)], warehouse_url)
+        platform_env([tenant("acme", server, "/items", contract)], warehouse_url)
         with DagsterInstance.get() as instance:
             assert materialize(instance, "acme", D1).success  # creates the table
             payload["rows"] = CHANGED
@@ -86,7 +77,7 @@ def test_freeze_names_every_field_as_the_source_writes_it(warehouse_url, platfor
     payload = {"rows": FIRST}
     with LocalServer() as server:
         server.route("/items", lambda r: Response(200, payload["rows"]))
-        platform_env([tenant("acme", server.url, "/items", "freeze")], warehouse_url)
+        platform_env([tenant("acme", server, "/items", "freeze")], warehouse_url)
         with DagsterInstance.get() as instance:
             assert materialize(instance, "acme", D1).success
             payload["rows"] = CHANGED
@@ -104,7 +95,7 @@ def test_drift_is_judged_per_tenant_on_every_run(duckdb_url, platform_env) -> No
     with LocalServer() as server:
         server.route("/a", lambda r: Response(200, rows["a"]))
         server.route("/b", lambda r: Response(200, rows["b"]))
-        platform_env([tenant("a", server.url, "/a"), tenant("b", server.url, "/b")], duckdb_url)
+        platform_env([tenant("a", server, "/a"), tenant("b", server, "/b")], duckdb_url)
         with DagsterInstance.get() as instance:
             for t in ("a", "b"):
                 assert materialize(instance, t, D1).success

@@ -79,57 +79,35 @@ def drift_check(
     previous_at: str | None,
 ) -> Iterator[AssetCheckEvaluation]:
     """`schema_drift` of one raw asset for one tenant's days: this load's fields against the
-    tenant's own previous load (added fields warn; removed or retyped fields are errors)."""
+    tenant's own previous load (added fields warn; removed or retyped fields are errors). The
+    same result for each day of the run."""
+    passed, severity = True, AssetCheckSeverity.WARN
     if not observed:
         meta = {"fields": MetadataValue.int(len(previous or {})), "rows_observed": MetadataValue.int(0)}
         text = "no rows loaded: nothing to compare" + (
             f" (last fields observed at {previous_at})" if previous_at else ""
         )
-        for day in days:
-            yield check_result(
-                key,
-                DRIFT_CHECK,
-                tenant,
-                day,
-                passed=True,
-                metadata=meta,
-                severity=AssetCheckSeverity.WARN,
-                description=text,
-            )
-        return
-    if previous is None:
-        for day in days:
-            yield check_result(
-                key,
-                DRIFT_CHECK,
-                tenant,
-                day,
-                passed=True,
-                metadata={"fields": MetadataValue.int(len(observed))},
-                description=f"first load of tenant {tenant!r}: {len(observed)} fields",
-            )
-        return
-    drift = diff_schemas(previous, observed)
-    meta = {
-        "fields": MetadataValue.int(len(observed)),
-        "added": MetadataValue.int(len(drift.added)),
-        "removed": MetadataValue.int(len(drift.removed)),
-        "retyped": MetadataValue.int(len(drift.retyped)),
-        "columns_added": MetadataValue.json(drift.added),
-        "columns_removed": MetadataValue.json(drift.removed),
-        "columns_retyped": MetadataValue.json({k: f"{a} -> {b}" for k, (a, b) in drift.retyped.items()}),
-        "previous_observed_at": MetadataValue.text(previous_at or ""),
-    }
+    elif previous is None:
+        meta = {"fields": MetadataValue.int(len(observed))}
+        text = f"first load of tenant {tenant!r}: {len(observed)} fields"
+    else:
+        drift = diff_schemas(previous, observed)
+        passed = not drift.any
+        severity = AssetCheckSeverity.ERROR if drift.breaking else AssetCheckSeverity.WARN
+        meta = {
+            "fields": MetadataValue.int(len(observed)),
+            "added": MetadataValue.int(len(drift.added)),
+            "removed": MetadataValue.int(len(drift.removed)),
+            "retyped": MetadataValue.int(len(drift.retyped)),
+            "columns_added": MetadataValue.json(drift.added),
+            "columns_removed": MetadataValue.json(drift.removed),
+            "columns_retyped": MetadataValue.json({k: f"{a} -> {b}" for k, (a, b) in drift.retyped.items()}),
+            "previous_observed_at": MetadataValue.text(previous_at or ""),
+        }
+        text = f"tenant {tenant!r}: {drift.describe()}"
     for day in days:
         yield check_result(
-            key,
-            DRIFT_CHECK,
-            tenant,
-            day,
-            passed=not drift.any,
-            severity=AssetCheckSeverity.ERROR if drift.breaking else AssetCheckSeverity.WARN,
-            metadata=meta,
-            description=f"tenant {tenant!r}: {drift.describe()}",
+            key, DRIFT_CHECK, tenant, day, passed=passed, severity=severity, metadata=meta, description=text
         )
 
 
