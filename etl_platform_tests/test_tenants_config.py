@@ -62,6 +62,21 @@ def test_bad_slug(tmp_path, bad):
         _load(tmp_path, [{"id": bad}])
 
 
+def test_names_that_would_not_fit_postgres_identifiers_are_refused(tmp_path):
+    """Every derived name (schema tenant_<id>, dlt's pipeline and dataset, raw tables) fits 63
+    bytes unshortened: a longer id is refused when the file loads, naming it, never hashed."""
+    assert _load(tmp_path, [{"id": "a" * 48}]).tenant_ids == ["a" * 48]
+    long_id = "acme_" + "x" * 44  # 49 characters
+    with pytest.raises(TenantsFileError) as err:
+        _load(tmp_path, [{"id": long_id}, {"id": long_id + "y"}])
+    message = str(err.value)
+    assert f"tenant {long_id!r}, field 'id'" in message and "at most 48" in message
+    assert "2 problems" in message  # every error of the file at once
+    source = _csv(name="s" * 30, resource="r" * 20)
+    with pytest.raises(TenantsFileError, match="source 'sssssssssssssssssssssssssssss.*raw table name.*51 characters"):
+        _load(tmp_path, [{"id": "acme", "sources": [source]}])
+
+
 def test_literal_secret_is_refused(tmp_path):
     source = {
         "name": "api",
