@@ -119,10 +119,20 @@ def freshness_check() -> AssetChecksDefinition:
         "Runs on its own hourly schedule (`tenant_freshness`), not in the ingest runs.",
         blocking=False,
     )
-    def tenant_freshness() -> AssetCheckResult:
+    def tenant_freshness(context) -> AssetCheckResult:  # noqa: ANN001 - Dagster reads the hints
+        """Every active tenant on its own schedule; in a run of some partitions (e.g. selected with
+        `--select '*'`), the run's tenants only, so that a run's cost stays its own."""
+        from etl_platform.automation.coverage import run_coverage
         from etl_platform.config.registry import load_registry
 
-        return evaluate_freshness(load_registry().active_tenants(), dt.datetime.now(dt.timezone.utc))
+        registry = load_registry()
+        coverage = run_coverage(context.run.tags, list(context.instance.get_dynamic_partitions("tenant")))
+        if coverage.tenants:
+            ids = [t for t in coverage.tenants if registry.has(t) and not registry.entry(t).paused]
+            tenants = [registry.tenant(t) for t in ids]
+        else:
+            tenants = registry.active_tenants()
+        return evaluate_freshness(tenants, dt.datetime.now(dt.timezone.utc))
 
     return tenant_freshness
 
