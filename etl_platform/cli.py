@@ -247,9 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    exporter = sub.add_parser("exporter", help="serve the platform's Prometheus metrics (/metrics)")
-    exporter.add_argument("--host", default=os.environ.get("ETL_EXPORTER_HOST", "127.0.0.1"))
-    exporter.add_argument("--port", type=int, default=int(os.environ.get("ETL_EXPORTER_PORT", "9108")))
+    text = "serve the platform's Prometheus metrics by tenant and source (/metrics)"
+    exporter = sub.add_parser("exporter", help=text, description=text[0].upper() + text[1:] + ".")
+    exporter.add_argument(
+        "--host", default=os.environ.get("ETL_EXPORTER_HOST", "127.0.0.1"),
+        help="address to listen on (default: ETL_EXPORTER_HOST, else 127.0.0.1)",
+    )
+    exporter.add_argument(
+        "--port", type=int, default=int(os.environ.get("ETL_EXPORTER_PORT", "9108")),
+        help="port to listen on (default: ETL_EXPORTER_PORT, else 9108)",
+    )
     exporter.set_defaults(func=cmd_exporter)
     return parser
 

@@ -178,9 +178,14 @@ def test_materialize_the_demo_partition_in_the_ui_then_read_docs(tmp_path: Path)
         checks_seen = {}
         with shots.step("checks-passed"):
             click(_tab("Checks"))
-            count = int(visible(_starting("Checks (")).text.strip("Checks ()"))
-            assert count == len(partitioned), f"the UI lists {count} checks, the definitions {len(partitioned)}"
+            listed = int(visible(_starting("Checks (")).text.strip("Checks ()"))
+            assert listed == len(partitioned), f"the UI lists {listed} checks, the definitions {len(partitioned)}"
+            # the per-partition checks ran with the partition; the check across tenants (freshness)
+            # runs on its own schedule, so in this run it reads "Skipped"
+            count = sum(partitioned.values())
             wait.until(lambda d: len(d.find_elements(By.XPATH, _exact("Succeeded"))) == count)
+            skipped = len(driver.find_elements(By.XPATH, _exact("Skipped")))
+            assert skipped == listed - count, f"{skipped} checks skipped, {listed - count} expected"
             assert not driver.find_elements(By.XPATH, _exact("Failed"))
             for n in range(count):
                 entry = driver.find_elements(By.XPATH, _exact("Succeeded"))[n].find_element(By.XPATH, "..")
@@ -197,10 +202,9 @@ def test_materialize_the_demo_partition_in_the_ui_then_read_docs(tmp_path: Path)
                 checks_seen[name] = _value_of(driver, "Partition")
             driver.find_elements(By.XPATH, _exact("Succeeded"))[0].find_element(By.XPATH, "..").click()  # for the shot
             wait.until(lambda d: _value_of(d, "Evaluation result") == "Passed")
-        assert set(checks_seen) == set(partitioned), checks_seen
+        assert set(checks_seen) == {n for n, per_partition in partitioned.items() if per_partition}, checks_seen
         for name, shown in checks_seen.items():
-            if partitioned[name]:
-                assert shown == key, f"check {name} names partition {shown!r}, not {key}"
+            assert shown == key, f"check {name} names partition {shown!r}, not {key}"
 
         with shots.step("asset-graph"):
             driver.set_window_size(1600, 1400)  # the whole graph, tall as it is
