@@ -26,7 +26,7 @@ from dagster import AssetCheckKey, AssetExecutionContext, AssetKey, AssetsDefini
 from dagster_dlt import DagsterDltResource
 
 from etl_platform.assets.checks import drift_check
-from etl_platform.assets.events import materialization
+from etl_platform.assets.events import log_events, materialization
 from etl_platform.assets.keys import (
     DRIFT_CHECK,
     ENGINEERING_KEY,
@@ -213,8 +213,7 @@ class TenantRun:
             self.failures.append(tenant_failure(exc, self.tenant.id, config.name, self.days, config=config))
             return
         self._log_load(load)
-        for event in self._raw_events(load):
-            self.context.log_event(event)
+        log_events(self.context, list(self._raw_events(load)))
 
     def _raw_events(self, load: SourceLoad) -> Iterator[Any]:
         stats = {k: v for k, v in load.stats.items() if k != "pages_by_resource"}
@@ -262,8 +261,7 @@ class TenantRun:
     def _emit(self, what: str, source: str | None, events: Callable[[], Iterator[Any]]) -> None:
         """Log the events of a step of the tenant's work; a failure is recorded, not raised."""
         try:
-            for event in list(events()):
-                self.context.log_event(event)
+            log_events(self.context, list(events()))
         except Exception as exc:  # noqa: BLE001 - classified, redacted, reported at the end of the run
             failure = tenant_failure(exc, self.tenant.id, source, self.days)
             self.failures.append(failure)
