@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dagster import ConfigurableResource
-from dagster_dlt import DagsterDltResource
 
 from etl_platform.warehouse import Warehouse, get_warehouse
 
@@ -18,4 +17,4 @@ class WarehouseResource(ConfigurableResource):
 
 
 def platform_resources() -> dict[str, object]:
-    return {"dlt": DagsterDltResource(), "warehouse": WarehouseResource()}
+    return {"warehouse": WarehouseResource()}

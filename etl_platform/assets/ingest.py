@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dagster import AssetCheckKey, AssetExecutionContext, AssetKey, AssetsDefinition, BackfillPolicy, multi_asset
-from dagster_dlt import DagsterDltResource
 
 from etl_platform.assets.checks import drift_check
 from etl_platform.assets.events import log_events, materialization
@@ -67,8 +66,8 @@ def build_ingest_assets(registry: Registry, warehouse: Warehouse) -> AssetsDefin
         partitions_def=tenant_date_partitions,
         backfill_policy=BackfillPolicy.single_run(),
     )
-    def tenant_partitions(context, dlt: DagsterDltResource):  # noqa: ANN001 - Dagster reads the hints
-        run_tenants(context, dlt)
+    def tenant_partitions(context):  # noqa: ANN001 - Dagster reads the hint
+        run_tenants(context)
         yield from ()  # every event was logged per partition; no output is required
 
     return tenant_partitions
@@ -91,7 +90,7 @@ class RunScope:
         return {c.name for c in self.checks if c.asset_key == key}
 
 
-def run_tenants(context: AssetExecutionContext, dlt_resource: DagsterDltResource) -> None:
+def run_tenants(context: AssetExecutionContext) -> None:
     """Every tenant of the run, each under its lease; then fail naming the tenants that failed."""
     ensure_run_tags(context)
     scope = RunScope.of(context)
@@ -99,24 +98,24 @@ def run_tenants(context: AssetExecutionContext, dlt_resource: DagsterDltResource
     failures: list[TenantFailure] = []
     deferred: list[str] = []
     for tenant_id in scope.tenants:
-        done = _with_lease(context, registry, tenant_id, scope, dlt_resource, wait=False)
+        done = _with_lease(context, registry, tenant_id, scope, wait=False)
         if done is None:
             deferred.append(tenant_id)
         else:
             failures.extend(done)
     for tenant_id in deferred:
         context.log.info(f"tenant {tenant_id}: busy in another run; waiting for it")
-        failures.extend(_with_lease(context, registry, tenant_id, scope, dlt_resource, wait=True) or [])
+        failures.extend(_with_lease(context, registry, tenant_id, scope, wait=True) or [])
     if failures:
         failed = sorted({f.tenant for f in failures})
-        context.instance.add_run_tags(context.run_id, {FAILED_TENANTS_TAG: ",".join(failed)})
+        context.instance.add_run_tags(context.run.run_id, {FAILED_TENANTS_TAG: ",".join(failed)})
         for failure in failures:
             context.log.error(failure.describe())
         raise run_failure(failures, len(scope.tenants)) from None
 
 
 def _with_lease(
-    context: Any, registry: Registry, tenant_id: str, scope: RunScope, dlt_resource: Any, *, wait: bool
+    context: Any, registry: Registry, tenant_id: str, scope: RunScope, *, wait: bool
 ) -> list[TenantFailure] | None:
     """Run one tenant under its lease; None when the lease is busy and `wait` is false."""
     days = scope.tenants[tenant_id]
@@ -135,7 +134,7 @@ def _with_lease(
             return [tenant_failure(exc, tenant_id, None, days)]
         partitions = f"{days[0]}..{days[-1]}|{tenant_id}" if len(days) > 1 else f"{days[0]}|{tenant_id}"
         with log_context(tenant=tenant_id, partition=partitions):  # JSON log lines name them
-            return TenantRun(context, registry, warehouse, tenant, days, scope, dlt_resource).run()
+            return TenantRun(context, registry, warehouse, tenant, days, scope).run()
 
 
 @dataclass
@@ -148,7 +147,6 @@ class TenantRun:
     tenant: TenantConfig
     days: list[dt.date]
     scope: RunScope
-    dlt_resource: Any
     failures: list[TenantFailure] = field(default_factory=list)
 
     def run(self) -> list[TenantFailure]:
@@ -200,7 +198,6 @@ class TenantRun:
                 f"tenant {self.tenant.id}, source {config.name}",
                 lambda: load_source(
                     self.context,
-                    self.dlt_resource,
                     self.registry,
                     self.warehouse,
                     self.tenant,

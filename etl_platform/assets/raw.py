@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dlt
-from dagster import AssetKey, MetadataValue
-from dagster_dlt import DagsterDltResource
+from dagster import AssetKey, MetadataValue, TableColumn, TableSchema
 
 from etl_platform.assets.keys import REJECTS_RESOURCE, raw_asset_key, raw_table
 from etl_platform.config.models import SourceConfig, TenantConfig
@@ -30,7 +29,14 @@ from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.warehouse import Connection, Warehouse, quote
 
 STATS_FIELDS = (
-    "pages", "pages_by_resource", "bytes", "rows_read", "rejects", "outside_window", "repeated_pages_stopped", "warning"
+    "pages",
+    "pages_by_resource",
+    "bytes",
+    "rows_read",
+    "rejects",
+    "outside_window",
+    "repeated_pages_stopped",
+    "warning",
 )
 
 
@@ -76,7 +82,6 @@ def selected_resources(config: SourceConfig, selected: set[AssetKey]) -> list[st
 
 def load_source(
     context: Any,
-    dlt_resource: DagsterDltResource,
     registry: Registry,
     warehouse: Warehouse,
     tenant: TenantConfig,
@@ -88,7 +93,7 @@ def load_source(
     each day is replaced."""
     started = time.monotonic()
     settings = get_settings()
-    ctx = lineage.RunContext(tenant.id, config.name, context.run_id, lineage.Window(tuple(days), settings.timezone))
+    ctx = lineage.RunContext(tenant.id, config.name, context.run.run_id, lineage.Window(tuple(days), settings.timezone))
     source = build_source(config, registry, ctx)
     if config.kind == "csv":
         from etl_platform.sources.csv_files import apply_load_hints
@@ -106,21 +111,30 @@ def load_source(
         pipelines_dir=pipelines_dir(),
     )
     dataset = tenant.dataset
-    # DuckDB: one writing process at a time; PostgreSQL: one load per (tenant, source)
-    with warehouse.lock(write=True, name="" if warehouse.kind == "duckdb" else f"{tenant.id}/{config.name}"):
-        # dlt keeps local state that a failed earlier load would replay; the destination has it all
-        if pipeline.config.restore_from_destination:
-            pipeline.drop()
-        else:
-            pipeline.drop_pending_packages()
+
+    def writer() -> Any:  # DuckDB: one writing process at a time; PostgreSQL: one load per (tenant, source)
+        return warehouse.lock(write=True, name="" if warehouse.kind == "duckdb" else f"{tenant.id}/{config.name}")
+
+    with writer():
+        # a failed earlier load would replay its pending packages: drop them; then the state and
+        # schema as the destination holds them (another process or container may have loaded)
+        pipeline.abort_packages()
+        pipeline.sync_destination()
         guards = _contract_guards(pipeline, source, config, ctx)
-        try:
-            load_info = pipeline.run(source)
-        except Exception:
-            refused = [g.describe() for g in guards if g.mode == "freeze" and g.stats.violations]
-            if refused:  # name every field as the source writes it (dlt names its variant column)
-                raise PermanentSourceError("; ".join(refused)) from None
-            raise
+    # extract and normalize touch only local files: outside the writer's lock, so that other runs'
+    # loads go on meanwhile (DuckDB has one writer); the destination was synced just above
+    pipeline.config.restore_from_destination = False
+    try:
+        pipeline.extract(source)
+        pipeline.normalize()
+        with writer():
+            load_info = pipeline.load()
+    except Exception:
+        refused = [g.describe() for g in guards if g.mode == "freeze" and g.stats.violations]
+        if refused:  # name every field as the source writes it (dlt names its variant column)
+            raise PermanentSourceError("; ".join(refused)) from None
+        raise
+    with writer():
         load_info.raise_on_failed_jobs()
         load_ids = list(load_info.loads_ids)
         diverted = [row for guard in guards for row in guard.rejected]
@@ -128,10 +142,7 @@ def load_source(
             extra = pipeline.run(rejects_resource(diverted))
             extra.raise_on_failed_jobs()
             load_ids += list(extra.loads_ids)
-        metadata = {
-            name: dlt_resource.extract_resource_metadata(context, res, load_info, pipeline)
-            for name, res in source.selected_resources.items()
-        }
+        metadata = {name: _table_metadata(pipeline, raw_table(config.name, name)) for name in source.selected_resources}
         with warehouse.connect(write=True) as conn:
             tables = [raw_table(config.name, r) for r in source.selected_resources]
             if REJECTS_RESOURCE not in source.selected_resources and conn.table_exists(dataset, REJECTS_RESOURCE):
@@ -170,14 +181,24 @@ def load_source(
     )
 
 
+def _table_metadata(pipeline: Any, table: str) -> dict[str, Any]:
+    """The table's columns as dlt knows them and its full name (the UI shows both)."""
+    if not pipeline.default_schema_name or table not in pipeline.default_schema.tables:
+        return {}
+    columns = pipeline.default_schema.get_table_columns(table)
+    schema = TableSchema(
+        columns=[TableColumn(name=name, type=str(col.get("data_type") or "unknown")) for name, col in columns.items()]
+    )
+    return {
+        "dagster/column_schema": MetadataValue.table_schema(schema),
+        "dagster/table_name": MetadataValue.text(f"{pipeline.dataset_name}.{table}"),
+    }
+
+
 def _contract_guards(pipeline: Any, source: Any, config: SourceConfig, ctx: lineage.RunContext) -> list:
     """Guards that make the source's schema contract tell the truth (`sources/contracts.py`),
-    against the tables as the destination knows them."""
+    against the tables as the destination knows them (synced just before)."""
     if config.schema_contract == "evolve":
-        return []
-    try:
-        pipeline.sync_destination()
-    except Exception:  # noqa: BLE001 - nothing loaded yet: no table to hold to a contract
         return []
     schema = pipeline.default_schema if pipeline.default_schema_name else None
     return install_guards(source, config.schema_contract, schema, lambda r: raw_table(config.name, r), ctx)
