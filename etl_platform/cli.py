@@ -204,6 +204,18 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen_arguments(parser: argparse.ArgumentParser, prefix: str, port: int) -> None:
+    """--host and --port, defaulting to <prefix>_HOST and <prefix>_PORT, else 127.0.0.1 and `port`."""
+    parser.add_argument(
+        "--host", default=os.environ.get(f"{prefix}_HOST", "127.0.0.1"),
+        help=f"address to listen on (default: {prefix}_HOST, else 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get(f"{prefix}_PORT", str(port))),
+        help=f"port to listen on (default: {prefix}_PORT, else {port})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="etl-platform",
@@ -237,26 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     text = "start the read API (/data, /stats, /health; docs at /docs)"
     serve = sub.add_parser("serve", help=text, description=text[0].upper() + text[1:] + ".")
-    serve.add_argument(
-        "--host", default=os.environ.get("ETL_API_HOST", "127.0.0.1"),
-        help="address to listen on (default: ETL_API_HOST, else 127.0.0.1)",
-    )
-    serve.add_argument(
-        "--port", type=int, default=int(os.environ.get("ETL_API_PORT", "8000")),
-        help="port to listen on (default: ETL_API_PORT, else 8000)",
-    )
+    _listen_arguments(serve, "ETL_API", 8000)
     serve.set_defaults(func=cmd_serve)
 
     text = "serve the platform's Prometheus metrics by tenant and source (/metrics)"
     exporter = sub.add_parser("exporter", help=text, description=text[0].upper() + text[1:] + ".")
-    exporter.add_argument(
-        "--host", default=os.environ.get("ETL_EXPORTER_HOST", "127.0.0.1"),
-        help="address to listen on (default: ETL_EXPORTER_HOST, else 127.0.0.1)",
-    )
-    exporter.add_argument(
-        "--port", type=int, default=int(os.environ.get("ETL_EXPORTER_PORT", "9108")),
-        help="port to listen on (default: ETL_EXPORTER_PORT, else 9108)",
-    )
+    _listen_arguments(exporter, "ETL_EXPORTER", 9108)
     exporter.set_defaults(func=cmd_exporter)
     return parser
 

@@ -4,12 +4,17 @@ started and stopped by the test."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import httpx
 
 
 @dataclass
@@ -115,3 +120,14 @@ class LocalServer:
 
     def hits(self, path: str) -> list[Request]:
         return [r for r in self.requests if r.path == path]
+
+
+def first_answer(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 60) -> httpx.Response:
+    """The first answer of a server `proc` is starting; fails with its log if it exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)

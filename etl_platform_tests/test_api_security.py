@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from etl_platform.api.cursor import encode_cursor
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.test_api_helpers import KEYS, T0, auth, client, insert, row
+from etl_platform_tests.servers import first_answer
 
 
 def _cursor(payload: bytes) -> str:
@@ -140,14 +141,7 @@ def test_real_server_bounds_headers_and_health_names_no_tenant(tmp_path: Path, d
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"{base}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+        health = first_answer(f"{base}/health", proc, log_path)
         # /health without a key: aggregate only
         assert health.status_code == 200 and health.json()["last_runs"] is None
         assert "acme" not in health.text and "globex" not in health.text

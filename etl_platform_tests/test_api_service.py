@@ -24,6 +24,7 @@ from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.settings import ApiSettings
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.test_api_helpers import ADMIN_KEY, KEYS, auth, client, insert, row
+from etl_platform_tests.servers import first_answer
 
 CLOSED_PG = "postgresql://postgres@127.0.0.1:1/nowhere"
 
@@ -233,14 +234,7 @@ def test_serve_runs_uvicorn_from_env(tmp_path: Path, dagster_home: Path, duckdb_
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"{base}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+        health = first_answer(f"{base}/health", proc, log_path)
         assert health.status_code == 200 and health.json()["degraded"] == ["daemon"]
         data = httpx.get(f"{base}/data", headers=auth("acme"), timeout=5).json()
         assert [r["record_id"] for r in data["data"]] == ["github/pull_request/000001"]

@@ -303,3 +303,39 @@ def test_stage_falls_back_to_the_safe_functions_on_a_data_error(pg_url, bad, rej
     assert [r["reject_reason"] for r in staged if r["source_id"] == "99"] == ([reject] if bad else [])
     values = {r["source_id"]: r["value"] for r in staged if r["source_id"] != "99"}
     assert values == {str(i): float(i) for i in range(len(DATES + NOT_DATES))}
+
+
+@pytest.mark.postgres
+def test_safe_cast_functions_survive_concurrent_runs_and_follow_their_version(pg_url):
+    """Runs of many tenants prepare at once: the shared functions are created once (a concurrent
+    CREATE OR REPLACE of one function fails with "tuple concurrently updated"), and re-created
+    when their version differs."""
+    import threading
+
+    from etl_platform.normalize.run import FUNCTIONS_VERSION, ensure_postgres_functions
+
+    wh = Warehouse(pg_url)
+    errors, start = [], threading.Barrier(8)
+
+    def prepare_many() -> None:
+        try:
+            with wh.connect(write=True) as conn:
+                start.wait()
+                for _ in range(10):
+                    ensure_postgres_functions(conn)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=prepare_many) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with wh.connect(write=True) as conn:
+        comment = "SELECT obj_description('public.etl_try_float8(text)'::regprocedure, 'pg_proc')"
+        assert conn.query(comment) == [(FUNCTIONS_VERSION,)]
+        conn.execute("COMMENT ON FUNCTION public.etl_try_float8(TEXT) IS 'an older version'")
+        ensure_postgres_functions(conn)
+        assert conn.query(comment) == [(FUNCTIONS_VERSION,)]
+        assert conn.query("SELECT etl_try_float8('1.5'), etl_try_float8('x')") == [(1.5, None)]

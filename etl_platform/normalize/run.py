@@ -10,6 +10,7 @@ Everything runs as set-based SQL inside one transaction:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,7 +129,36 @@ def prepare(conn: Connection, schema: str) -> None:
     upsert), and PostgreSQL's safe-cast functions."""
     ensure_tables(conn, schema, search_index=False)
     if conn.dialect == "postgres":
-        conn.execute(POSTGRES_FUNCTIONS)
+        ensure_postgres_functions(conn)
+
+
+FUNCTIONS_VERSION = "etl-platform " + hashlib.sha256(POSTGRES_FUNCTIONS.encode()).hexdigest()[:16]
+
+
+def ensure_postgres_functions(conn: Connection) -> None:
+    """The safe-cast functions in `public`, (re)created only when missing or of another version
+    (their comment), under an advisory lock: concurrent `CREATE OR REPLACE FUNCTION`s of one
+    function fail with "tuple concurrently updated"."""
+
+    def current() -> bool:
+        rows = conn.query(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'public' AND p.proname IN ('etl_try_timestamptz', 'etl_try_float8') "
+            "AND obj_description(p.oid, 'pg_proc') = ?",
+            [FUNCTIONS_VERSION],
+        )
+        return rows[0][0] == 2
+
+    if current():
+        return
+    conn.execute("SELECT pg_advisory_lock(hashtext('etl_platform.safe_cast_functions'))")
+    try:
+        if not current():
+            conn.execute(POSTGRES_FUNCTIONS)
+            for name in ("etl_try_timestamptz", "etl_try_float8"):
+                conn.execute(f"COMMENT ON FUNCTION public.{name}(TEXT) IS {literal(FUNCTIONS_VERSION)}")
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext('etl_platform.safe_cast_functions'))")
 
 
 def stage_tenant(conn: Connection, tenant: TenantConfig, days: list[dt.date]) -> bool:
