@@ -45,6 +45,7 @@ import psycopg
 from pgdb import drop_database
 
 from etl_platform.api.cursor import encode_cursor
+from etl_platform.api.db import default_tenant_share
 from etl_platform.normalize.schema import ensure_search_index, ensure_tables
 from etl_platform.warehouse import Connection
 
@@ -481,7 +482,7 @@ def main() -> None:
               f"{rps:,.0f} requests/s (median {med:.2f} ms, p95 {p95:.2f} ms, {errors} errors)")
     print()
     print_fairness("alone", light_alone, 0)
-    print_fairness("fair (default share: 2 of 8 connections per tenant)", fair, args.heavy_threads)
+    print_fairness(f"fair (default share: {default_tenant_share(8)} of 8 connections per tenant)", fair, args.heavy_threads)
     print_fairness("unfair (ETL_API_PG_TENANT_CONNECTIONS=8: a tenant may take the whole pool)", unfair,
                    args.heavy_threads)
     if duck is not None:

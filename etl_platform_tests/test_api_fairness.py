@@ -184,3 +184,14 @@ def test_gate_queues_a_tenant_over_its_share_apart_from_others() -> None:
     events = asyncio.run(main())
     # acme2 started waiting first, so its wait ends first
     assert events == ["acme0 in", "acme1 in", "globex in", "acme2 TenantBusy", "health PoolExhausted", "acme again"]
+
+
+def test_default_share_leaves_cores_for_other_tenants() -> None:
+    """A quarter of the pool, at most half of the cores, at least one."""
+    from etl_platform.api.db import default_tenant_share
+
+    assert default_tenant_share(8, cpus=2) == 1
+    assert default_tenant_share(8, cpus=16) == 2
+    assert default_tenant_share(32, cpus=8) == 4
+    assert default_tenant_share(2, cpus=64) == 1
+    assert default_tenant_share(8, cpus=1) == 1

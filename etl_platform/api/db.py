@@ -9,6 +9,7 @@ time zone, so timestamps are read in UTC.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -138,9 +139,12 @@ class AsyncPgPool:
             await self._close(conn)
 
 
-def default_tenant_share(size: int) -> int:
-    """A tenant's default share of `size` connections: a quarter, at least one."""
-    return max(1, size // 4)
+def default_tenant_share(size: int, cpus: int | None = None) -> int:
+    """A tenant's default share of `size` connections: a quarter, and no more than half of `cpus`
+    (this host's, by default: the database is sized like the API's host), at least one. Each query
+    is one busy server process; a tenant holding every core would delay every other tenant's."""
+    cpus = cpus or os.cpu_count() or 2
+    return max(1, min(size // 4, cpus // 2))
 
 
 class Reader:
