@@ -482,7 +482,8 @@ def main() -> None:
               f"{rps:,.0f} requests/s (median {med:.2f} ms, p95 {p95:.2f} ms, {errors} errors)")
     print()
     print_fairness("alone", light_alone, 0)
-    print_fairness(f"fair (default share: {default_tenant_share(8)} of 8 connections per tenant)", fair, args.heavy_threads)
+    share = default_tenant_share(8)
+    print_fairness(f"fair (default share: {share} of 8 connections per tenant)", fair, args.heavy_threads)
     print_fairness("unfair (ETL_API_PG_TENANT_CONNECTIONS=8: a tenant may take the whole pool)", unfair,
                    args.heavy_threads)
     if duck is not None:

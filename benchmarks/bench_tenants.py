@@ -238,7 +238,8 @@ def cycle(args: argparse.Namespace, work: Path) -> None:
                 break
         elapsed = state["last_end"] - fire.timestamp()
         print(f"\nhourly cycle of {count} tenants (chunks of {args.chunk_size}, storage {args.storage}, "
-              f"warehouse {args.warehouse}): {state['runs']} runs, {elapsed / 60:.1f} min from the tick to the last run's end")  # fmt: skip
+              f"warehouse {args.warehouse}): {state['runs']} runs, "
+              f"{elapsed / 60:.1f} min from the tick to the last run's end")  # fmt: skip
         print(f"partitions of normalized/records materialized: {state['materialized']} of {count}; "
               f"checks passed {state['checks_passed']}, failed {state['checks_failed']}; runs {state['statuses']}")
     finally:

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,8 +18,8 @@ from hypothesis import strategies as st
 
 from etl_platform.api.cursor import encode_cursor
 from etl_platform.warehouse import Warehouse
-from etl_platform_tests.test_api_helpers import KEYS, T0, auth, client, insert, row
 from etl_platform_tests.servers import first_answer
+from etl_platform_tests.test_api_helpers import KEYS, T0, auth, client, insert, row
 
 
 def _cursor(payload: bytes) -> str:

@@ -23,8 +23,8 @@ from etl_platform.api.middleware import JsonFormatter
 from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.settings import ApiSettings
 from etl_platform.warehouse import Warehouse
-from etl_platform_tests.test_api_helpers import ADMIN_KEY, KEYS, auth, client, insert, row
 from etl_platform_tests.servers import first_answer
+from etl_platform_tests.test_api_helpers import ADMIN_KEY, KEYS, auth, client, insert, row
 
 CLOSED_PG = "postgresql://postgres@127.0.0.1:1/nowhere"
 

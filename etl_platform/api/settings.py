@@ -42,7 +42,8 @@ class ApiSettings:
     health_require_daemon: bool = False  # ETL_HEALTH_REQUIRE_DAEMON: no/stale heartbeat -> 503
     daemon_max_age_s: float = 300.0  # ETL_HEALTH_DAEMON_MAX_AGE_SECONDS: older heartbeat is stale
     pg_pool_size: int = 8  # ETL_API_PG_POOL_SIZE: pooled PostgreSQL connections
-    pg_tenant_connections: int = 0  # ETL_API_PG_TENANT_CONNECTIONS: one tenant's share (0: a quarter of the pool, at most half the CPUs)
+    # ETL_API_PG_TENANT_CONNECTIONS: one tenant's share (0: a quarter of the pool, at most half the CPUs)
+    pg_tenant_connections: int = 0
     statement_timeout_ms: int = 15000  # ETL_API_STATEMENT_TIMEOUT_MS: longest query (/stats); 0: no limit
     data_timeout_ms: int = 5000  # ETL_API_DATA_TIMEOUT_MS: longest /data query (then 504); 0: no limit
     duckdb_lock_timeout_s: float = 30.0  # ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS: wait for a writer
