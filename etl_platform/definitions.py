@@ -1,4 +1,4 @@
-"""The Dagster entry point: assembles assets, checks, jobs, schedules, sensors and resources."""
+"""The Dagster entry point: assembles assets, checks, jobs, schedules and sensors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from etl_platform.automation.jobs import build_jobs
 from etl_platform.automation.schedules import build_schedules
 from etl_platform.automation.sensors import sensors
 from etl_platform.config.registry import load_registry
-from etl_platform.resources import platform_resources
 from etl_platform.warehouse import get_warehouse
 
 
@@ -30,7 +29,6 @@ def build_definitions() -> Definitions:
         jobs=jobs,
         schedules=build_schedules(jobs, keys_by_source),
         sensors=sensors(jobs),
-        resources=platform_resources(),
         # a run is one step (assets/ingest.py): no process per step to start
         executor=in_process_executor,
     )
