@@ -108,7 +108,7 @@ def load(url: str, work: Path) -> dict:
     from etl_platform.automation.onboarding import sync_tenants
     from etl_platform.config.registry import load_registry
     from etl_platform.definitions import build_definitions
-    from etl_platform.partitions import partition_key
+    from etl_platform.runs.partitions import partition_key
     from etl_platform.warehouse import Warehouse
 
     instance = DagsterInstance.get()

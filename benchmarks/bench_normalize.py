@@ -131,7 +131,7 @@ def setup(work: Path, warehouse_url: str, rows: int) -> dict:
     from etl_platform.config.registry import load_registry
     from etl_platform.sources import lineage
     from etl_platform.sources.build import build_source
-    from etl_platform.sources.csv_files import apply_load_hints
+    from etl_platform.sources.csv.source import apply_load_hints
     from etl_platform.warehouse import Warehouse
 
     registry = load_registry()

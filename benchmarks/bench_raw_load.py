@@ -148,7 +148,7 @@ def raw_asset(csv_path: Path, work: Path, warehouse_url: str, profile: bool, run
     from etl_platform.automation.onboarding import sync_tenants
     from etl_platform.config.registry import load_registry
     from etl_platform.definitions import build_definitions
-    from etl_platform.partitions import partition_key
+    from etl_platform.runs.partitions import partition_key
     from etl_platform.warehouse import Warehouse
 
     setup_started = time.perf_counter()

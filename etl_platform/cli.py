@@ -128,11 +128,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from etl_platform.automation.onboarding import sync_tenants
-    from etl_platform.automation.tags import TENANT_TAG, TRIGGER_TAG
     from etl_platform.config.registry import load_registry
     from etl_platform.config.settings import get_settings
     from etl_platform.definitions import build_definitions
-    from etl_platform.partitions import partition_key
+    from etl_platform.runs.partitions import partition_key
+    from etl_platform.runs.tags import TENANT_TAG, TRIGGER_TAG
     from etl_platform.warehouse import get_warehouse
 
     os.environ.setdefault("RUNTIME__LOG_LEVEL", args.log_level)  # dlt's own logger
@@ -162,8 +162,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from etl_platform.labels import job_label
-    from etl_platform.runs import recent_runs
+    from etl_platform.runs.history import recent_runs
+    from etl_platform.runs.labels import job_label
 
     with _instance() as instance:
         runs = recent_runs(instance, tenant=args.tenant, limit=args.limit)

@@ -11,7 +11,7 @@ from dagster import DagsterInstance
 
 from etl_platform.automation.onboarding import sync_tenants
 from etl_platform.config.registry import load_registry
-from etl_platform.partitions import partition_key
+from etl_platform.runs.partitions import partition_key
 
 
 def write_tenants(path: Path, tenants: list[dict[str, Any]]) -> Path:

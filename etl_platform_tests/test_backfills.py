@@ -22,7 +22,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 from etl_platform.automation.onboarding import sync_tenants
 from etl_platform.config.registry import load_registry
 from etl_platform.definitions import build_definitions
-from etl_platform.partitions import partition_key
+from etl_platform.runs.partitions import partition_key
 from etl_platform_tests.orchestration import csv_tenant, launch, quiet_home, stop_process, table_contents
 from etl_platform_tests.platform import write_tenants
 

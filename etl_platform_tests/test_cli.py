@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from etl_platform.cli import build_parser, main
-from etl_platform.labels import job_label
+from etl_platform.runs.labels import job_label
 
 BIN = Path(sys.executable).parent
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from etl_platform.config.models import RestApiSource
-from etl_platform.failures import classify
+from etl_platform.runs.failures import classify
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
 from etl_platform.sources.guard import ForeignHostError, OriginGuard
 from etl_platform.sources.lineage import RunContext, Window

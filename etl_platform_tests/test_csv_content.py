@@ -15,11 +15,12 @@ from pathlib import Path
 import dlt
 import pytest
 
-from etl_platform.failures import classify
-from etl_platform.sources import csv_files
+from etl_platform.runs.failures import classify
 from etl_platform.sources.content import ArchiveError, UnknownEncodingError, UnsupportedCompressionError
-from etl_platform.sources.csv_arrow import MAX_COLUMNS
-from etl_platform.sources.csv_files import CsvFileNotFoundError, build_csv_source
+from etl_platform.sources.csv import source as csv_source
+from etl_platform.sources.csv.arrow_pass import MAX_COLUMNS
+from etl_platform.sources.csv.layout import CsvFileNotFoundError
+from etl_platform.sources.csv.source import build_csv_source
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.servers import LocalServer, Response
 from etl_platform_tests.test_csv_source import csv_config, load, new_pipeline, record, root_cause, run_context, table
@@ -191,7 +192,7 @@ def wide_csv(path: Path, columns: int, rows: int) -> Path:
 def test_ten_thousand_columns_load_within_duckdbs_memory_cap(
     fast: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(csv_files, "FAST_PASS", fast)
+    monkeypatch.setattr(csv_source, "FAST_PASS", fast)
     path = wide_csv(tmp_path / "wide.csv", 10_000, 100)
     assert 2_500_000 < path.stat().st_size < 3_500_000  # the file: 2.9 MB
     warehouse = Warehouse(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")  # the platform's memory cap

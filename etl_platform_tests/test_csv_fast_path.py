@@ -1,4 +1,4 @@
-"""The CSV source's two readers agree: the columnar fast pass (`csv_arrow.ArrowPass`) yields
+"""The CSV source's two readers agree: the columnar fast pass (`arrow_pass.ArrowPass`) yields
 exactly the rows, positions, keys, records and rejects of the row-by-row reader, on every
 fixture file and on large files that turn bad part-way (where the fast pass hands over)."""
 
@@ -16,10 +16,12 @@ import pyarrow as pa
 import pytest
 
 from etl_platform.config.models import CsvSource
-from etl_platform.sources import csv_arrow, csv_files
-from etl_platform.sources.csv_arrow import json_objects
-from etl_platform.sources.csv_files import REJECTS_TABLE, CsvStats, _read
-from etl_platform.sources.lineage import EXTRACTED_AT, RunContext, Window
+from etl_platform.sources.csv import arrow_pass
+from etl_platform.sources.csv import source as csv_source
+from etl_platform.sources.csv.arrow_pass import json_objects
+from etl_platform.sources.csv.layout import CsvStats
+from etl_platform.sources.csv.source import _read
+from etl_platform.sources.lineage import EXTRACTED_AT, REJECTS_TABLE, RunContext, Window
 
 DATA = Path(__file__).parent / "data" / "csv"
 DAYS = (dt.date(2024, 3, 10), dt.date(2024, 3, 11))
@@ -29,7 +31,7 @@ BLOCK = 16 * 1024  # small Arrow blocks, so that small files span many
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(csv_arrow, "BLOCK_BYTES", BLOCK)
+    monkeypatch.setattr(arrow_pass, "BLOCK_BYTES", BLOCK)
 
 
 def read_both(path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> tuple[dict, dict]:
@@ -37,7 +39,7 @@ def read_both(path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> t
     config = CsvSource(**{"kind": "csv", "name": "orders", "location": str(path), **settings})
     out = []
     for fast in (True, False):
-        monkeypatch.setattr(csv_files, "FAST_PASS", fast)
+        monkeypatch.setattr(csv_source, "FAST_PASS", fast)
         stats = CsvStats()
         rows: list[dict[str, Any]] = []
         rejects: list[dict[str, Any]] = []

@@ -20,13 +20,9 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from etl_platform.config.models import CsvSource
-from etl_platform.failures import classify
-from etl_platform.sources.csv_files import (
-    CsvFileNotFoundError,
-    CsvSourceError,
-    CsvStats,
-    build_csv_source,
-)
+from etl_platform.runs.failures import classify
+from etl_platform.sources.csv.layout import CsvFileNotFoundError, CsvSourceError, CsvStats
+from etl_platform.sources.csv.source import build_csv_source
 from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
 from etl_platform_tests.servers import LocalServer, Response
 

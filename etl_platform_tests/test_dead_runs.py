@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from etl_platform.automation.dead_runs import WORKER_TAG, mark_dead_runs, this_worker, worker_alive
+from etl_platform.automation.dead_runs import mark_dead_runs
 from etl_platform.automation.onboarding import sync_tenants
 from etl_platform.config.registry import load_registry
+from etl_platform.runs.worker import WORKER_TAG, this_worker, worker_alive
 from etl_platform_tests.orchestration import ITEMS, rest_tenant, stop_process, wait_for
 from etl_platform_tests.platform import write_tenants
 from etl_platform_tests.servers import LocalServer, Response

@@ -57,7 +57,7 @@ def test_repo_definitions_resolve(monkeypatch, dagster_home, tmp_path):
         "schema_drift",
         "unmapped_jira_statuses",
     } <= check_names
-    from etl_platform.partitions import tenant_date_partitions
+    from etl_platform.runs.partitions import tenant_date_partitions
 
     for name in jobs - {"__ASSET_JOB", "tenant_freshness"}:
         assert repo.get_job(name).partitions_def == tenant_date_partitions

@@ -16,7 +16,7 @@ The tenant's REST source is a local json-server look-alike.
 2. The run worker of a second run is SIGKILLed mid-run (the source hangs on page 2): the run
    is marked FAILURE and the retry sensor launches a retry (etl/parent_run_id) that succeeds.
 3. The whole code server is SIGKILLed mid-run (a crashed container) and started again: run
-   monitoring's worker health check (etl_platform/run_launcher.py) marks the orphaned run
+   monitoring's worker health check (etl_platform/instance/run_launcher.py) marks the orphaned run
    FAILURE, and the retry sensor re-launches it on the new code server (the retry is seen
    started, not waited for: a run takes ~30-50 s here, spawning a process per step).
 """
@@ -118,7 +118,7 @@ def _descendants(pid: int) -> list[int]:
 def _render_instance(home: Path) -> None:
     """deploy/dagster.yaml with the single-process run launcher and faster polling."""
     config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    config["run_launcher"] = {"module": "etl_platform.run_launcher", "class": "MonitoredRunLauncher"}
+    config["run_launcher"] = {"module": "etl_platform.instance.run_launcher", "class": "MonitoredRunLauncher"}
     config["run_monitoring"]["poll_interval_seconds"] = 2
     config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
     config["run_coordinator"]["config"]["user_code_failure_retry_delay"] = 2

@@ -337,7 +337,7 @@ def test_a_declared_encoding_is_not_second_guessed(tmp_path: Path) -> None:
 
 
 def test_feed_failures_are_classified(tmp_path: Path) -> None:
-    from etl_platform.failures import classify
+    from etl_platform.runs.failures import classify
 
     empty = tmp_path / "empty.xml"
     empty.write_bytes(b"")

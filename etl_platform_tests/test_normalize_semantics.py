@@ -12,7 +12,7 @@ import dlt
 
 from etl_platform.config.models import TenantConfig
 from etl_platform.normalize.run import normalize_tenant
-from etl_platform.sources.csv_files import apply_load_hints, build_csv_source
+from etl_platform.sources.csv.source import apply_load_hints, build_csv_source
 from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, Window
 from etl_platform.warehouse import Warehouse
 

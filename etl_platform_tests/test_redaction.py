@@ -15,9 +15,9 @@ import dlt
 import pytest
 import requests
 
-from etl_platform import redaction
 from etl_platform.config.models import secret
-from etl_platform.failures import failure_for, root_message, tenant_failure
+from etl_platform.runs.failures import failure_for, root_message, tenant_failure
+from etl_platform.security import redaction
 from etl_platform.sources.redact import install_trace_redaction
 from etl_platform_tests.secret_scan import hits, secret_forms
 

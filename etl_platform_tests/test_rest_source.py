@@ -158,7 +158,7 @@ def test_persistent_failure_names_url_and_status_without_secret(tmp_path, server
     )
     with pytest.raises(Exception) as err:
         _load(tmp_path, build_rest_api_source(cfg, _ctx()))
-    from etl_platform.failures import classify, failure_for
+    from etl_platform.runs.failures import classify, failure_for
 
     failure = failure_for(err.value, "acme", "api", permanent=classify(err.value) == "permanent", config=cfg)
     assert classify(err.value) == "transient"
@@ -177,7 +177,7 @@ def test_unauthorized_is_permanent(tmp_path, server, monkeypatch):
     )
     with pytest.raises(Exception) as err:
         _load(tmp_path, build_rest_api_source(cfg, _ctx()))
-    from etl_platform.failures import classify, failure_for
+    from etl_platform.runs.failures import classify, failure_for
 
     assert classify(err.value) == "permanent"
     failure = failure_for(err.value, "acme", "api", permanent=True, config=cfg)

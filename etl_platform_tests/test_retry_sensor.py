@@ -17,10 +17,10 @@ from dagster import (
 
 from etl_platform.automation.onboarding import sync_tenants
 from etl_platform.automation.retries import SENSOR_NAME, RetryPolicySettings, decide, evaluate_retries
-from etl_platform.automation.tags import RANGE_END_TAG, RANGE_START_TAG
 from etl_platform.config.registry import load_registry
 from etl_platform.definitions import build_definitions
-from etl_platform.partitions import partition_key
+from etl_platform.runs.partitions import partition_key
+from etl_platform.runs.tags import RANGE_END_TAG, RANGE_START_TAG
 from etl_platform_tests.orchestration import Switch, launch, quiet_home, rest_tenant
 from etl_platform_tests.platform import materialize
 from etl_platform_tests.servers import LocalServer

@@ -8,7 +8,7 @@ import os
 import pytest
 from dagster import DagsterRun
 
-from etl_platform.run_launcher import PlatformDockerRunLauncher
+from etl_platform.instance.run_launcher import PlatformDockerRunLauncher
 from etl_platform_tests.platform import write_tenants
 
 RUN = DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000000")

@@ -1,4 +1,4 @@
-"""etl_platform.runs over a real Dagster instance with partitioned, tagged runs."""
+"""etl_platform.runs.history over a real Dagster instance with partitioned, tagged runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from dagster import DagsterInstance, instance_for_test
 from dagster._daemon.types import DaemonHeartbeat
 
-from etl_platform import runs
+from etl_platform.runs import history
 from etl_platform_tests.test_api_helpers import make_runs
 
 REASON = "ValueError: GitHub answered 502 Bad Gateway for /repos/acme/app/pulls"
@@ -24,7 +24,7 @@ def dagster() -> Iterator[tuple[DagsterInstance, dict[str, str]]]:
 
 def test_recent_runs(dagster) -> None:
     instance, ids = dagster
-    acme = runs.recent_runs(instance, "acme")
+    acme = history.recent_runs(instance, "acme")
     assert [r.run_id for r in acme] == [ids[k] for k in
                                         ("all_sources", "tickets_ok", "github_retry", "github_failed", "github_ok")]
     failed = next(r for r in acme if r.run_id == ids["github_failed"])
@@ -37,22 +37,22 @@ def test_recent_runs(dagster) -> None:
     assert acme[0].source is None and acme[0].tenant == "acme"
     as_dict = retry.to_dict()
     assert as_dict["created_at"].endswith("+00:00") and as_dict["duration_s"] == retry.duration_s
-    assert len(runs.recent_runs(instance)) == 6
-    assert len(runs.recent_runs(instance, limit=2)) == 2
-    assert [r.run_id for r in runs.recent_runs(instance, "acme", statuses=["failure"])] == [ids["github_failed"]]
-    assert [r.run_id for r in runs.recent_runs(instance, source="feed")] == [ids["globex_ok"]]
-    assert runs.recent_runs(instance, "nobody") == []
+    assert len(history.recent_runs(instance)) == 6
+    assert len(history.recent_runs(instance, limit=2)) == 2
+    assert [r.run_id for r in history.recent_runs(instance, "acme", statuses=["failure"])] == [ids["github_failed"]]
+    assert [r.run_id for r in history.recent_runs(instance, source="feed")] == [ids["globex_ok"]]
+    assert history.recent_runs(instance, "nobody") == []
 
 
 def test_failure_reason(dagster) -> None:
     instance, ids = dagster
-    assert REASON in runs.failure_reason(instance, ids["github_failed"])
-    assert runs.failure_reason(instance, ids["github_ok"]) is None
+    assert REASON in history.failure_reason(instance, ids["github_failed"])
+    assert history.failure_reason(instance, ids["github_ok"]) is None
 
 
 def test_source_stats(dagster) -> None:
     instance, ids = dagster
-    stats = {s["source"]: s for s in runs.source_stats(instance, "acme", sources=["github", "tickets", "jira"])}
+    stats = {s["source"]: s for s in history.source_stats(instance, "acme", sources=["github", "tickets", "jira"])}
     assert list(stats) == ["github", "tickets", "jira"]
     github = stats["github"]
     # the newest success is the run of every source (it loaded github too)
@@ -78,7 +78,7 @@ def test_source_stats_outside_the_window(dagster) -> None:
     """Two days later: nothing in the window, but last success/failure and materialization remain."""
     instance, ids = dagster
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=48)
-    github = runs.source_stats(instance, "acme", window_hours=24, now=later)[0]
+    github = history.source_stats(instance, "acme", window_hours=24, now=later)[0]
     assert github["source"] == "github" and github["runs_in_window"] == 0 and github["records_written"] == 0
     assert github["last_success"]["run_id"] == ids["all_sources"]
     assert github["last_failure"]["run_id"] == ids["github_failed"]
@@ -87,12 +87,12 @@ def test_source_stats_outside_the_window(dagster) -> None:
 
 def test_last_run_by_tenant_and_heartbeats(dagster) -> None:
     instance, ids = dagster
-    last = runs.last_run_by_tenant(instance, ["acme", "globex", "initech"])
+    last = history.last_run_by_tenant(instance, ["acme", "globex", "initech"])
     assert last["acme"].run_id == ids["all_sources"] and last["globex"].run_id == ids["globex_ok"]
     assert last["initech"] is None
-    assert runs.daemon_heartbeat_ages(instance) == {}
+    assert history.daemon_heartbeat_ages(instance) == {}
     instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 30, "SCHEDULER", "d"))
-    ages = runs.daemon_heartbeat_ages(instance)
+    ages = history.daemon_heartbeat_ages(instance)
     assert list(ages) == ["SCHEDULER"] and 29 < ages["SCHEDULER"] < 120
     instance.wipe_daemon_heartbeats()
 
@@ -111,8 +111,8 @@ def test_a_run_of_several_tenants_counts_for_each_of_them(dagster) -> None:
          "dagster/asset_partition_range_end": "2024-01-04|initech"},
         DagsterRunStatus.FAILURE,
     )
-    assert runs.last_run_by_tenant(instance, ["initech"])["initech"].run_id == run.run_id
+    assert history.last_run_by_tenant(instance, ["initech"])["initech"].run_id == run.run_id
     record = instance.get_run_record_by_id(run.run_id)
-    assert runs.tenant_status(record, "acme") == "SUCCESS" and runs.tenant_status(record, "initech") == "FAILURE"
-    assert run.run_id in [r.run_id for r in runs.recent_runs(instance, "initech", with_reasons=False)]
+    assert history.tenant_status(record, "acme") == "SUCCESS" and history.tenant_status(record, "initech") == "FAILURE"
+    assert run.run_id in [r.run_id for r in history.recent_runs(instance, "initech", with_reasons=False)]
     instance.delete_run(run.run_id)

@@ -52,7 +52,7 @@ def evaluate(instance: DagsterInstance, name: str, when: dt.datetime):
 
 def summary(data, instance: DagsterInstance | None = None) -> list[str]:
     """Every partition the tick's runs cover, sorted ('2024-03-10|acme')."""
-    from etl_platform.automation.coverage import run_coverage
+    from etl_platform.runs.coverage import run_coverage
 
     order = list(instance.get_dynamic_partitions("tenant")) if instance else []
     keys = []

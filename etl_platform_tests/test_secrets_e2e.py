@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance
 
-from etl_platform.failures import run_failures
+from etl_platform.runs.failures import run_failures
 from etl_platform_tests.platform import materialize, write_tenants
 from etl_platform_tests.secret_scan import hits, scan_files, scan_warehouse, secret_forms
 from etl_platform_tests.servers import LocalServer, Request, Response

@@ -4,7 +4,7 @@ dagster-postgres on the real server."""
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, asset, materialize
 
-from etl_platform.partitions import partition_key, tenant_date_partitions, tenant_partitions
+from etl_platform.runs.partitions import partition_key, tenant_date_partitions, tenant_partitions
 from etl_platform_tests.conftest import create_pg_database, drop_pg_database
 
 

@@ -17,13 +17,14 @@ from etl_platform.api.db import QueryTimeout, Reader
 from etl_platform.api.fairness import TenantBusy
 from etl_platform.api.limits import HeaderLimitMiddleware
 from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
-from etl_platform.api.params import DagsterUnavailable, timeout_detail
+from etl_platform.api.params import timeout_detail
 from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.readers import TenantReaders
 from etl_platform.api.routes import router
 from etl_platform.api.settings import ApiSettings
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.observability.api_metrics import instrument
+from etl_platform.runs.history import DagsterUnavailable
 from etl_platform.warehouse import Warehouse, WarehouseError, get_warehouse
 
 

@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from etl_platform.api.ratelimit import retry_after
 from etl_platform.api.settings import ADMIN_KEY_ENV
 from etl_platform.config.registry import Registry
-from etl_platform.redaction import remember
+from etl_platform.security.redaction import remember
 
 log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="A tenant's API key (or the admin key for /admin)")

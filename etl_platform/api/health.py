@@ -10,11 +10,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from etl_platform import runs
 from etl_platform.api.db import Reader
 from etl_platform.api.queries import ping
 from etl_platform.api.settings import ApiSettings
-from etl_platform.redaction import redact
+from etl_platform.runs import history
+from etl_platform.security.redaction import redact
 
 HEALTH_LOCK_TIMEOUT_S = 2.0
 
@@ -60,7 +60,7 @@ def check_daemon(instance: Any, settings: ApiSettings) -> dict[str, Any]:
     if instance is None:
         return {**out, "detail": "Dagster storage unreachable"}
     try:
-        ages = runs.daemon_heartbeat_ages(instance)
+        ages = history.daemon_heartbeat_ages(instance)
     except Exception as exc:
         return {**out, "detail": _error(exc)}
     if not ages:
@@ -83,7 +83,7 @@ def _dagster_checks(
     last_runs: dict[str, Any] = {}
     if instance is not None:
         try:
-            for tenant, run in runs.last_run_by_tenant(instance, tenants).items():
+            for tenant, run in history.last_run_by_tenant(instance, tenants).items():
                 at = run and (run.ended_at or run.started_at or run.created_at)
                 last_runs[tenant] = {"status": run.status, "at": at.isoformat()} if run else None
         except Exception as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, computed_field
 
-from etl_platform.labels import job_label
+from etl_platform.runs.labels import job_label
 
 
 class Record(BaseModel):

@@ -23,10 +23,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class DagsterUnavailable(RuntimeError):
-    """The Dagster instance (DAGSTER_HOME) cannot be loaded or queried (answered with 503)."""
-
-
 def invalid(field: str, message: str) -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors, naming the query parameter."""
     return HTTPException(422, [{"loc": ["query", field], "msg": message, "type": "value_error"}])

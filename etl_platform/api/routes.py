@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from etl_platform import runs
 from etl_platform.api import queries
 from etl_platform.api.auth import Principal, admin_principal, optional_principal, tenant_principal
 from etl_platform.api.cursor import CursorError, decode_cursor, encode_cursor
@@ -30,12 +29,13 @@ from etl_platform.api.params import (
     TEXT,
     TIMESTAMP,
     TIMESTAMP_DOC,
-    DagsterUnavailable,
     invalid,
     metadata,
     reject_unknown_params,
     timestamp,
 )
+from etl_platform.runs import history
+from etl_platform.runs.history import DagsterUnavailable
 
 router = APIRouter(dependencies=[Depends(reject_unknown_params)])
 
@@ -114,7 +114,7 @@ async def get_record(
 def _run_stats(state: Any, tenant: str, window_hours: float, sources: list[str], now: dt.datetime) -> list:
     instance = state.get_instance()
     try:
-        return runs.source_stats(instance, tenant, window_hours, sources=sources, now=now)
+        return history.source_stats(instance, tenant, window_hours, sources=sources, now=now)
     except SQLAlchemyError as exc:
         raise DagsterUnavailable(f"Dagster run storage query failed: {exc}") from exc
 

@@ -8,8 +8,14 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
-from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, MetadataValue, asset_check
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
 
 from etl_platform.assets.events import check_result
 from etl_platform.assets.keys import (
@@ -21,9 +27,11 @@ from etl_platform.assets.keys import (
     UNIQUE_KEY_CHECK,
 )
 from etl_platform.config.models import TenantConfig
+from etl_platform.config.registry import load_registry
 from etl_platform.normalize.checks import DayChecks
 from etl_platform.normalize.drift import diff_schemas
 from etl_platform.normalize.schema import NOT_NULL, RECORDS_TABLE
+from etl_platform.runs.coverage import run_coverage
 from etl_platform.warehouse import Warehouse, quote, warehouse_for
 
 
@@ -122,9 +130,6 @@ def freshness_check() -> AssetChecksDefinition:
     def tenant_freshness(context) -> AssetCheckResult:  # noqa: ANN001 - Dagster reads the hints
         """Every active tenant on its own schedule; in a run of some partitions (e.g. selected with
         `--select '*'`), the run's tenants only, so that a run's cost stays its own."""
-        from etl_platform.automation.coverage import run_coverage
-        from etl_platform.config.registry import load_registry
-
         registry = load_registry()
         coverage = run_coverage(context.run.tags, list(context.instance.get_dynamic_partitions("tenant")))
         if coverage.tenants:

@@ -8,10 +8,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dagster import AssetCheckSeverity, AssetKey, AssetMaterialization
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, AssetMaterialization
 
-from etl_platform.partitions import DATE_DIMENSION, TENANT_DIMENSION, partition_key
+from etl_platform.runs.partitions import DATE_DIMENSION, TENANT_DIMENSION, partition_key
 
 
 def _tags(tenant: str, day: dt.date) -> dict[str, str]:

@@ -38,14 +38,21 @@ from etl_platform.assets.metrics import has_metrics, metrics_partitions
 from etl_platform.assets.normalized import normalize_partitions
 from etl_platform.assets.raw import SourceLoad, load_source, selected_resources
 from etl_platform.assets.specs import check_specs, metrics_spec, raw_specs, records_spec
-from etl_platform.automation.tags import ensure_run_tags
 from etl_platform.config.models import TenantConfig
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.failures import FAILED_TENANTS_TAG, TRANSIENT, TenantFailure, classify, run_failure, tenant_failure
 from etl_platform.normalize.drift import remember_schema
 from etl_platform.observability.logs import log_context
-from etl_platform.partitions import days_by_tenant, tenant_date_partitions
+from etl_platform.runs.failures import (
+    FAILED_TENANTS_TAG,
+    TRANSIENT,
+    TenantFailure,
+    classify,
+    run_failure,
+    tenant_failure,
+)
+from etl_platform.runs.partitions import days_by_tenant, tenant_date_partitions
+from etl_platform.runs.tags import ensure_run_tags
 from etl_platform.warehouse import Warehouse, WarehouseError, warehouse_for
 
 STEP_NAME = "tenant_partitions"

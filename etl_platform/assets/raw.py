@@ -20,13 +20,13 @@ from etl_platform.assets.keys import REJECTS_RESOURCE, raw_asset_key, raw_table
 from etl_platform.config.models import SourceConfig, TenantConfig
 from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
-from etl_platform.indexes import analyze_if_stale, ensure_slice_index
 from etl_platform.normalize.drift import observed_schema
 from etl_platform.sources import lineage
 from etl_platform.sources.build import build_source
 from etl_platform.sources.contracts import install_guards, rejects_resource
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.warehouse import Connection, Warehouse, quote
+from etl_platform.warehouse.indexes import analyze_if_stale, ensure_slice_index
 
 STATS_FIELDS = (
     "pages",
@@ -96,7 +96,7 @@ def load_source(
     ctx = lineage.RunContext(tenant.id, config.name, context.run.run_id, lineage.Window(tuple(days), settings.timezone))
     source = build_source(config, registry, ctx)
     if config.kind == "csv":
-        from etl_platform.sources.csv_files import apply_load_hints
+        from etl_platform.sources.csv.source import apply_load_hints
 
         apply_load_hints(source, config, warehouse.kind)
     stats = getattr(source, "etl_stats", None)  # filled while the (selected clone of the) source runs

@@ -31,7 +31,7 @@ from etl_platform.assets.keys import (
 )
 from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
-from etl_platform.partitions import tenant_date_partitions
+from etl_platform.runs.partitions import tenant_date_partitions
 from etl_platform.sources import lineage
 from etl_platform.sources.build import build_source
 

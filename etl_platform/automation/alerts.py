@@ -18,6 +18,7 @@ logged and retried on the next tick; it never fails the tick.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -29,28 +30,14 @@ from dagster import (
     DagsterEventType,
     DefaultSensorStatus,
     RunsFilter,
+    RunStatusChangeRecordsFilter,
     SensorEvaluationContext,
     SensorResult,
     sensor,
 )
-from dagster._core.event_api import RunStatusChangeRecordsFilter
-from dagster._core.storage.dagster_run import RunRecord
 
-from etl_platform.automation.tags import (
-    ATTEMPT_TAG,
-    PARTITION_TAG,
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    RETRY_STATE_TAG,
-    SOURCE_TAG,
-    TENANT_TAG,
-    TENANTS_TAG,
-    sources_of_selection,
-    tenants_of_tags,
-)
 from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.failures import FAILED_TENANTS_TAG, TRANSIENT, TenantFailure, run_failures, secrets_of
 from etl_platform.observability.channels import (
     FAILURE,
     RESOLVED,
@@ -63,7 +50,10 @@ from etl_platform.observability.channels import (
     tenant_targets,
     unique,
 )
-from etl_platform.sources.redact import redact_text
+from etl_platform.runs.facts import RunFacts
+from etl_platform.runs.failures import TRANSIENT, TenantFailure, run_failures, secrets_of
+from etl_platform.runs.history import failure_reason
+from etl_platform.security.redaction import redact_text
 
 SENSOR_NAME = "failure_alerts"
 ALL = "*"  # a failure of the tenant as a whole, or a run loading every source
@@ -99,58 +89,6 @@ class AlertState:
             return cls()
         data = json.loads(cursor)
         return cls(data.get("last_id"), data.get("open", {}), data.get("waiting", {}), data.get("pending", []))
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """What the alerts need to know about one finished run."""
-
-    run_id: str
-    created: float
-    ended: float
-    tenants: tuple[str, ...]
-    sources: tuple[str, ...] | None  # None: every source of its tenants
-    partitions: tuple[str, ...]
-    attempt: int
-    retry_state: str
-    failed_tenants: tuple[str, ...] = ()  # of a failed run (its `etl/failed_tenants` tag)
-
-    @classmethod
-    def of(cls, record: RunRecord) -> RunFacts:
-        run, tags = record.dagster_run, record.dagster_run.tags
-        if tags.get(TENANT_TAG):
-            tenants: list[str] = [tags[TENANT_TAG]]
-        elif tags.get(TENANTS_TAG):
-            tenants = [t for t in tags[TENANTS_TAG].split(",") if t]
-        else:
-            tenants = tenants_of_tags(tags)
-        if tags.get(SOURCE_TAG):
-            sources: tuple[str, ...] | None = (tags[SOURCE_TAG],)
-        else:
-            sources = tuple(sources_of_selection(run.asset_selection)) if run.asset_selection else None
-        if tags.get(PARTITION_TAG):
-            partitions: tuple[str, ...] = (tags[PARTITION_TAG],)
-        elif tags.get(RANGE_START_TAG):
-            partitions = (f"{tags[RANGE_START_TAG]}...{tags.get(RANGE_END_TAG, '')}",)
-        else:
-            partitions = ()
-        attempt = tags.get(ATTEMPT_TAG, "1")
-        return cls(
-            run_id=run.run_id,
-            created=record.create_timestamp.timestamp(),
-            ended=record.end_time or record.update_timestamp.timestamp(),
-            tenants=tuple(tenants),
-            sources=sources or None,
-            partitions=partitions,
-            attempt=int(attempt) if attempt.isdigit() else 1,
-            retry_state=tags.get(RETRY_STATE_TAG, ""),
-            failed_tenants=tuple(t for t in tags.get(FAILED_TENANTS_TAG, "").split(",") if t),
-        )
-
-    @property
-    def retriable(self) -> bool:
-        """The retry sensor considers only runs of a partition or a range."""
-        return bool(self.partitions)
 
 
 class AlertTick:
@@ -217,8 +155,6 @@ class AlertTick:
         listed = run_failures(self.instance, run.run_id)
         if listed:
             return listed
-        from etl_platform.runs import failure_reason
-
         reason = failure_reason(self.instance, run.run_id) or "the run failed"
         source = run.sources[0] if run.sources and len(run.sources) == 1 else None
         return [TenantFailure(t, source, TRANSIENT, "RunFailure", reason) for t in run.tenants]
@@ -376,8 +312,6 @@ class AlertTick:
 
 
 def _iso(ts: float) -> str:
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
 
 

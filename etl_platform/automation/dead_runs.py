@@ -12,47 +12,16 @@ longer exists. The retry sensor then treats them as any other failure.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 from dagster import DagsterInstance, DagsterRunStatus, DefaultSensorStatus, RunsFilter, SensorEvaluationContext, sensor
 
-WORKER_TAG = "etl/worker"  # host:pid:start ticks of the process executing the run
+from etl_platform.runs.worker import WORKER_TAG, worker_alive
+
 SENSOR_NAME = "mark_dead_runs"
 # a run started less than this ago may not have recorded its worker yet
 GRACE_SECONDS = int(os.environ.get("ETL_DEAD_RUN_GRACE_SECONDS") or 30)
 INTERVAL_SECONDS = int(os.environ.get("ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS") or 30)
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (None: no such process, or a zombie:
-    killed and not yet reaped by its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError, OSError):
-        return None
-    if not fields or fields[0] in ("Z", "X") or len(fields) <= 19:
-        return None
-    return fields[19]
-
-
-def this_worker() -> str:
-    """The value of `etl/worker` for the current process."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
-
-
-def worker_alive(worker: str, host: str | None = None) -> bool | None:
-    """True/False for a worker on this host; None when it ran elsewhere (cannot tell)."""
-    parts = worker.rsplit(":", 2)
-    if len(parts) != 3:
-        return None
-    name, pid, ticks = parts
-    if name != (host or socket.gethostname()) or not pid.isdigit():
-        return None
-    current = _start_ticks(int(pid))
-    return current is not None and (not ticks or current == ticks)
 
 
 def mark_dead_runs(instance: DagsterInstance, now: float | None = None) -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dagster import DagsterInstance
 
 from etl_platform.config.registry import Registry
-from etl_platform.partitions import tenant_partitions
+from etl_platform.runs.partitions import tenant_partitions
 
 
 @dataclass(frozen=True)

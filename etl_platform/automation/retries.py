@@ -38,9 +38,12 @@ from dagster import (
 from dagster._core.storage.dagster_run import DagsterRun, RunRecord
 
 from etl_platform.assets.keys import RECORDS_KEY, source_of
-from etl_platform.automation.coverage import Coverage, contiguous_chunks, partition_request, run_coverage
 from etl_platform.automation.jobs import INGEST_JOB
-from etl_platform.automation.tags import (
+from etl_platform.config.settings import get_settings
+from etl_platform.runs.coverage import Coverage, contiguous_chunks, partition_request, run_coverage
+from etl_platform.runs.failures import TenantFailure, run_failures
+from etl_platform.runs.partitions import partition_key
+from etl_platform.runs.tags import (
     ATTEMPT_TAG,
     PARENT_RUN_TAG,
     PARTITION_TAG,
@@ -51,9 +54,6 @@ from etl_platform.automation.tags import (
     TRIGGER_TAG,
     tenant_tags,
 )
-from etl_platform.config.settings import get_settings
-from etl_platform.failures import TenantFailure, run_failures
-from etl_platform.partitions import partition_key
 
 SENSOR_NAME = "retry_failed_runs"
 LOOKBACK_SECONDS = 2 * 24 * 3600

@@ -32,12 +32,12 @@ from dagster import (
 )
 
 from etl_platform.assets.keys import ENGINEERING_KEY, RECORDS_KEY
-from etl_platform.automation.coverage import contiguous_chunks, partition_request, run_coverage
 from etl_platform.automation.jobs import FRESHNESS_JOB, INGEST_JOB
-from etl_platform.automation.tags import ATTEMPT_TAG, PARTITION_TAG, TRIGGER_TAG, tenant_tags
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
-from etl_platform.partitions import tenant_partitions
+from etl_platform.runs.coverage import contiguous_chunks, partition_request, run_coverage
+from etl_platform.runs.partitions import tenant_partitions
+from etl_platform.runs.tags import ATTEMPT_TAG, PARTITION_TAG, TRIGGER_TAG, tenant_tags
 
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 METRIC_KINDS = ("jira", "github")

@@ -2,9 +2,12 @@
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from etl_platform.automation.alerts import failure_alerts_sensor
+from etl_platform.automation.dead_runs import dead_runs_sensor
 from etl_platform.automation.onboarding import plan_sync, registered_tenants
+from etl_platform.automation.retries import build_retry_sensor
 from etl_platform.config.registry import load_registry
-from etl_platform.partitions import tenant_partitions
+from etl_platform.runs.partitions import tenant_partitions
 
 
 @sensor(
@@ -30,8 +33,4 @@ def tenant_onboarding_sensor(context: SensorEvaluationContext):
 
 
 def sensors(jobs: list) -> list:
-    from etl_platform.automation.alerts import failure_alerts_sensor
-    from etl_platform.automation.dead_runs import dead_runs_sensor
-    from etl_platform.automation.retries import build_retry_sensor
-
     return [tenant_onboarding_sensor, build_retry_sensor(jobs), dead_runs_sensor, failure_alerts_sensor]

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from etl_platform.redaction import is_secret_name
+from etl_platform.security.redaction import is_secret_name
 
 SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 HEADERS_REFUSED = {"authorization", "proxy-authorization", "cookie", "set-cookie"}

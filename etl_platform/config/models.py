@@ -20,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from etl_platform import redaction
 from etl_platform.config import credentials
+from etl_platform.security import redaction
 
 SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
 # Every name derived from a tenant id must fit PostgreSQL's 63-byte identifiers unshortened:

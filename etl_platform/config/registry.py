@@ -37,6 +37,7 @@ from etl_platform.config.models import (
     TenantConfig,
     TenantsFileError,
 )
+from etl_platform.config.settings import get_settings
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~10x faster
 _SOURCE = TypeAdapter(SourceConfig)
@@ -280,8 +281,6 @@ def parse_registry(data: Any, path: Path) -> Registry:
 
 
 def _cache_dir() -> Path:
-    from etl_platform.config.settings import get_settings
-
     return get_settings().cache_dir
 
 
@@ -371,8 +370,6 @@ def load_registry(path: str | Path | None = None) -> Registry:
     """The tenants file (ETL_TENANTS_FILE, else ./tenants.yaml), validated; kept per process
     until the file changes."""
     if path is None:
-        from etl_platform.config.settings import get_settings
-
         path = get_settings().tenants_file
     path = Path(path).absolute()
     try:

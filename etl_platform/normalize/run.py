@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from etl_platform.config.models import SourceConfig, TenantConfig
-from etl_platform.indexes import analyze_if_stale
 from etl_platform.normalize.checks import DayChecks, check_days
 from etl_platform.normalize.mapping import Mapping, build_mapping
 from etl_platform.normalize.schema import (
@@ -30,6 +29,7 @@ from etl_platform.normalize.schema import (
 from etl_platform.normalize.sql import POSTGRES_FUNCTIONS, literal, select_for
 from etl_platform.sources import lineage
 from etl_platform.warehouse import Connection, Warehouse, quote
+from etl_platform.warehouse.indexes import analyze_if_stale
 
 STAGE = "etl_stage_records"
 # the columns the checks' and the upsert's queries filter or join on

@@ -12,9 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from etl_platform.runs.history import DagsterUnavailable
+from etl_platform.warehouse import WarehouseError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED = "<unmatched>"
@@ -113,11 +117,6 @@ def _counting(handler: Callable, counter: Any) -> Callable:
 def instrument(app: Any, reader: Any) -> ApiMetrics:
     """Add the metrics middleware and GET /metrics; count the app's database-unavailable answers
     (call after the app's exception handlers are registered, before the first request)."""
-    from fastapi.responses import Response
-
-    from etl_platform.api.params import DagsterUnavailable
-    from etl_platform.warehouse import WarehouseError
-
     metrics = ApiMetrics(reader)
     app.state.metrics = metrics
     for exc_class, database in ((WarehouseError, "warehouse"), (DagsterUnavailable, "dagster")):

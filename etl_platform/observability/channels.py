@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from etl_platform.sources.redact import redact_text
+from etl_platform.security.redaction import redact_text
 
 UI_URL_ENV = "ETL_DAGSTER_UI_URL"
 DEFAULT_UI_URL = "http://127.0.0.1:3000"

@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from etl_platform.config.registry import load_registry
 from etl_platform.observability.platform_state import PlatformState
+from etl_platform.warehouse import get_warehouse
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9108
@@ -30,8 +32,6 @@ class PlatformCollector(Collector):
     """Renders a PlatformState, the tenants' freshness windows and the storages' health."""
 
     def __init__(self, instance: Any, state: PlatformState | None = None, registry_loader: Any = None) -> None:
-        from etl_platform.config.registry import load_registry
-
         self.instance = instance
         self.state = state or PlatformState(lookback_s=_lookback_s(registry_loader or load_registry))
         self.load_registry = registry_loader or load_registry
@@ -133,8 +133,6 @@ def _lookback_s(load_registry: Any) -> float:
 def _warehouse_reachable() -> bool:
     """The platform's warehouse answers `SELECT 1` (DuckDB: its folder exists; a writer holding
     the file is busy, not down)."""
-    from etl_platform.warehouse import get_warehouse
-
     try:
         warehouse = get_warehouse()
         if warehouse.kind == "duckdb":

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from etl_platform.sources.redact import redact_text
+from etl_platform.security.redaction import redact_text
 
 LOG_FORMAT_ENV = "ETL_LOG_FORMAT"
 _CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("etl_log_context", default=None)

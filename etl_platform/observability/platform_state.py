@@ -17,11 +17,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter, RunsFilter
-from dagster._core.event_api import RunStatusChangeRecordsFilter
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    EventRecordsFilter,
+    RunsFilter,
+    RunStatusChangeRecordsFilter,
+)
 
-from etl_platform.automation.alerts import RunFacts
-from etl_platform.failures import run_failures
+from etl_platform.runs.facts import RunFacts
+from etl_platform.runs.failures import run_failures
 
 ALL = "*"  # a run loading every source of its tenants, or a failure of the tenant as a whole
 PAGE = 1000

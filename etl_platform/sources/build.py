@@ -29,7 +29,7 @@ def _build(config: SourceConfig, registry: Registry, ctx: RunContext, *, for_run
 
         return (build_rest_api_source if for_run else template_rest_api_source)(config, ctx)
     if config.kind == "csv":
-        from etl_platform.sources.csv_files import build_csv_source
+        from etl_platform.sources.csv.source import build_csv_source
 
         return build_csv_source(config, registry.resolve(config.location), ctx)
     if config.kind == "rss":

@@ -36,8 +36,8 @@ from urllib.parse import unquote, urlsplit
 
 from dlt.sources.helpers import requests
 
+from etl_platform.security.redaction import redact_text, redact_url
 from etl_platform.sources.errors import PERMANENT_HTTP_STATUSES, PermanentSourceError
-from etl_platform.sources.redact import redact_text, redact_url
 
 CHUNK_BYTES = 1 << 16
 SAMPLE_BYTES = 1 << 18  # what encoding detection looks at

@@ -52,10 +52,10 @@ from dlt.extract.source import DltSource
 from dlt.sources.helpers import requests
 
 from etl_platform.config.models import FeedSource
+from etl_platform.security.redaction import redact_text, redact_url
 from etl_platform.sources.content import bom_encoding, detect_encoding, is_utf8
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import RECORD, RunContext, apply_raw_hints, content_key
-from etl_platform.sources.redact import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
 

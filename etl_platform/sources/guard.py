@@ -24,7 +24,7 @@ from dlt.common.configuration.specs.base_configuration import configspec
 from dlt.common.pendulum import pendulum
 from dlt.sources.helpers.rest_client.auth import APIKeyAuth, BearerTokenAuth, HttpBasicAuth, OAuth2ClientCredentials
 
-from etl_platform import redaction
+from etl_platform.security import redaction
 from etl_platform.sources.errors import PermanentSourceError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -21,7 +21,7 @@ from dlt.sources.helpers.rest_client.exceptions import IgnoreResponseException
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests.auth import AuthBase
 
-from etl_platform import redaction
+from etl_platform.security import redaction
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.guard import OriginGuard, show
 from etl_platform.sources.lineage import RECORD, RunContext

@@ -1,9 +1,9 @@
-"""Secrets out of what sources write: URLs in rows and messages, and dlt's pipeline trace.
+"""Secrets out of dlt's pipeline trace.
 
-Text redaction itself lives in `etl_platform.redaction` (every layer uses it). Here:
-`redact_url`/`redact_text` for source code, and `install_trace_redaction()`, which makes every
-dlt pipeline of this process write its trace (`<pipelines_dir>/<pipeline>/trace.pickle`,
-`pipeline.last_trace`) with exception messages and resolved configuration values redacted.
+Text redaction itself lives in `etl_platform.security.redaction` (every layer uses it). Here:
+`install_trace_redaction()`, which makes every dlt pipeline of this process write its trace
+(`<pipelines_dir>/<pipeline>/trace.pickle`, `pipeline.last_trace`) with exception messages and
+resolved configuration values redacted.
 What else dlt keeps in a pipeline folder holds no secret: `state.json` (incremental cursors,
 schema hashes), `schemas/` (column names and hints), load packages (the rows, already
 redacted by the sources) and the `_dlt_*` tables derived from them.
@@ -12,22 +12,11 @@ redacted by the sources) and the `_dlt_*` tables derived from them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from typing import Any
 
-from etl_platform import redaction
+from etl_platform.security import redaction
 
 _INSTALLED = threading.Event()
-
-
-def redact_url(url: str, extra_params: Iterable[str] = ()) -> str:
-    """The URL without user-info, secret-looking query values and remembered secrets."""
-    return redaction.redact(url, params=extra_params) or url
-
-
-def redact_text(text: str, secrets: Iterable[str | None] = (), extra_params: Iterable[str] = ()) -> str:
-    """A message without remembered or given secrets and secret URL parameters."""
-    return redaction.redact(text, secrets, extra_params) or text
 
 
 class _TraceRedaction:

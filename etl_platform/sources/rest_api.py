@@ -30,12 +30,11 @@ from dlt.sources.helpers.rest_client.paginators import BasePaginator
 
 from etl_platform.config.models import ApiKeyAuth, BasicAuth, BearerAuth, Paginator, RestApiSource, RestResource, secret
 from etl_platform.config.models import OAuth2ClientCredentials as OAuth2Config
-from etl_platform.redaction import contains_secret, redact_value, remember_basic
+from etl_platform.security.redaction import contains_secret, redact_url, redact_value, remember_basic
 from etl_platform.sources import lineage
 from etl_platform.sources.guard import GuardedApiKey, GuardedBasic, GuardedBearer, GuardedOAuth2, OriginGuard
 from etl_platform.sources.http import status_hook
 from etl_platform.sources.pages import OUTSIDE_WINDOW, ApiStats, StreamingClient
-from etl_platform.sources.redact import redact_url
 
 DEFAULT_PAGINATOR = Paginator(type="header_link")
 

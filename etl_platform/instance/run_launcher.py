@@ -25,7 +25,7 @@ retry sensor re-launches it. A server that does not answer is assumed to be rest
 run is left alone until it answers. Select it with:
 
     run_launcher:
-      module: etl_platform.run_launcher
+      module: etl_platform.instance.run_launcher
       class: MonitoredRunLauncher
 """
 
@@ -44,6 +44,8 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster_docker import DockerRunLauncher
 from dagster_docker.container_context import DockerContainerContext
 from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
+
+from etl_platform.config.registry import load_registry
 
 HEALTH_CHECK_TIMEOUT_S = 10
 # ETL_* variables that describe the launching container, not the platform
@@ -167,8 +169,6 @@ _NAMES: dict[str, frozenset[str]] = {}  # tenants file content hash -> *_env nam
 
 def tenant_env_names() -> frozenset[str]:
     """The variables the tenants file names (`*_env`), computed once per file content."""
-    from etl_platform.config.registry import load_registry
-
     registry = load_registry()
     key = registry.content_hash or str(id(registry))
     if key not in _NAMES:

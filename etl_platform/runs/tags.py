@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from etl_platform.config.registry import load_registry
+from etl_platform.runs.worker import WORKER_TAG, this_worker
+
 TENANT_TAG = "etl/tenant"
 TENANTS_TAG = "etl/tenants"  # comma-separated, on runs spanning several tenants
 MULTI_TENANT_TAG = "etl/multi_tenant"  # "true" on those runs, so that a tenant's runs can be found
@@ -97,8 +100,6 @@ def sources_of_job(job_name: str | None) -> list[str]:
     """The sources an `ingest_<kind>` job loads (all of that kind in the tenants file)."""
     if not job_name or not job_name.startswith("ingest_"):
         return []
-    from etl_platform.config.registry import load_registry
-
     kind = job_name.removeprefix("ingest_")
     return sorted(s for s, k in load_registry().source_kinds().items() if k == kind)
 
@@ -131,11 +132,9 @@ def ensure_run_tags(context) -> None:
     Every run also records the process executing it (`etl/worker`).
     """
     try:
-        from etl_platform.automation.dead_runs import WORKER_TAG, this_worker
-
         run = context.run
         missing = missing_platform_tags(run.tags, run.asset_selection, _registered(context.instance), run.job_name)
-        missing[WORKER_TAG] = this_worker()  # the dead-run sweep checks it (automation/dead_runs.py)
+        missing[WORKER_TAG] = this_worker()  # the dead-run sweep checks it (runs/worker.py)
         context.instance.add_run_tags(run.run_id, missing)
     except Exception as exc:  # noqa: BLE001 - tagging must never fail a run
         context.log.warning(f"could not add the platform's run tags: {exc}")

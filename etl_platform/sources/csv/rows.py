@@ -1,9 +1,9 @@
 """The CSV source's slow path: the data records read one by one with Python's csv module, for
-the rows the columnar pass (`csv_arrow.ArrowPass`) must not take: a row to reject (wrong field
+the rows the columnar pass (`arrow_pass.ArrowPass`) must not take: a row to reject (wrong field
 count, bytes the encoding cannot decode, a missing or repeated primary key, an unparseable event
 time, a CSV syntax error), a blank line or a NUL byte (line numbers), a non-ASCII delimiter.
 
-It starts after the header (`csv_files.Layout`) and reads every record, yielding only those after
+It starts after the header (`layout.Layout`) and reads every record, yielding only those after
 the first `resume_after` (already yielded by the columnar pass), so that key checks and counts
 cover the whole file. Batches hold at most `BATCH_BYTES` of CSV or `BATCH_ROWS` rows, so they
 stay small however wide the rows are.
@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import re
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
-from etl_platform.sources.csv_arrow import BLOCK_BYTES, TableBuilder
+from etl_platform.sources.csv.arrow_pass import BLOCK_BYTES, TableBuilder
+from etl_platform.sources.csv.layout import CsvStats, Layout, Lines, printable, undecodable
 from etl_platform.sources.lineage import REJECTS_TABLE, parse_time
-
-if TYPE_CHECKING:
-    from etl_platform.sources.csv_files import CsvStats, Layout
 
 BATCH_ROWS = 10_000  # rows per Arrow table at most
 BATCH_BYTES = BLOCK_BYTES  # CSV bytes per Arrow table at most (wide rows: fewer rows)
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True)
@@ -38,52 +33,6 @@ class Out:
 
     table: str
     data: Any
-
-
-def undecodable(text: str) -> str | None:
-    """The first undecodable byte in `text` as 0xNN, else None."""
-    match = _UNDECODABLE.search(text)
-    return f"0x{ord(match.group()) - 0xDC00:02x}" if match else None
-
-
-def printable(text: str) -> str:
-    return _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
-
-
-class Lines:
-    """Physical lines of a text stream for `csv.reader` (NUL bytes removed), remembering the
-    raw text and first line of each record."""
-
-    def __init__(self, text: IO[str]) -> None:
-        self._text = iter(text)
-        self._lookahead: deque[str] = deque()
-        self.line = 0
-        self._raw: list[str] = []
-
-    def skip(self, count: int) -> None:
-        for _ in range(count):
-            if next(self._text, None) is None:
-                break
-            self.line += 1
-
-    def __iter__(self) -> Lines:
-        return self
-
-    def __next__(self) -> str:
-        line = self._lookahead.popleft() if self._lookahead else next(self._text)
-        self.line += 1
-        if "\0" in line:
-            line = line.replace("\0", "")
-        self._raw.append(line)
-        return line
-
-    def take(self) -> tuple[int, str]:
-        """(first line, raw text without its final line ending) of the lines read since the last call."""
-        lines = self._raw
-        text = lines[0] if len(lines) == 1 else "".join(lines)
-        start, raw = self.line - len(lines) + 1, text.removesuffix("\n").removesuffix("\r")
-        lines.clear()
-        return start, raw
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dagster._core.run_coordinator.base import SubmitRunContext
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.dagster_run import DagsterRun
 
-from etl_platform.automation.tags import _registered, missing_platform_tags
+from etl_platform.runs.tags import _registered, missing_platform_tags
 
 
 class PlatformRunCoordinator(QueuedRunCoordinator):

@@ -5,7 +5,7 @@
   use it. A file of more than `MAX_COLUMNS` columns keeps its fields in `_etl_record` only.
 - `ArrowPass` reads the data records (UTF-8, after the header) in blocks of `BLOCK_BYTES`, so a
   batch holds fewer rows the wider they are, and does the per-row work with Arrow kernels (line
-  numbers, keys, JSON). It hands over to the slow path (`csv_rows.RowReader`; `FallBack`, with
+  numbers, keys, JSON). It hands over to the slow path (`rows.RowReader`; `FallBack`, with
   the count of records it already yielded) at the first thing only that path handles exactly: a
   row to reject (wrong field count, invalid UTF-8, missing or duplicate primary key, unparseable
   event time), a blank line (line numbers would drift), a NUL byte, or a parse error.
@@ -27,6 +27,7 @@ import pyarrow.csv as pcsv
 
 from etl_platform.config.models import CsvSource
 from etl_platform.sources import lineage
+from etl_platform.sources.csv.layout import CsvStats
 from etl_platform.sources.lineage import RunContext, parse_time
 
 BLOCK_BYTES = 2 << 20  # bytes of CSV per Arrow batch (~12k rows of 160 bytes); 4 MB: +120 MB RSS
@@ -200,7 +201,7 @@ class ArrowPass:
     builder: TableBuilder
     delimiter: str
     first_line: int  # physical line of the first data record
-    stats: Any  # CsvStats
+    stats: CsvStats
     key_index: list[int]
     time_index: int | None
     content_key: Callable[[list[str]], str]  # row key of a source without primary key

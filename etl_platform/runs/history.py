@@ -26,8 +26,9 @@ from dagster import (
     RunsFilter,
 )
 
-from etl_platform.automation.coverage import run_coverage
-from etl_platform.automation.tags import (
+from etl_platform.runs.coverage import run_coverage
+from etl_platform.runs.failures import FAILED_TENANTS_TAG
+from etl_platform.runs.tags import (
     ATTEMPT_TAG,
     MULTI_TENANT_TAG,
     PARENT_RUN_TAG,
@@ -40,13 +41,16 @@ from etl_platform.automation.tags import (
     TRIGGER_TAG,
     sources_of_selection,
 )
-from etl_platform.failures import FAILED_TENANTS_TAG
 
 NORMALIZED_ASSET = AssetKey(["normalized", "records"])
 LOAD_COUNTS = ("records_written", "rejects", "raw_rows")
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 REASON_MAX_CHARS = 500
 RECENT_SCAN = 200  # a tenant's recent runs scanned for its last success and failure per source
+
+
+class DagsterUnavailable(RuntimeError):
+    """The Dagster instance (DAGSTER_HOME) cannot be loaded or queried (the read API answers 503)."""
 
 
 def _utc(ts: float | None) -> dt.datetime | None:

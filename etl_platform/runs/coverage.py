@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from etl_platform.automation.tags import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+from etl_platform.runs.tags import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,16 @@ def redact(
     return text
 
 
+def redact_url(url: str, extra_params: Iterable[str] = ()) -> str:
+    """The URL without user-info, secret-looking query values and remembered secrets."""
+    return redact(url, params=extra_params) or url
+
+
+def redact_text(text: str, secrets: Iterable[str | None] = (), extra_params: Iterable[str] = ()) -> str:
+    """A message without remembered or given secrets and secret URL parameters."""
+    return redact(text, secrets, extra_params) or text
+
+
 def redact_value(value: Any, secrets: Iterable[str | None] | None = None, *, urls: bool = False) -> Any:
     """A JSON-like value (records, dlt trace entries) with secrets removed from every string and
     key: the given `secrets` only, or every remembered one when None."""

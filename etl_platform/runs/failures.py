@@ -16,9 +16,8 @@ from typing import Any
 from dagster import Failure, MetadataValue
 
 from etl_platform.config.models import TenantsFileError
-from etl_platform.redaction import redact as redact_text
-from etl_platform.redaction import scrub_exception
-from etl_platform.sources.errors import PERMANENT_HTTP_STATUSES
+from etl_platform.security.redaction import redact, scrub_exception
+from etl_platform.sources.errors import PERMANENT_HTTP_STATUSES, PermanentSourceError
 
 PERMANENT = "permanent"
 TRANSIENT = "transient"
@@ -51,8 +50,6 @@ def _permanent_types() -> tuple[type[BaseException], ...]:
     import duckdb
     from dlt.common.schema.exceptions import DataValidationError
     from pydantic import ValidationError
-
-    from etl_platform.sources.errors import PermanentSourceError
 
     return (
         TenantsFileError,  # the tenants file or a secret it names
@@ -122,7 +119,7 @@ def _redacted(text: str, config: Any) -> str:
     extra = []
     if config is not None and getattr(getattr(config, "auth", None), "location", None) == "query":
         extra.append(config.auth.name)
-    return redact_text(text, secrets_of(config), extra)
+    return redact(text, secrets_of(config), extra)
 
 
 def failure_for(exc: BaseException, tenant: str, source: str, *, permanent: bool, config: Any = None) -> Failure:

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from etl_platform.config.models import TenantsFileError
+from etl_platform.config.settings import get_settings
+
 TENANT_SCHEMA_PREFIX = "tenant_"
 _LOCAL = threading.local()  # lock files this thread holds, with nesting depth
 
@@ -293,8 +296,6 @@ def warehouse_for(tenant: Any = None) -> Warehouse:
     if env:
         url = os.environ.get(env)
         if not url:
-            from etl_platform.config.models import TenantsFileError
-
             raise TenantsFileError(
                 f"tenant {tenant.id!r}, field 'warehouse_url_env': environment variable {env} is not set"
             )
@@ -305,8 +306,6 @@ def warehouse_for(tenant: Any = None) -> Warehouse:
 def get_warehouse(url: str | None = None) -> Warehouse:
     """The warehouse named by ETL_WAREHOUSE_URL (or `url`)."""
     if url is None:
-        from etl_platform.config.settings import get_settings
-
         url = get_settings().warehouse_url
     return Warehouse(url)
 

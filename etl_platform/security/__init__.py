@@ -1,0 +1,1 @@
+"""Secrets out of every text the platform keeps (logs, exceptions, messages, stored rows)."""
