@@ -37,12 +37,14 @@ def ensure_dagster_home() -> Path:
 
 def _instance():
     """The instance of DAGSTER_HOME (main() has checked that there is one)."""
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from dagster import DagsterInstance
 
     return DagsterInstance.get()
 
 
 def cmd_tenants_sync(args: argparse.Namespace) -> int:
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.automation.onboarding import sync_tenants
     from etl_platform.config.registry import load_registry
 
@@ -54,6 +56,7 @@ def cmd_tenants_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_list(args: argparse.Namespace) -> int:
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.automation.onboarding import registered_tenants
     from etl_platform.config.registry import load_registry
 
@@ -125,6 +128,7 @@ def _print_warehouse(warehouse, dataset: str) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Register tenants, materialize one partition of the demo tenant, print what it loaded and what is stored."""
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from dagster import DagsterInstance
 
     from etl_platform.automation.onboarding import sync_tenants
@@ -162,6 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.runs.history import recent_runs
     from etl_platform.runs.labels import job_label
 
@@ -190,6 +195,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.api import serve
 
     serve(host=args.host, port=args.port)
@@ -197,6 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.observability.exporter import serve
 
     ensure_dagster_home()
@@ -261,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.config.models import TenantsFileError
 
     try:

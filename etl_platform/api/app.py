@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
+from dagster import DagsterInstance
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -36,8 +38,6 @@ def _instance_getter(instance: Any) -> Callable[[], Any]:
         if box[0] is None:
             with lock:
                 if box[0] is None:
-                    from dagster import DagsterInstance
-
                     try:
                         box[0] = DagsterInstance.get()
                     except Exception as exc:
@@ -144,8 +144,6 @@ def http_limits(settings: ApiSettings | None = None) -> dict[str, Any]:
 
 def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, log_level: str = "info") -> None:
     """Run the API with uvicorn (blocks). Each worker process keeps its own pool and rate limits."""
-    import uvicorn
-
     configure_logging(log_level)
     uvicorn.run(
         "etl_platform.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,

@@ -176,7 +176,7 @@ class Reader:
         return await run_in_threadpool(self._duckdb_query, sql, list(params), timeout, limit_ms)
 
     def _duckdb_query(self, sql: str, params: list[Any], lock_timeout_s: float, timeout_ms: int) -> list[Row]:
-        import duckdb
+        import duckdb  # the DuckDB driver only where the warehouse is DuckDB (the API mostly reads PostgreSQL)
 
         if not self.warehouse.duckdb_path.exists():  # nothing loaded yet: empty, and no folder created
             with duckdb.connect(":memory:") as raw:

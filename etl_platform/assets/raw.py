@@ -22,7 +22,7 @@ from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
 from etl_platform.normalize.drift import observed_schema
 from etl_platform.sources import lineage
-from etl_platform.sources.build import build_source
+from etl_platform.sources.build import apply_load_hints, build_source
 from etl_platform.sources.contracts import install_guards, rejects_resource
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.warehouse import Connection, Warehouse, quote
@@ -95,10 +95,7 @@ def load_source(
     settings = get_settings()
     ctx = lineage.RunContext(tenant.id, config.name, context.run.run_id, lineage.Window(tuple(days), settings.timezone))
     source = build_source(config, registry, ctx)
-    if config.kind == "csv":
-        from etl_platform.sources.csv.source import apply_load_hints
-
-        apply_load_hints(source, config, warehouse.kind)
+    apply_load_hints(source, config, warehouse.kind)
     stats = getattr(source, "etl_stats", None)  # filled while the (selected clone of the) source runs
     names = [r for r in resources if r in source.resources]
     if REJECTS_RESOURCE in source.resources and REJECTS_RESOURCE not in names:

@@ -27,15 +27,16 @@ from dataclasses import dataclass
 from dagster import (
     AssetRecordsFilter,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
+    RunRecord,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
     SkipReason,
     sensor,
 )
-from dagster._core.storage.dagster_run import DagsterRun, RunRecord
 
 from etl_platform.assets.keys import RECORDS_KEY, source_of
 from etl_platform.automation.jobs import INGEST_JOB

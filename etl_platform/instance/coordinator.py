@@ -14,9 +14,7 @@ each (tenant, source) loads through its own dlt pipeline under the warehouse's w
 
 from __future__ import annotations
 
-from dagster._core.run_coordinator.base import SubmitRunContext
-from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster import DagsterRun, QueuedRunCoordinator, SubmitRunContext
 
 from etl_platform.runs.tags import _registered, missing_platform_tags
 

@@ -37,10 +37,14 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dagster import DefaultRunLauncher, Field, StringSource
+from dagster import DagsterRun, DefaultRunLauncher, Field, StringSource
+
+# a launcher's worker health check and the code server's gRPC client have no public Dagster API
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
-from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
+from dagster._serdes import deserialize_value
 from dagster_docker import DockerRunLauncher
 from dagster_docker.container_context import DockerContainerContext
 from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
@@ -61,10 +65,6 @@ class MonitoredRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        from dagster._grpc.client import DagsterGrpcClient
-        from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
-        from dagster._serdes import deserialize_value
-
         raw = run.tags.get(GRPC_INFO_TAG)
         if not raw:
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "the run has no gRPC server tag")

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
+
 from etl_platform.config.models import SourceConfig, TenantConfig
 from etl_platform.normalize.checks import DayChecks, check_days
 from etl_platform.normalize.mapping import Mapping, build_mapping
@@ -206,8 +208,6 @@ def _create_stage(conn: Connection, selects: list[str]) -> None:
 
 def _try_create_stage(conn: Connection, selects: list[str]) -> bool:
     """Create the stage in a savepoint (PostgreSQL); False, and no stage, on a data exception."""
-    import psycopg
-
     try:
         with conn.transaction():
             _create_stage(conn, selects)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+
 from etl_platform.warehouse import Connection, quote
 
 log = logging.getLogger(__name__)
@@ -104,8 +106,6 @@ def ensure_search_index(conn: Connection, schema: str) -> bool:
     fails (no right, contrib not installed): a warning, no index (search then scans, bounded by the
     API's time limit).
     True when the index exists."""
-    import psycopg
-
     ext_schema = _trgm_schema(conn)
     if ext_schema is None:
         try:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
+from dagster import DagsterInstance
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -137,8 +139,6 @@ def _warehouse_reachable() -> bool:
         warehouse = get_warehouse()
         if warehouse.kind == "duckdb":
             return warehouse.duckdb_path.parent.is_dir()
-        import psycopg
-
         with psycopg.connect(warehouse.postgres_dsn, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
         return True
@@ -171,8 +171,6 @@ class Exporter:
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
     """Serve GET /metrics until interrupted (blocks)."""
-    from dagster import DagsterInstance
-
     with DagsterInstance.get() as instance:
         exporter = Exporter(instance)
         exporter.collector.refresh()  # the first scrape already has figures

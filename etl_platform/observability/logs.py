@@ -60,6 +60,8 @@ def _dagster_fields(record: logging.LogRecord) -> dict[str, Any]:
 def _run_fields() -> dict[str, Any]:
     """Inside a run step: the run id, tenant and partition of Dagster's current context."""
     try:
+        # Dagster's current step context has no public accessor; imported here so that logging
+        # (the read API's too) needs no Dagster until a record is formatted
         from dagster._core.execution.context.compute import current_execution_context
 
         context = current_execution_context.get()

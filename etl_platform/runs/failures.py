@@ -9,11 +9,13 @@ three. Classification is by type (`isinstance`), along the whole cause chain.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dagster import Failure, MetadataValue
+from dagster import DagsterEventType, Failure, MetadataValue
+from pydantic import ValidationError
 
 from etl_platform.config.models import TenantsFileError
 from etl_platform.security.redaction import redact, scrub_exception
@@ -47,9 +49,10 @@ def http_status(exc: BaseException) -> int | None:
 
 def _permanent_types() -> tuple[type[BaseException], ...]:
     """Exception types that fail the same way on every attempt (subclasses included)."""
+    # dlt and DuckDB only when a failure is classified: the read API and the exporter import
+    # this module too
     import duckdb
     from dlt.common.schema.exceptions import DataValidationError
-    from pydantic import ValidationError
 
     return (
         TenantsFileError,  # the tenants file or a secret it names
@@ -83,8 +86,6 @@ def classify(exc: BaseException) -> str:
 
 def secrets_of(config: Any) -> list[str]:
     """Secret values the config points at (to scrub them from messages)."""
-    import os
-
     values: list[str] = []
 
     def walk(obj: Any) -> None:
@@ -216,8 +217,6 @@ def run_failure(failures: list[TenantFailure], tenants_in_run: int) -> Failure:
 
 def run_failures(instance: Any, run_id: str) -> list[TenantFailure]:
     """The failed (tenant, source) pairs of a finished run, from its step failure events."""
-    from dagster import DagsterEventType
-
     out: list[TenantFailure] = []
     records = instance.get_records_for_run(run_id, of_type={DagsterEventType.STEP_FAILURE}).records
     for record in records:

@@ -252,7 +252,7 @@ def detect_encoding(sample: bytes) -> str | None:
     """charset-normalizer's best guess; among guesses about as good (a short sample fits many
     code pages), a widespread Western one. UTF-16/32 need NUL bytes (text in them has some:
     delimiters, markup, line breaks). None when nothing fits."""
-    from charset_normalizer import from_bytes
+    from charset_normalizer import from_bytes  # only for a file whose encoding must be guessed
 
     def names(match: Any) -> list[str]:  # the code pages that read the sample alike
         return [n for n in match.could_be_from_charset if b"\0" in sample or not n.startswith("utf_")]

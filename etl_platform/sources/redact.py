@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from dlt.pipeline import trace
+
 from etl_platform.security import redaction
 
 _INSTALLED = threading.Event()
@@ -52,8 +54,6 @@ def install_trace_redaction() -> None:
     no trace dlt saves or sends holds a secret."""
     if _INSTALLED.is_set():
         return
-    from dlt.pipeline import trace
-
     if _TraceRedaction not in trace.TRACKING_MODULES:
         trace.TRACKING_MODULES.insert(0, _TraceRedaction)
     _INSTALLED.set()

@@ -27,6 +27,7 @@ import orjson
 from dlt.extract.items_transform import ItemTransform
 from dlt.sources import DltSource
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
+from dlt.sources.rest_api.config_setup import create_paginator
 
 from etl_platform.config.models import ApiKeyAuth, BasicAuth, BearerAuth, Paginator, RestApiSource, RestResource, secret
 from etl_platform.config.models import OAuth2ClientCredentials as OAuth2Config
@@ -83,8 +84,6 @@ class LoopGuard(BasePaginator):
 
 
 def _paginator(config: Paginator, stats: RestStats) -> LoopGuard:
-    from dlt.sources.rest_api.config_setup import create_paginator
-
     return LoopGuard(create_paginator(config.to_dlt()), stats)
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+
 from etl_platform.config.models import TenantsFileError
 from etl_platform.config.settings import get_settings
 
@@ -88,7 +90,7 @@ class Warehouse:
 
     def dlt_destination(self) -> Any:
         """The dlt destination for this warehouse."""
-        import dlt
+        import dlt  # only where a pipeline loads: the read API and the sensors never import dlt
 
         if self.kind == "duckdb":
             self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,7 @@ class Warehouse:
         """A short-lived connection; DuckDB writers and readers take the file lock."""
         if self.kind == "duckdb":
             with self.lock(write=write, timeout_s=timeout_s):
-                import duckdb
+                import duckdb  # the DuckDB driver only where the warehouse is DuckDB
 
                 self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
                 if not write and not self.duckdb_path.exists():
@@ -127,8 +129,6 @@ class Warehouse:
                 finally:
                     raw.close()
         else:
-            import psycopg
-
             try:
                 raw = psycopg.connect(self.postgres_dsn, autocommit=True, connect_timeout=10)
             except psycopg.OperationalError as exc:
@@ -181,8 +181,6 @@ class Warehouse:
 
     @contextlib.contextmanager
     def _pg_advisory_lock(self, name: str, timeout_s: float) -> Iterator[None]:
-        import psycopg
-
         key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
         with psycopg.connect(self.postgres_dsn, autocommit=True) as conn:
             conn.execute(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
