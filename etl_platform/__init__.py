@@ -1,9 +1,7 @@
-"""etl-platform: multi-tenant ETL on Dagster and dlt."""
+"""etl-platform: multi-tenant ETL on Dagster and dlt.
 
-from etl_platform.observability import warnings  # noqa: F401  (first: known Dagster warnings filtered before any asset is declared)
+Importing the package has no side effects: the entry points (`definitions.py`, `cli.py`, the read
+API's app factory) configure logging and warning filters.
+"""
 
 __version__ = "0.1.0"
-
-from etl_platform.observability.logs import configure_from_env as _configure_logs  # noqa: E402
-
-_configure_logs()  # ETL_LOG_FORMAT=json: JSON lines from the platform's loggers

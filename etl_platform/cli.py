@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from etl_platform.observability import logs
+from etl_platform.observability import warnings as known_warnings
+
 
 class NoInstanceError(RuntimeError):
     """No Dagster instance is configured where the command runs."""
@@ -267,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    known_warnings.install()
+    logs.configure_from_env()  # ETL_LOG_FORMAT=json: JSON lines from the platform's loggers
     args = build_parser().parse_args(argv)
     # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.config.models import TenantsFileError

@@ -1,4 +1,8 @@
-"""The Dagster entry point: assembles assets, checks, jobs, schedules and sensors."""
+"""The Dagster entry point: assembles assets, checks, jobs, schedules and sensors.
+
+Every Dagster process that loads the code imports it (code server, run workers, the `dagster`
+CLI): it configures the platform's logging and the known-warning filters first.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from etl_platform.automation.jobs import build_jobs
 from etl_platform.automation.schedules import build_schedules
 from etl_platform.automation.sensors import sensors
 from etl_platform.config.registry import load_registry
+from etl_platform.observability import logs
+from etl_platform.observability import warnings as known_warnings
 from etl_platform.warehouse import get_warehouse
 
 
 def build_definitions() -> Definitions:
+    known_warnings.install()  # before any asset is declared
     registry = load_registry()
     warehouse = get_warehouse()
     assets = build_ingest_assets(registry, warehouse)
@@ -34,4 +41,5 @@ def build_definitions() -> Definitions:
     )
 
 
+logs.configure_from_env()  # ETL_LOG_FORMAT=json: JSON lines from the platform's loggers
 defs = build_definitions()

@@ -16,6 +16,9 @@ The level table is HOUSE.md's; a new room must be added to it (an unknown room f
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +257,47 @@ def test_the_root_holds_the_entry_points_only() -> None:
 
 def test_imports_inside_functions_say_why() -> None:
     assert silent_local_imports(PACKAGE) == []
+
+
+def test_the_package_init_defines_the_version_and_imports_nothing() -> None:
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n.module != "__future__"]
+    assigned = [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+    assert assigned == ["__version__"]
+
+
+IMPORT_EVERYTHING = """
+import importlib, logging, os, pkgutil, sys, warnings
+# the platform's third-party dependencies first: what they do at import is theirs
+for name in ("dagster", "dagster_dlt", "dagster_docker", "dlt", "dlt.sources.rest_api", "duckdb", "fastapi",
+             "fastapi_offline", "feedparser", "ijson", "orjson", "pandas", "prometheus_client", "psycopg",
+             "pyarrow", "pyarrow.csv", "uvicorn", "yaml"):
+    importlib.import_module(name)
+before = (dict(os.environ), list(warnings.filters), logging.getLogRecordFactory(),
+          {n: (list(l.handlers), list(l.filters)) for n, l in logging.root.manager.loggerDict.items()
+           if isinstance(l, logging.Logger)}, list(logging.root.handlers))
+import etl_platform
+for module in pkgutil.walk_packages(etl_platform.__path__, "etl_platform."):
+    if module.name not in ("etl_platform.definitions", "etl_platform.cli"):  # the entry points configure
+        importlib.import_module(module.name)
+after = (dict(os.environ), list(warnings.filters), logging.getLogRecordFactory(),
+         {n: (list(l.handlers), list(l.filters)) for n, l in logging.root.manager.loggerDict.items()
+          if isinstance(l, logging.Logger) and n in before[3]}, list(logging.root.handlers))
+for what, old, new in zip(("os.environ", "warning filters", "log record factory", "loggers", "root handlers"),
+                          before, after):
+    if old != new:
+        print(f"importing the platform changed {what}")
+        sys.exit(1)
+print(f"imported {len(sys.modules)} modules, nothing changed")
+"""
+
+
+def test_importing_the_platform_changes_nothing_in_the_process() -> None:
+    """No module sets the environment, warning filters or logging at import (the entry points do)."""
+    env = {k: v for k, v in os.environ.items() if k != "ETL_LOG_FORMAT"}
+    done = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, timeout=300,
+                          env={**env, "ETL_LOG_FORMAT": "json"})
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
 
 
 def test_every_room_of_the_table_exists() -> None:

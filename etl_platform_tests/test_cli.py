@@ -86,7 +86,8 @@ def test_job_labels() -> None:
 
 def test_quiet_filters_the_known_dagster_warnings_and_no_others() -> None:
     code = (
-        "import warnings\nimport etl_platform\nfrom dagster import BetaWarning, PreviewWarning\n"
+        "import warnings\nfrom etl_platform.observability.warnings import install\ninstall()\n"
+        "from dagster import BetaWarning, PreviewWarning\n"
         "warnings.warn('Parameter `backfill_policy` of function `asset` is currently in beta, and may change', "
         "BetaWarning)\n"
         "warnings.warn('Specifying a partitions_def on an AssetCheckSpec is currently in preview', PreviewWarning)\n"

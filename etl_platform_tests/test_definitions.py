@@ -60,7 +60,7 @@ def test_repo_definitions_resolve(monkeypatch, dagster_home, tmp_path):
     from etl_platform.runs.partitions import tenant_date_partitions
 
     for name in jobs - {"__ASSET_JOB", "tenant_freshness"}:
-        assert repo.get_job(name).partitions_def == tenant_date_partitions
+        assert repo.get_job(name).partitions_def == tenant_date_partitions()
     # every asset and partitioned check is one step of one run
     ingest = repo.get_job("ingest")
     assert [n.name for n in ingest.nodes_in_topological_order] == ["tenant_partitions"]

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PLATFORM_SCRIPT = """
 import logging
-import etl_platform
-from etl_platform.observability.logs import log_context
+from etl_platform.observability.logs import configure_from_env, log_context
+configure_from_env()  # as every entry point does (definitions.py, cli.py, the API's app factory)
 log = logging.getLogger("etl_platform.sources.rest_api")
 with log_context(tenant="acme", run_id="run-1", partition="2024-01-02|acme"):
     log.warning("page failed: http://api.example/items?token=tok-123456&page=2")
@@ -46,13 +46,15 @@ def test_platform_logs_are_json_only_when_asked() -> None:
     assert line["tenant"] == "acme" and line["run_id"] == "run-1" and line["partition"] == "2024-01-02|acme"
     assert "token=***" in line["msg"] and "tok-123456" not in done.stderr
 
-    wrong = run_python("import etl_platform", {**env, "ETL_LOG_FORMAT": "xml"})
+    wrong = run_python("import etl_platform.definitions", {**env, "ETL_LOG_FORMAT": "xml"})
     assert wrong.returncode != 0 and "ETL_LOG_FORMAT must be json or text" in wrong.stderr
 
 
 DAGSTER_SCRIPT = """
 import logging
 from dagster import DagsterInstance, StaticPartitionsDefinition, asset, materialize
+from etl_platform.observability.logs import configure_from_env
+configure_from_env()  # as definitions.py does in every run worker
 
 @asset(partitions_def=StaticPartitionsDefinition(["2024-01-02|acme"]))
 def probe(context):

@@ -8,7 +8,7 @@ from etl_platform.runs.partitions import partition_key, tenant_date_partitions, 
 from etl_platform_tests.conftest import create_pg_database, drop_pg_database
 
 
-@asset(partitions_def=tenant_date_partitions)
+@asset(partitions_def=tenant_date_partitions())
 def trivial(context) -> int:
     return len(context.partition_key)
 

@@ -25,6 +25,8 @@ from etl_platform.api.readers import TenantReaders
 from etl_platform.api.routes import router
 from etl_platform.api.settings import ApiSettings
 from etl_platform.config.registry import Registry, load_registry
+from etl_platform.observability import logs
+from etl_platform.observability import warnings as known_warnings
 from etl_platform.observability.api_metrics import instrument
 from etl_platform.runs.history import DagsterUnavailable
 from etl_platform.warehouse import Warehouse, WarehouseError, get_warehouse
@@ -128,7 +130,10 @@ def create_app(
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn's factory (`--factory etl_platform.api.app:app_from_env`): JSON logs, then create_app()."""
+    """uvicorn's factory (`--factory etl_platform.api.app:app_from_env`): warning filters and JSON
+    logs, then create_app()."""
+    known_warnings.install()
+    logs.configure_from_env()
     configure_logging()
     return create_app()
 

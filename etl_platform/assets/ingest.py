@@ -70,7 +70,7 @@ def build_ingest_assets(registry: Registry, warehouse: Warehouse) -> AssetsDefin
         specs=[*raw, records_spec(raw_keys, warehouse.kind), metrics_spec(warehouse.kind)],
         check_specs=check_specs(data_keys),
         can_subset=True,
-        partitions_def=tenant_date_partitions,
+        partitions_def=tenant_date_partitions(),
         backfill_policy=BackfillPolicy.single_run(),
     )
     def tenant_partitions(context):  # noqa: ANN001 - Dagster reads the hint

@@ -70,7 +70,7 @@ class RawTranslator(DagsterDltTranslator):
             group_name=RAW_GROUP,
             description=what + " Partitions of tenants without this source are never materialized.",
             kinds={"dlt", self.warehouse_kind},
-            partitions_def=tenant_date_partitions,
+            partitions_def=tenant_date_partitions(),
             skippable=True,
         )
 
@@ -103,7 +103,7 @@ def records_spec(raw_keys: list[AssetKey], warehouse_kind: str) -> AssetSpec:
         deps=raw_keys,
         group_name=NORMALIZED_GROUP,
         kinds={"sql", warehouse_kind},
-        partitions_def=tenant_date_partitions,
+        partitions_def=tenant_date_partitions(),
         skippable=True,
         description=(
             "Every source's rows in one schema: table `records` in `tenant_<id>`, upserted on "
@@ -119,7 +119,7 @@ def metrics_spec(warehouse_kind: str) -> AssetSpec:
         deps=[RECORDS_KEY],
         group_name=METRICS_GROUP,
         kinds={"sql", warehouse_kind},
-        partitions_def=tenant_date_partitions,
+        partitions_def=tenant_date_partitions(),
         skippable=True,
         description=(
             f"Engineering metrics per tenant and day from the Jira and GitHub records: table `{METRICS_TABLE}` "
@@ -137,7 +137,7 @@ def check_specs(raw_keys: list[AssetKey]) -> list[AssetCheckSpec]:
         with warnings.catch_warnings():  # partitioned checks are a preview feature of Dagster 1.13
             warnings.simplefilter("ignore", PreviewWarning)
             return AssetCheckSpec(
-                name, asset=asset, description=description, partitions_def=tenant_date_partitions, blocking=False
+                name, asset=asset, description=description, partitions_def=tenant_date_partitions(), blocking=False
             )
 
     return [

@@ -11,29 +11,35 @@ longer exists. The retry sensor then treats them as any other failure.
 
 from __future__ import annotations
 
-import os
 import time
 
-from dagster import DagsterInstance, DagsterRunStatus, DefaultSensorStatus, RunsFilter, SensorEvaluationContext, sensor
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    sensor,
+)
 
+from etl_platform.config.settings import get_settings
 from etl_platform.runs.worker import WORKER_TAG, worker_alive
 
 SENSOR_NAME = "mark_dead_runs"
-# a run started less than this ago may not have recorded its worker yet
-GRACE_SECONDS = int(os.environ.get("ETL_DEAD_RUN_GRACE_SECONDS") or 30)
-INTERVAL_SECONDS = int(os.environ.get("ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS") or 30)
 
 
 def mark_dead_runs(instance: DagsterInstance, now: float | None = None) -> list[str]:
     """Mark FAILURE every started run whose worker process on this host is gone; their ids."""
     now = time.time() if now is None else now
+    grace = get_settings().dead_run_grace_s  # a younger run may not have recorded its worker yet
     marked = []
     records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=500)
     for record in records:
         run = record.dagster_run
         worker = run.tags.get(WORKER_TAG)
         started = record.start_time or record.create_timestamp.timestamp()
-        if not worker or now - started < GRACE_SECONDS or worker_alive(worker) is not False:
+        if not worker or now - started < grace or worker_alive(worker) is not False:
             continue
         instance.report_run_failed(
             run, f"the process executing this run ({worker}) no longer exists: it was killed or crashed"
@@ -42,14 +48,20 @@ def mark_dead_runs(instance: DagsterInstance, now: float | None = None) -> list[
     return marked
 
 
-@sensor(
-    name=SENSOR_NAME,
-    minimum_interval_seconds=INTERVAL_SECONDS,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Marks FAILURE the started runs whose process died (e.g. `dagster asset materialize` killed), "
-    "so they never block their tenant's queue slot; the retry sensor then retries them.",
-)
-def dead_runs_sensor(context: SensorEvaluationContext):
-    marked = mark_dead_runs(context.instance)
-    for run_id in marked:
-        context.log.warning(f"run {run_id}: its process is gone; marked failed")
+def build_dead_runs_sensor() -> SensorDefinition:
+    """The sweep's sensor, ticking every ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS (read when the
+    definitions are built)."""
+
+    @sensor(
+        name=SENSOR_NAME,
+        minimum_interval_seconds=get_settings().dead_run_sensor_interval_s,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Marks FAILURE the started runs whose process died (e.g. `dagster asset materialize` killed), "
+        "so they never block their tenant's queue slot; the retry sensor then retries them.",
+    )
+    def dead_runs_sensor(context: SensorEvaluationContext):
+        marked = mark_dead_runs(context.instance)
+        for run_id in marked:
+            context.log.warning(f"run {run_id}: its process is gone; marked failed")
+
+    return dead_runs_sensor

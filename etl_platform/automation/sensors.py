@@ -3,7 +3,7 @@
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from etl_platform.automation.alerts import failure_alerts_sensor
-from etl_platform.automation.dead_runs import dead_runs_sensor
+from etl_platform.automation.dead_runs import build_dead_runs_sensor
 from etl_platform.automation.onboarding import plan_sync, registered_tenants
 from etl_platform.automation.retries import build_retry_sensor
 from etl_platform.config.registry import load_registry
@@ -33,4 +33,4 @@ def tenant_onboarding_sensor(context: SensorEvaluationContext):
 
 
 def sensors(jobs: list) -> list:
-    return [tenant_onboarding_sensor, build_retry_sensor(jobs), dead_runs_sensor, failure_alerts_sensor]
+    return [tenant_onboarding_sensor, build_retry_sensor(jobs), build_dead_runs_sensor(), failure_alerts_sensor]

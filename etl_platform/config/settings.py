@@ -32,6 +32,9 @@ class Settings:
     step_retry_delay_s: int  # ETL_STEP_RETRY_DELAY_SECONDS: first step retry delay (doubling)
     tenant_lease_timeout_s: int  # ETL_TENANT_LEASE_TIMEOUT_SECONDS: wait for a tenant busy in another run
     chunk_size: int  # ETL_CHUNK_SIZE: tenants per scheduled run
+    # ETL_DEAD_RUN_GRACE_SECONDS: a started run younger than this may not have recorded its worker yet
+    dead_run_grace_s: int
+    dead_run_sensor_interval_s: int  # ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS (read when definitions load)
 
     @property
     def data_dir(self) -> Path:
@@ -79,4 +82,39 @@ def get_settings() -> Settings:
         step_retry_delay_s=_int("ETL_STEP_RETRY_DELAY_SECONDS", 5),
         tenant_lease_timeout_s=_int("ETL_TENANT_LEASE_TIMEOUT_SECONDS", 1800),
         chunk_size=max(1, _int("ETL_CHUNK_SIZE", 50)),
+        dead_run_grace_s=_int("ETL_DEAD_RUN_GRACE_SECONDS", 30),
+        dead_run_sensor_interval_s=_int("ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS", 30),
+    )
+
+
+# --- dlt's configuration ---------------------------------------------------------------------
+
+
+def apply_dlt_defaults() -> None:
+    """dlt's configuration for the platform, where the environment does not set it already
+    (idempotent). Called where a dlt destination is made (`Warehouse.dlt_destination`), before
+    any pipeline of the process runs; dlt reads these variables when a pipeline starts and loads."""
+    os.environ.setdefault("DLT_TELEMETRY_DISABLED", "1")
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    # Arrow/Parquet loads (CSV) get the _dlt_load_id column JSON loads have (the normalizer and
+    # the stale-row sweep rely on it; dlt's extract step writes it), but no random _dlt_id per row:
+    # nothing reads it, and making it would make dlt rewrite every Parquet file it could just link
+    # (and, on PostgreSQL, keep a unique index over 1M random strings per million rows).
+    os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+    os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "false")
+    os.environ.setdefault("NORMALIZE__DATA_WRITER__DISABLE_COMPRESSION", "true")
+    # The same for the Parquet files Arrow rows (CSV) are extracted to: Snappy costs ~25% of the
+    # extract step of a large CSV and saves nothing worth having on a local, deleted-after-load file.
+    os.environ.setdefault("DATA_WRITER__COMPRESSION", "none")
+    os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
+    # DuckDB takes up to 80% of RAM by default and keeps what it read and wrote cached: a 1M-row CSV
+    # load peaked at ~1.3 GB in the loading process (which is also the Dagster step's). dlt's loading
+    # connections skip keeping insertion order (raw rows have none; DuckDB then loads Parquet in
+    # parallel and streams it with far less memory) and get 64 MB per DuckDB thread (threads = cores,
+    # at least 128 MB), beyond which DuckDB spills to disk: on 2 cores a 1M-row load peaked ~110 MB
+    # lower than at 256 MB a thread, at the same speed. Override with this variable (JSON of DuckDB
+    # settings).
+    os.environ.setdefault(
+        "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
+        f'{{"memory_limit": "{max(128, 64 * (os.cpu_count() or 1))}MB", "preserve_insertion_order": false}}',
     )

@@ -14,13 +14,23 @@ each (tenant, source) loads through its own dlt pipeline under the warehouse's w
 
 from __future__ import annotations
 
+from typing import Any
+
 from dagster import DagsterRun, QueuedRunCoordinator, SubmitRunContext
 
+from etl_platform.observability import logs
+from etl_platform.observability import warnings as known_warnings
 from etl_platform.runs.tags import _registered, missing_platform_tags
 
 
 class PlatformRunCoordinator(QueuedRunCoordinator):
     """QueuedRunCoordinator that adds the platform's run tags before enqueuing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # the webserver's and daemon's way into the platform (dagster.yaml): configure it here
+        known_warnings.install()
+        logs.configure_from_env()
+        super().__init__(*args, **kwargs)
 
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run

@@ -50,6 +50,8 @@ from dagster_docker.container_context import DockerContainerContext
 from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
 
 from etl_platform.config.registry import load_registry
+from etl_platform.observability import logs
+from etl_platform.observability import warnings as known_warnings
 
 HEALTH_CHECK_TIMEOUT_S = 10
 # ETL_* variables that describe the launching container, not the platform
@@ -57,8 +59,19 @@ NOT_FORWARDED = frozenset({"ETL_ROLE", "ETL_API_PORT"})
 log = logging.getLogger(__name__)
 
 
+def configure_process() -> None:
+    """The daemon's and webserver's way into the platform is dagster.yaml: the launcher configures
+    the platform's warning filters and logging (idempotent)."""
+    known_warnings.install()
+    logs.configure_from_env()
+
+
 class MonitoredRunLauncher(DefaultRunLauncher):
     """DefaultRunLauncher whose runs run monitoring can check (`run_monitoring` in dagster.yaml)."""
+
+    def __init__(self, inst_data=None) -> None:  # noqa: ANN001 - Dagster's signature
+        configure_process()
+        super().__init__(inst_data=inst_data)
 
     @property
     def supports_check_run_worker_health(self) -> bool:
@@ -98,6 +111,7 @@ class PlatformDockerRunLauncher(DockerRunLauncher):
     """DockerRunLauncher plus per-run limits, `volumes_from` and the platform's environment."""
 
     def __init__(self, inst_data=None, volumes_from=None, memory_limit=None, cpus=None, **docker_config: Any) -> None:
+        configure_process()
         self.volumes_from = [v.strip() for v in (volumes_from or "").split(",") if v.strip()]
         self.memory_limit = (memory_limit or "").strip() or None
         self.cpus = _cpus(cpus)

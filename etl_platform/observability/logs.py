@@ -8,8 +8,9 @@
   read API binds `request_id`; run steps may bind `tenant` and `partition`).
 - `configure_from_env()`: with ETL_LOG_FORMAT=json the `etl_platform` loggers write JSON lines
   to stderr (the Compose stack sets it); otherwise nothing changes, so `dagster dev` stays
-  human-readable. Dagster's own run logs become JSON through `python_logs` in
-  deploy/dagster.yaml.
+  human-readable. The entry points call it (`definitions.py`, `cli.py`'s `main`, the read API's
+  app factory, the run coordinator and launchers that dagster.yaml plugs in). Dagster's own run
+  logs become JSON through `python_logs` in deploy/dagster.yaml.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Silence the Dagster warnings the platform triggers knowingly, and only those.
 
-Imported first by `etl_platform/__init__.py`, so the filters are in place before any module
-declares assets, in every process that loads the platform (CLI, code server, run workers).
+Installed by the entry points (`definitions.py` before it declares assets, `cli.py`'s `main`, the
+read API's app factory, the run coordinator and launchers that dagster.yaml plugs in), so the
+filters are in place in every process that loads the platform (CLI, code server, run workers,
+daemon, webserver).
 Filters match the exact message, not a whole warning class: any other beta, preview or
 deprecation warning still shows. Plain `warnings` only: importing this must not import Dagster.
 """
@@ -26,6 +28,3 @@ def install() -> None:
     """Add one `ignore` filter per known warning (idempotent: `warnings` drops duplicates)."""
     for message, _where in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message))
-
-
-install()

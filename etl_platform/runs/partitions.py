@@ -19,12 +19,16 @@ TENANT_DIMENSION = "tenant"
 DATE_DIMENSION = "date"
 
 tenant_partitions = DynamicPartitionsDefinition(name="tenant")
-date_partitions = DailyPartitionsDefinition(
-    start_date=get_settings().start_date.isoformat(), timezone=get_settings().timezone, end_offset=1
-)
-tenant_date_partitions = MultiPartitionsDefinition(
-    {DATE_DIMENSION: date_partitions, TENANT_DIMENSION: tenant_partitions}
-)
+
+
+def tenant_date_partitions() -> MultiPartitionsDefinition:
+    """The partitions every asset shares: `date` (daily from ETL_START_DATE, in ETL_TIMEZONE,
+    including today) × `tenant`; settings read now."""
+    settings = get_settings()
+    dates = DailyPartitionsDefinition(
+        start_date=settings.start_date.isoformat(), timezone=settings.timezone, end_offset=1
+    )
+    return MultiPartitionsDefinition({DATE_DIMENSION: dates, TENANT_DIMENSION: tenant_partitions})
 
 
 def partition_key(tenant: str, day: dt.date | str) -> MultiPartitionKey:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from etl_platform.config.models import TenantsFileError
-from etl_platform.config.settings import get_settings
+from etl_platform.config.settings import apply_dlt_defaults, get_settings
 
 TENANT_SCHEMA_PREFIX = "tenant_"
 _LOCAL = threading.local()  # lock files this thread holds, with nesting depth
@@ -89,8 +89,10 @@ class Warehouse:
     # --- dlt ---------------------------------------------------------------------------------
 
     def dlt_destination(self) -> Any:
-        """The dlt destination for this warehouse."""
+        """The dlt destination for this warehouse (dlt's defaults for the platform applied first)."""
         import dlt  # only where a pipeline loads: the read API and the sensors never import dlt
+
+        apply_dlt_defaults()
 
         if self.kind == "duckdb":
             self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
@@ -306,29 +308,3 @@ def get_warehouse(url: str | None = None) -> Warehouse:
     if url is None:
         url = get_settings().warehouse_url
     return Warehouse(url)
-
-
-os.environ.setdefault("DLT_TELEMETRY_DISABLED", "1")
-os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
-# Arrow/Parquet loads (CSV) get the _dlt_load_id column JSON loads have (the normalizer and
-# the stale-row sweep rely on it; dlt's extract step writes it), but no random _dlt_id per row:
-# nothing reads it, and making it would make dlt rewrite every Parquet file it could just link
-# (and, on PostgreSQL, keep a unique index over 1M random strings per million rows).
-os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
-os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "false")
-os.environ.setdefault("NORMALIZE__DATA_WRITER__DISABLE_COMPRESSION", "true")
-# The same for the Parquet files Arrow rows (CSV) are extracted to: Snappy costs ~25% of the
-# extract step of a large CSV and saves nothing worth having on a local, deleted-after-load file.
-os.environ.setdefault("DATA_WRITER__COMPRESSION", "none")
-os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
-# DuckDB takes up to 80% of RAM by default and keeps what it read and wrote cached: a 1M-row CSV
-# load peaked at ~1.3 GB in the loading process (which is also the Dagster step's). dlt's loading
-# connections skip keeping insertion order (raw rows have none; DuckDB then loads Parquet in
-# parallel and streams it with far less memory) and get 64 MB per DuckDB thread (threads = cores,
-# at least 128 MB), beyond which DuckDB spills to disk: on 2 cores a 1M-row load peaked ~110 MB
-# lower than at 256 MB a thread, at the same speed. Override with this variable (JSON of DuckDB
-# settings).
-os.environ.setdefault(
-    "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
-    f'{{"memory_limit": "{max(128, 64 * (os.cpu_count() or 1))}MB", "preserve_insertion_order": false}}',
-)
