@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from etl_platform.config.settings import listen_address
 from etl_platform.observability import logs
 from etl_platform.observability import warnings as known_warnings
 
@@ -216,12 +217,13 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 def _listen_arguments(parser: argparse.ArgumentParser, prefix: str, port: int) -> None:
     """--host and --port, defaulting to <prefix>_HOST and <prefix>_PORT, else 127.0.0.1 and `port`."""
+    host, port_default = listen_address(prefix, port)
     parser.add_argument(
-        "--host", default=os.environ.get(f"{prefix}_HOST", "127.0.0.1"),
+        "--host", default=host,
         help=f"address to listen on (default: {prefix}_HOST, else 127.0.0.1)",
     )
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get(f"{prefix}_PORT", str(port))),
+        "--port", type=int, default=port_default,
         help=f"port to listen on (default: {prefix}_PORT, else {port})",
     )
 

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from etl_platform.api.settings import ApiSettings
+from etl_platform.config.settings import ApiSettings
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.test_api_helpers import auth, client, insert, row
 

@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 
 from etl_platform.api import create_app
 from etl_platform.api.auth import KeyRing
-from etl_platform.api.settings import ApiSettings
 from etl_platform.config.registry import Registry, parse_registry
+from etl_platform.config.settings import ApiSettings
 from etl_platform.normalize.schema import RECORD_COLUMNS, ensure_tables
 from etl_platform.warehouse import Warehouse, quote, tenant_schema
 

@@ -12,7 +12,7 @@ from dagster import DagsterInstance
 from prometheus_client.parser import text_string_to_metric_families
 
 from etl_platform.api.db import AsyncPgPool
-from etl_platform.api.settings import ApiSettings
+from etl_platform.config.settings import ApiSettings
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.test_api_helpers import KEYS, auth, client, insert, row
 

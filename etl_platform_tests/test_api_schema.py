@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from etl_platform.api import create_app
 from etl_platform.api.auth import KeyRing
-from etl_platform.api.settings import ApiSettings
+from etl_platform.config.settings import ApiSettings
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.test_api_helpers import ADMIN_KEY, KEYS, insert, registry, row
 

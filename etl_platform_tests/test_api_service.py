@@ -21,7 +21,7 @@ from dagster._daemon.types import DaemonHeartbeat
 from etl_platform.api import queries
 from etl_platform.api.middleware import JsonFormatter
 from etl_platform.api.ratelimit import RateLimiter
-from etl_platform.api.settings import ApiSettings
+from etl_platform.config.settings import ApiSettings
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.servers import first_answer
 from etl_platform_tests.test_api_helpers import ADMIN_KEY, KEYS, auth, client, insert, row

@@ -255,6 +255,10 @@ def test_the_root_holds_the_entry_points_only() -> None:
     assert {p.stem for p in PACKAGE.glob("*.py")} == ENTRY_POINTS
 
 
+def test_the_environment_is_read_in_config_and_the_entry_points_only() -> None:
+    assert environment_reads(PACKAGE) == []
+
+
 def test_imports_inside_functions_say_why() -> None:
     assert silent_local_imports(PACKAGE) == []
 

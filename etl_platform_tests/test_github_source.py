@@ -16,8 +16,9 @@ import dlt
 import pytest
 
 from etl_platform.config.models import GithubSource
+from etl_platform.config.settings import GITHUB_MAX_WAIT_ENV
 from etl_platform.sources.errors import PermanentSourceError, permanent_cause
-from etl_platform.sources.github import MAX_WAIT_ENV, build_github_source
+from etl_platform.sources.github import build_github_source
 from etl_platform.sources.guard import ForeignHostError
 from etl_platform.sources.lineage import RunContext, Window
 from etl_platform_tests import dlt_loads
@@ -48,7 +49,7 @@ def config(server: LocalServer, repositories: list[str], **kw: Any) -> GithubSou
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GH_TEST_TOKEN", TOKEN)
-    monkeypatch.setenv(MAX_WAIT_ENV, "10")
+    monkeypatch.setenv(GITHUB_MAX_WAIT_ENV, "10")
 
 
 def pipeline(tmp_path: Path, name: str = "github", destination: Any = None) -> Any:
@@ -382,7 +383,7 @@ def two_pages(server: LocalServer, first: list[Response]) -> list[float]:
 def test_rate_limits_wait_then_continue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: Any, min_wait: float
 ) -> None:
-    monkeypatch.setenv(MAX_WAIT_ENV, "1")
+    monkeypatch.setenv(GITHUB_MAX_WAIT_ENV, "1")
     with LocalServer() as server:
         times = two_pages(server, answers(str(int(time.time()) + 2)))
         started = time.monotonic()
@@ -395,7 +396,7 @@ def test_rate_limits_wait_then_continue(
 
 
 def test_reset_wait_is_until_the_reset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(MAX_WAIT_ENV, "10")
+    monkeypatch.setenv(GITHUB_MAX_WAIT_ENV, "10")
     with LocalServer() as server:
         reset = int(time.time()) + 2
         times = two_pages(

@@ -21,7 +21,7 @@ from dagster import DagsterInstance
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl_platform.api.settings import ApiSettings
+from etl_platform.config.settings import ApiSettings
 from etl_platform.observability.exporter import PlatformCollector
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.orchestration import stop_process, wait_for

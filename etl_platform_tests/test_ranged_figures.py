@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from etl_platform.api import create_app
 from etl_platform.api.auth import KeyRing
-from etl_platform.api.settings import ApiSettings
 from etl_platform.config.registry import load_registry
+from etl_platform.config.settings import ApiSettings
 from etl_platform.warehouse import Warehouse
 from etl_platform_tests.orchestration import csv_tenant
 from etl_platform_tests.platform import materialize_range, metadata_values, partition_materialization

@@ -241,7 +241,7 @@ def test_no_secret_persisted_and_none_sent_elsewhere(
     from fastapi.testclient import TestClient
 
     from etl_platform.api import create_app
-    from etl_platform.api.settings import ApiSettings
+    from etl_platform.config.settings import ApiSettings
 
     with DagsterInstance.get() as instance:
         api = TestClient(create_app(instance=instance, settings=ApiSettings(rate_limit_per_minute=0)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,8 +16,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from etl_platform.api.ratelimit import retry_after
-from etl_platform.api.settings import ADMIN_KEY_ENV
+from etl_platform.config import secrets
 from etl_platform.config.registry import Registry
+from etl_platform.config.settings import ADMIN_KEY_ENV
 from etl_platform.security.redaction import remember
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,11 @@ class KeyRing:
     def from_env(cls, registry: Registry, environ: Mapping[str, str] | None = None) -> KeyRing:
         """Read each tenant's key from its `api_key_env` variable and the admin key from
         ETL_ADMIN_API_KEY; tenants without a key cannot use the API (logged, by variable name)."""
-        env = os.environ if environ is None else environ
-        remember(env.get(ADMIN_KEY_ENV))  # keys this process holds never reach its logs or errors
+        read = secrets.value if environ is None else environ.get
+        remember(read(ADMIN_KEY_ENV))  # keys this process holds never reach its logs or errors
         keys: dict[str, str] = {}
         for tenant in registry.tenants:
-            value = env.get(tenant.api_key_env) if tenant.api_key_env else None
+            value = read(tenant.api_key_env) if tenant.api_key_env else None
             if value:
                 keys[tenant.id] = value
                 remember(value)
@@ -69,7 +69,7 @@ class KeyRing:
                 log.warning(
                     "tenant %s has no API key (%s)", tenant.id, tenant.api_key_env or "api_key_env not set"
                 )
-        return cls(keys, env.get(ADMIN_KEY_ENV) or None)
+        return cls(keys, read(ADMIN_KEY_ENV) or None)
 
     def identify(self, presented: str) -> Principal | None:
         """The tenant (or admin) owning `presented`; every configured key is compared."""

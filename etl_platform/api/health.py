@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from etl_platform.api.db import Reader
 from etl_platform.api.queries import ping
-from etl_platform.api.settings import ApiSettings
+from etl_platform.config.settings import ApiSettings
 from etl_platform.runs import history
 from etl_platform.security.redaction import redact
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from dagster import (
 )
 
 from etl_platform.config.registry import load_registry
-from etl_platform.config.settings import get_settings
+from etl_platform.config.settings import AlertSettings, get_settings
 from etl_platform.observability.channels import (
     FAILURE,
     RESOLVED,
@@ -60,14 +59,6 @@ ALL = "*"  # a failure of the tenant as a whole, or a run loading every source
 BATCH = 200  # run status events read per tick and event type
 MAX_PENDING = 1000  # undelivered messages kept in the cursor
 TICK_BUDGET_S = 30.0  # time for deliveries per tick; the rest waits for the next tick
-
-
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return float(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be a number of seconds, got {raw!r}") from exc
 
 
 @dataclass
@@ -111,7 +102,7 @@ class AlertTick:
     def _events(self) -> list[tuple[int, str, str]]:
         """(storage id, FAILURE|SUCCESS, run id) of new run status events, in storage order."""
         storage = self.instance.event_log_storage
-        lookback = _env_seconds("ETL_ALERT_LOOKBACK_SECONDS", 3600)
+        lookback = AlertSettings.from_env().lookback_s
         found, horizon = [], None
         for event_type, status in ((DagsterEventType.RUN_FAILURE, FAILURE), (DagsterEventType.RUN_SUCCESS, "success")):
             filters = RunStatusChangeRecordsFilter(
@@ -187,7 +178,7 @@ class AlertTick:
         """Failed runs with transient failures: alert once the retry sensor has given up."""
         runs = self._runs(self.state.waiting)
         settings = get_settings()
-        grace = _env_seconds("ETL_ALERT_RETRY_GRACE_SECONDS", 900)
+        grace = AlertSettings.from_env().retry_grace_s
         for run_id in list(self.state.waiting):
             run = runs.get(run_id)
             if run is None:  # deleted
@@ -268,7 +259,7 @@ class AlertTick:
 
     def deliver_pending(self) -> None:
         """Send what is pending; a channel that fails is skipped for the rest of the tick."""
-        max_age = _env_seconds("ETL_ALERT_MAX_PENDING_SECONDS", 24 * 3600)
+        max_age = AlertSettings.from_env().max_pending_s
         started, down, keep, sent = time.monotonic(), set(), [], 0
         for item in self.state.pending:
             target, alert = Target.from_json(item["target"]), Alert.from_json(item["alert"])

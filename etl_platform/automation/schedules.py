@@ -15,7 +15,6 @@ days and the tick, so evaluating a tick twice never launches a run twice.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
@@ -194,7 +193,7 @@ def build_schedules(jobs: list, keys_by_source: Mapping[str, list[AssetKey]]) ->
     @schedule(
         name="hourly_ingest",
         job=job,
-        cron_schedule=os.environ.get("ETL_HOURLY_CRON", "0 * * * *"),
+        cron_schedule=settings.hourly_cron,
         execution_timezone=settings.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
         description="Every hour: each active tenant's today partition (and yesterday's in the first "
@@ -206,7 +205,7 @@ def build_schedules(jobs: list, keys_by_source: Mapping[str, list[AssetKey]]) ->
     @schedule(
         name="daily_rebackfill",
         job=job,
-        cron_schedule=os.environ.get("ETL_REBACKFILL_CRON", "30 2 * * *"),
+        cron_schedule=settings.rebackfill_cron,
         execution_timezone=settings.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
         description="Daily: re-load the last ETL_REBACKFILL_DAYS days of every active tenant, in chunks.",
@@ -217,7 +216,7 @@ def build_schedules(jobs: list, keys_by_source: Mapping[str, list[AssetKey]]) ->
     freshness = ScheduleDefinition(
         name="tenant_freshness",
         job=next(j for j in jobs if j.name == FRESHNESS_JOB),
-        cron_schedule=os.environ.get("ETL_FRESHNESS_CRON", "45 * * * *"),
+        cron_schedule=settings.freshness_cron,
         execution_timezone=settings.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
         description="Hourly: is every active tenant's newest record younger than its freshness_hours?",

@@ -1,15 +1,3 @@
-"""Configuration: environment settings, the tenants file's models and its registry."""
-
-from etl_platform.config.models import SourceConfig, TenantConfig, TenantsFileError
-from etl_platform.config.registry import Registry, load_registry
-from etl_platform.config.settings import Settings, get_settings
-
-__all__ = [
-    "Registry",
-    "Settings",
-    "SourceConfig",
-    "TenantConfig",
-    "TenantsFileError",
-    "get_settings",
-    "load_registry",
-]
+"""Configuration: every setting from the environment (`settings.py`), secret values by variable
+name (`secrets.py`), the tenants file's models (`models.py`), its registry (`registry.py`) and
+what it may not hold (`credentials.py`)."""

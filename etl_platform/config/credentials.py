@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from etl_platform.config.settings import ADMIN_KEY_ENV
 from etl_platform.security.redaction import is_secret_name
 
 SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -32,7 +33,6 @@ LIBPQ = {
     "PGSERVICEFILE", "PGSSLKEY", "PGSSLCERT", "PGSSLROOTCERT", "PGSSLPASSWORD", "DATABASE_URL",
 }  # fmt: skip
 PLATFORM_PREFIXES = ("ETL_", "DAGSTER_", "POSTGRES_", "DESTINATION__", "CREDENTIALS__")
-ADMIN_KEY_ENV = "ETL_ADMIN_API_KEY"
 TENANT_KEY = re.compile(r"^ETL_[A-Z0-9_]+_API_KEY$")  # e.g. ETL_DEMO_API_KEY: a tenant's read-API key
 
 

@@ -7,7 +7,6 @@ Loading, caching and error reporting live in `registry.py`.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -20,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from etl_platform.config import credentials
+from etl_platform.config import credentials, secrets
 from etl_platform.security import redaction
 
 SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -429,7 +428,7 @@ def secret(env_name: str | None, *, what: str, sensitive: bool = True) -> str | 
     may hold legitimately)."""
     if env_name is None:
         return None
-    value = os.environ.get(env_name)
+    value = secrets.value(env_name)
     if not value:
         raise TenantsFileError(f"{what}: environment variable {env_name} is not set")
     if sensitive:

@@ -1,4 +1,17 @@
-"""Platform settings read from the environment (one place, typed)."""
+"""Every setting of the platform read from the environment, in one place: each with its variable,
+default and meaning.
+
+- `get_settings()`: the platform's core (tenants file, warehouse, partitions, schedules, retries,
+  leases, chunks, the dead-run sweep);
+- `ApiSettings.from_env()`: the read API;
+- `AlertSettings.from_env()`: failure alerts (the channels' URLs are secrets: `secrets.py`);
+- `exporter_lookback_hours()`, `exporter_refresh_s()`, `log_format()`, `listen_address()`,
+  `github_max_rate_limit_wait_s()`, `platform_variables()`: operations;
+- `apply_dlt_defaults()`: dlt's configuration for the platform.
+
+Settings are read when used, never at import. Secret values (read by the variable name the
+configuration gives) are `secrets.py`'s.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +48,9 @@ class Settings:
     # ETL_DEAD_RUN_GRACE_SECONDS: a started run younger than this may not have recorded its worker yet
     dead_run_grace_s: int
     dead_run_sensor_interval_s: int  # ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS (read when definitions load)
+    hourly_cron: str  # ETL_HOURLY_CRON: the hourly ingest (default "0 * * * *")
+    rebackfill_cron: str  # ETL_REBACKFILL_CRON: the daily re-backfill (default "30 2 * * *")
+    freshness_cron: str  # ETL_FRESHNESS_CRON: the tenant freshness check (default "45 * * * *")
 
     @property
     def data_dir(self) -> Path:
@@ -84,7 +100,166 @@ def get_settings() -> Settings:
         chunk_size=max(1, _int("ETL_CHUNK_SIZE", 50)),
         dead_run_grace_s=_int("ETL_DEAD_RUN_GRACE_SECONDS", 30),
         dead_run_sensor_interval_s=_int("ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS", 30),
+        hourly_cron=os.environ.get("ETL_HOURLY_CRON", "0 * * * *"),
+        rebackfill_cron=os.environ.get("ETL_REBACKFILL_CRON", "30 2 * * *"),
+        freshness_cron=os.environ.get("ETL_FRESHNESS_CRON", "45 * * * *"),
     )
+
+
+# --- the read API -------------------------------------------------------------------------------
+
+ADMIN_KEY_ENV = "ETL_ADMIN_API_KEY"  # the read API's admin key (/admin/stats, every tenant): a secret
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
+    if value < 0:
+        raise ValueError(f"environment variable {name} must not be negative, got {raw!r}")
+    return value
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How the read API behaves; `from_env()` reads the variables named in the comments."""
+
+    rate_limit_per_minute: float = 1200.0  # ETL_API_RATE_LIMIT_PER_MINUTE (0: no limit)
+    rate_limit_burst: float = 200.0  # ETL_API_RATE_LIMIT_BURST (default: 10 s worth)
+    cors_origins: tuple[str, ...] = ()  # ETL_API_CORS_ORIGINS, comma-separated ('*': any)
+    health_require_daemon: bool = False  # ETL_HEALTH_REQUIRE_DAEMON: no/stale heartbeat -> 503
+    daemon_max_age_s: float = 300.0  # ETL_HEALTH_DAEMON_MAX_AGE_SECONDS: older heartbeat is stale
+    pg_pool_size: int = 8  # ETL_API_PG_POOL_SIZE: pooled PostgreSQL connections
+    # ETL_API_PG_TENANT_CONNECTIONS: one tenant's share (0: a quarter of the pool, at most half the CPUs)
+    pg_tenant_connections: int = 0
+    statement_timeout_ms: int = 15000  # ETL_API_STATEMENT_TIMEOUT_MS: longest query (/stats); 0: no limit
+    data_timeout_ms: int = 5000  # ETL_API_DATA_TIMEOUT_MS: longest /data query (then 504); 0: no limit
+    duckdb_lock_timeout_s: float = 30.0  # ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS: wait for a writer
+    max_header_bytes: int = 16384  # ETL_API_MAX_HEADER_BYTES: request line + headers; larger: 400, connection closed
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        per_minute = _number("ETL_API_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute)
+        origins = os.environ.get("ETL_API_CORS_ORIGINS", "")
+        return cls(
+            rate_limit_per_minute=per_minute,
+            rate_limit_burst=_number("ETL_API_RATE_LIMIT_BURST", max(1.0, per_minute / 6)),
+            cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            health_require_daemon=_flag("ETL_HEALTH_REQUIRE_DAEMON"),
+            daemon_max_age_s=_number("ETL_HEALTH_DAEMON_MAX_AGE_SECONDS", cls.daemon_max_age_s),
+            pg_pool_size=max(1, int(_number("ETL_API_PG_POOL_SIZE", cls.pg_pool_size))),
+            pg_tenant_connections=int(_number("ETL_API_PG_TENANT_CONNECTIONS", cls.pg_tenant_connections)),
+            statement_timeout_ms=int(_number("ETL_API_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms)),
+            data_timeout_ms=int(_number("ETL_API_DATA_TIMEOUT_MS", cls.data_timeout_ms)),
+            duckdb_lock_timeout_s=_number("ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS", cls.duckdb_lock_timeout_s),
+            max_header_bytes=max(1024, int(_number("ETL_API_MAX_HEADER_BYTES", cls.max_header_bytes))),
+        )
+
+
+# --- failure alerts -------------------------------------------------------------------------------
+
+# The platform-wide default channels (every tenant's, unless its `alerts:` opts out). Their URLs
+# are secrets: a channel names its variable, and the value is read when an alert is sent
+# (`secrets.value`).
+ALERT_WEBHOOK_ENV = "ETL_ALERT_WEBHOOK_URL"  # a generic JSON webhook
+ALERT_SLACK_ENV = "ETL_ALERT_SLACK_WEBHOOK_URL"  # a Slack incoming webhook
+ALERT_SMTP_URL_ENV = "ETL_ALERT_SMTP_URL"  # smtp://, smtp+starttls:// or smtps://[user:password@]host[:port]
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number of seconds, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """How failure alerts behave; `from_env()` reads the variables named in the comments."""
+
+    lookback_s: float = 3600.0  # ETL_ALERT_LOOKBACK_SECONDS: the first tick reads finished runs this far back
+    # ETL_ALERT_RETRY_GRACE_SECONDS: a failed run the retry sensor left undecided this long past its
+    # retry delay alerts anyway
+    retry_grace_s: float = 900.0
+    max_pending_s: float = 24 * 3600.0  # ETL_ALERT_MAX_PENDING_SECONDS: an undeliverable alert is dropped after
+    ui_url: str = "http://127.0.0.1:3000"  # ETL_DAGSTER_UI_URL: the Dagster UI in alert links
+    email_from: str = "etl-platform@localhost"  # ETL_ALERT_EMAIL_FROM: the sender of alert e-mails
+    email_to: tuple[str, ...] = ()  # ETL_ALERT_EMAIL_TO: the platform's recipients, comma-separated
+
+    @classmethod
+    def from_env(cls) -> AlertSettings:
+        return cls(
+            lookback_s=_seconds("ETL_ALERT_LOOKBACK_SECONDS", cls.lookback_s),
+            retry_grace_s=_seconds("ETL_ALERT_RETRY_GRACE_SECONDS", cls.retry_grace_s),
+            max_pending_s=_seconds("ETL_ALERT_MAX_PENDING_SECONDS", cls.max_pending_s),
+            ui_url=(os.environ.get("ETL_DAGSTER_UI_URL") or cls.ui_url).rstrip("/"),
+            email_from=os.environ.get("ETL_ALERT_EMAIL_FROM") or cls.email_from,
+            email_to=tuple(a.strip() for a in (os.environ.get("ETL_ALERT_EMAIL_TO") or "").split(",") if a.strip()),
+        )
+
+
+# --- operations ---------------------------------------------------------------------------------
+
+# ETL_* variables that describe the container they are set in, not the platform: not forwarded to
+# a run's container
+CONTAINER_VARIABLES = frozenset({"ETL_ROLE", "ETL_API_PORT"})
+
+
+def platform_variables() -> set[str]:
+    """Names of the ETL_* settings set in this process (the run launcher forwards them to every
+    run's container), those describing this container aside."""
+    return {n for n in os.environ if n.startswith("ETL_") and n not in CONTAINER_VARIABLES}
+
+
+def log_format() -> str:
+    """ETL_LOG_FORMAT: `json` (JSON lines from the platform's loggers) or `text` (the default)."""
+    value = (os.environ.get("ETL_LOG_FORMAT") or "text").strip().lower()
+    if value not in ("json", "text"):
+        raise ValueError(f"environment variable ETL_LOG_FORMAT must be json or text, got {value!r}")
+    return value
+
+
+def listen_address(prefix: str, port: int) -> tuple[str, int]:
+    """<prefix>_HOST and <prefix>_PORT (ETL_API_*: the read API, ETL_EXPORTER_*: the metrics
+    exporter), else 127.0.0.1 and `port`."""
+    return os.environ.get(f"{prefix}_HOST", "127.0.0.1"), int(os.environ.get(f"{prefix}_PORT", str(port)))
+
+
+def exporter_lookback_hours() -> float | None:
+    """ETL_EXPORTER_LOOKBACK_HOURS: how far back the exporter's first refresh reads (unset: the
+    longest freshness window + 1 h, at least 25 h)."""
+    raw = os.environ.get("ETL_EXPORTER_LOOKBACK_HOURS", "").strip()
+    return float(raw) if raw else None
+
+
+def exporter_refresh_s() -> float:
+    """ETL_EXPORTER_REFRESH_SECONDS: seconds between the exporter's refreshes (default 15)."""
+    return float(os.environ.get("ETL_EXPORTER_REFRESH_SECONDS", "15"))
+
+
+GITHUB_MAX_WAIT_ENV = "ETL_GITHUB_MAX_RATE_LIMIT_WAIT_SECONDS"
+
+
+def github_max_rate_limit_wait_s() -> float:
+    """ETL_GITHUB_MAX_RATE_LIMIT_WAIT_SECONDS: the longest wait for GitHub's rate-limit reset
+    before a load fails (default 900)."""
+    return float(os.environ.get(GITHUB_MAX_WAIT_ENV) or 900.0)
 
 
 # --- dlt's configuration ---------------------------------------------------------------------

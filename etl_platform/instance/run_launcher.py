@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -49,13 +48,13 @@ from dagster_docker import DockerRunLauncher
 from dagster_docker.container_context import DockerContainerContext
 from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
 
+from etl_platform.config import secrets
 from etl_platform.config.registry import load_registry
+from etl_platform.config.settings import platform_variables
 from etl_platform.observability import logs
 from etl_platform.observability import warnings as known_warnings
 
 HEALTH_CHECK_TIMEOUT_S = 10
-# ETL_* variables that describe the launching container, not the platform
-NOT_FORWARDED = frozenset({"ETL_ROLE", "ETL_API_PORT"})
 log = logging.getLogger(__name__)
 
 
@@ -192,9 +191,9 @@ def tenant_env_names() -> frozenset[str]:
 
 def forwarded_env() -> set[str]:
     """Names of the variables a run's container gets from this process's environment (set ones only)."""
-    names = {n for n in os.environ if n.startswith("ETL_") and n not in NOT_FORWARDED}
+    names = platform_variables()
     try:
-        names |= {n for n in tenant_env_names() if n in os.environ}
+        names |= {n for n in tenant_env_names() if secrets.is_set(n)}
     except Exception as exc:  # a broken tenants file must not stop health checks and terminations
         log.warning("run containers get no tenant secrets: cannot read the tenants file: %s", exc)
     return names

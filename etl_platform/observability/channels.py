@@ -8,7 +8,6 @@ names the variable, never its value, so targets can be kept in a sensor cursor.
 
 from __future__ import annotations
 
-import os
 import smtplib
 import ssl
 from collections.abc import Iterable
@@ -19,16 +18,10 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from etl_platform.config import secrets
+from etl_platform.config.settings import ALERT_SLACK_ENV, ALERT_SMTP_URL_ENV, ALERT_WEBHOOK_ENV, AlertSettings
 from etl_platform.security.redaction import redact_text
 
-UI_URL_ENV = "ETL_DAGSTER_UI_URL"
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
-# the platform-wide default channels (every tenant's alerts, unless the tenant opts out)
-WEBHOOK_ENV = "ETL_ALERT_WEBHOOK_URL"
-SLACK_ENV = "ETL_ALERT_SLACK_WEBHOOK_URL"
-EMAIL_TO_ENV = "ETL_ALERT_EMAIL_TO"
-SMTP_URL_ENV = "ETL_ALERT_SMTP_URL"
-EMAIL_FROM_ENV = "ETL_ALERT_EMAIL_FROM"
 TIMEOUT_S = 5.0
 FAILURE, RESOLVED = "failure", "resolved"
 
@@ -38,8 +31,7 @@ class DeliveryError(Exception):
 
 
 def run_url(run_id: str) -> str:
-    base = (os.environ.get(UI_URL_ENV) or DEFAULT_UI_URL).rstrip("/")
-    return f"{base}/runs/{run_id}"
+    return f"{AlertSettings.from_env().ui_url}/runs/{run_id}"
 
 
 @dataclass(frozen=True)
@@ -139,21 +131,21 @@ class Target:
         return cls(data["type"], data["url_env"], tuple(data.get("to") or ()), data.get("scope", "platform"))
 
 
-def platform_targets(environ: dict[str, str] | None = None) -> list[Target]:
-    """The platform-wide default channels: those whose variable is set."""
-    env = os.environ if environ is None else environ
+def platform_targets() -> list[Target]:
+    """The platform-wide default channels (every tenant's alerts, unless the tenant opts out):
+    those whose variable is set."""
     out = []
-    if env.get(WEBHOOK_ENV):
-        out.append(Target("webhook", WEBHOOK_ENV))
-    if env.get(SLACK_ENV):
-        out.append(Target("slack", SLACK_ENV))
-    recipients = tuple(a.strip() for a in (env.get(EMAIL_TO_ENV) or "").split(",") if a.strip())
+    if secrets.value(ALERT_WEBHOOK_ENV):
+        out.append(Target("webhook", ALERT_WEBHOOK_ENV))
+    if secrets.value(ALERT_SLACK_ENV):
+        out.append(Target("slack", ALERT_SLACK_ENV))
+    recipients = AlertSettings.from_env().email_to
     if recipients:
-        out.append(Target("email", SMTP_URL_ENV, recipients))
+        out.append(Target("email", ALERT_SMTP_URL_ENV, recipients))
     return out
 
 
-def tenant_targets(tenant: Any, environ: dict[str, str] | None = None) -> list[Target]:
+def tenant_targets(tenant: Any) -> list[Target]:
     """A tenant's channels (its `alerts:` in the tenants file) plus the platform's defaults."""
     alerts = getattr(tenant, "alerts", None)
     scope = f"tenant:{tenant.id}"
@@ -164,14 +156,14 @@ def tenant_targets(tenant: Any, environ: dict[str, str] | None = None) -> list[T
         elif channel.type == "slack":
             out.append(Target("slack", channel.webhook_url_env, scope=scope))
         else:
-            out.append(Target("email", channel.smtp_url_env or SMTP_URL_ENV, tuple(channel.to), scope=scope))
+            out.append(Target("email", channel.smtp_url_env or ALERT_SMTP_URL_ENV, tuple(channel.to), scope=scope))
     if alerts is None or alerts.platform_default:
-        out.extend(platform_targets(environ))
+        out.extend(platform_targets())
     return unique(out)
 
 
 def _secret(env_name: str) -> str:
-    value = os.environ.get(env_name)
+    value = secrets.value(env_name)
     if not value:
         raise DeliveryError(f"environment variable {env_name} is not set")
     return value
@@ -194,7 +186,7 @@ def _send_email(target: Target, alert: Alert, timeout_s: float) -> None:
         raise DeliveryError(f"{target.describe()}: expected smtp://, smtp+starttls:// or smtps://host[:port]")
     message = EmailMessage()
     message["Subject"] = alert.title()
-    message["From"] = os.environ.get(EMAIL_FROM_ENV) or "etl-platform@localhost"
+    message["From"] = AlertSettings.from_env().email_from
     message["To"] = ", ".join(target.to)
     message.set_content(alert.text() + "\n")
     try:

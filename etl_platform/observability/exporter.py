@@ -10,7 +10,6 @@ never run ids, partitions or messages.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from etl_platform.config.registry import load_registry
+from etl_platform.config.settings import exporter_lookback_hours, exporter_refresh_s
 from etl_platform.observability.platform_state import PlatformState
 from etl_platform.warehouse import get_warehouse
 
@@ -122,9 +122,9 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
 
 def _lookback_s(load_registry: Any) -> float:
     """ETL_EXPORTER_LOOKBACK_HOURS, else the longest freshness window + 1 h (at least 25 h)."""
-    raw = os.environ.get("ETL_EXPORTER_LOOKBACK_HOURS", "").strip()
-    if raw:
-        return float(raw) * 3600
+    hours = exporter_lookback_hours()
+    if hours is not None:
+        return hours * 3600
     try:
         longest = max((t.freshness_hours for t in load_registry().active_tenants()), default=24)
     except Exception:  # noqa: BLE001 - the collector reports the tenants file itself
@@ -153,7 +153,7 @@ class Exporter:
         self.collector = PlatformCollector(instance)
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)
-        self.interval_s = interval_s or float(os.environ.get("ETL_EXPORTER_REFRESH_SECONDS", "15"))
+        self.interval_s = interval_s or exporter_refresh_s()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="etl-exporter-refresh", daemon=True)
 

@@ -19,15 +19,14 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from etl_platform.config.settings import log_format
 from etl_platform.security.redaction import redact_text
 
-LOG_FORMAT_ENV = "ETL_LOG_FORMAT"
 _CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("etl_log_context", default=None)
 _HANDLER_NAME = "etl-json"
 # Dagster tags worth a field of their own
@@ -107,10 +106,7 @@ def json_handler(stream: Any = None) -> logging.Handler:
 def configure_from_env(logger_name: str = "etl_platform") -> bool:
     """ETL_LOG_FORMAT=json: JSON lines on stderr for the platform's loggers (idempotent);
     anything else leaves logging alone. True when JSON is on."""
-    value = (os.environ.get(LOG_FORMAT_ENV) or "text").strip().lower()
-    if value not in ("json", "text"):
-        raise ValueError(f"environment variable {LOG_FORMAT_ENV} must be json or text, got {value!r}")
-    if value != "json":
+    if log_format() != "json":
         return False
     logger = logging.getLogger(logger_name)
     if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):

@@ -9,7 +9,6 @@ three. Classification is by type (`isinstance`), along the whole cause chain.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from dagster import DagsterEventType, Failure, MetadataValue
 from pydantic import ValidationError
 
+from etl_platform.config import secrets
 from etl_platform.config.models import TenantsFileError
 from etl_platform.security.redaction import redact, scrub_exception
 from etl_platform.sources.errors import PERMANENT_HTTP_STATUSES, PermanentSourceError
@@ -93,8 +93,8 @@ def secrets_of(config: Any) -> list[str]:
             obj = obj.model_dump()
         if isinstance(obj, dict):
             for key, value in obj.items():
-                if key.endswith("_env") and isinstance(value, str) and os.environ.get(value):
-                    values.append(os.environ[value])
+                if key.endswith("_env") and isinstance(value, str) and secrets.value(value):
+                    values.append(secrets.value(value))
                 else:
                     walk(value)
         elif isinstance(obj, list):

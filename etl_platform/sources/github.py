@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,18 +41,13 @@ from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.paginators import HeaderLinkPaginator
 
 from etl_platform.config.models import GithubSource, secret
+from etl_platform.config.settings import github_max_rate_limit_wait_s
 from etl_platform.sources.http import HeaderAuth, pages, raw_row, redact, rest_client, status_hook
 from etl_platform.sources.lineage import PARTITION_DATE, RECORD, RunContext, apply_raw_hints, parse_time
 from etl_platform.sources.pages import OUTSIDE_WINDOW, ApiStats
 
-MAX_WAIT_ENV = "ETL_GITHUB_MAX_RATE_LIMIT_WAIT_SECONDS"
-DEFAULT_MAX_WAIT = 900.0
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub: without Retry-After, wait at least a minute
 HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-
-
-def max_rate_limit_wait() -> float:
-    return float(os.environ.get(MAX_WAIT_ENV) or DEFAULT_MAX_WAIT)
 
 
 def is_rate_limited(response: Response) -> bool:
@@ -70,7 +64,7 @@ def is_rate_limited(response: Response) -> bool:
 
 def wait_for_rate_limit(response: Response, *args: Any, **kwargs: Any) -> None:
     """Response hook: sleep until the rate limit resets (capped) when it is exhausted."""
-    headers, cap = response.headers, max_rate_limit_wait()
+    headers, cap = response.headers, github_max_rate_limit_wait_s()
     if "Retry-After" in headers:
         return  # dlt's retry waits Retry-After
     if headers.get("X-RateLimit-Remaining") == "0":

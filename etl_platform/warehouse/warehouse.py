@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import re
 import threading
 import time
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from etl_platform.config import secrets
 from etl_platform.config.models import TenantsFileError
 from etl_platform.config.settings import apply_dlt_defaults, get_settings
 
@@ -104,7 +104,7 @@ class Warehouse:
         parts = urlsplit(self.postgres_dsn)
         if parts.password is None:
             # dlt insists on a password; trust/peer auth ignores it (PGPASSWORD is honoured if set)
-            password = os.environ.get("PGPASSWORD") or "unused"
+            password = secrets.value("PGPASSWORD") or "unused"
             user = parts.username or "postgres"
             host = parts.netloc.rsplit("@", 1)[-1]
             dsn = urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
@@ -294,7 +294,7 @@ def warehouse_for(tenant: Any = None) -> Warehouse:
     a PostgreSQL database or server of its own) or the platform's (ETL_WAREHOUSE_URL)."""
     env = getattr(tenant, "warehouse_url_env", None)
     if env:
-        url = os.environ.get(env)
+        url = secrets.value(env)
         if not url:
             raise TenantsFileError(
                 f"tenant {tenant.id!r}, field 'warehouse_url_env': environment variable {env} is not set"

@@ -1,0 +1,21 @@
+"""Secret values, read from the environment by the variable name the configuration gives: the
+tenants file's `*_env` fields (sources' credentials, read-API keys, `warehouse_url_env`, alert
+channels), the platform's alert channels and admin key, libpq's PGPASSWORD.
+
+Besides `settings.py`, the only reader of the environment. Values are read when used and never
+kept in configuration, cursors or logs (whoever reads a secret remembers it for redaction).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def value(name: str) -> str | None:
+    """The value of the variable `name`; None when it is not set."""
+    return os.environ.get(name)
+
+
+def is_set(name: str) -> bool:
+    """The variable `name` is set (an empty value counts as set, as in the environment)."""
+    return name in os.environ
