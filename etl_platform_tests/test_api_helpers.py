@@ -22,10 +22,11 @@ from fastapi.testclient import TestClient
 
 from etl_platform.api import create_app
 from etl_platform.api.auth import KeyRing
+from etl_platform.config.names import tenant_schema
 from etl_platform.config.registry import Registry, parse_registry
 from etl_platform.config.settings import ApiSettings
 from etl_platform.normalize.schema import RECORD_COLUMNS, ensure_tables
-from etl_platform.warehouse import Warehouse, quote, tenant_schema
+from etl_platform.warehouse import Warehouse, quote
 
 KEYS = {"acme": "acme-key-0123456789", "globex": "globex-key-9876543210"}
 ADMIN_KEY = "admin-key-secret-000"

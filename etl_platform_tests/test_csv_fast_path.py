@@ -16,12 +16,13 @@ import pyarrow as pa
 import pytest
 
 from etl_platform.config.models import CsvSource
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.sources.csv import arrow_pass
 from etl_platform.sources.csv import source as csv_source
 from etl_platform.sources.csv.arrow_pass import json_objects
 from etl_platform.sources.csv.layout import CsvStats
 from etl_platform.sources.csv.source import _read
-from etl_platform.sources.lineage import EXTRACTED_AT, REJECTS_TABLE, RunContext, Window
+from etl_platform.sources.lineage import EXTRACTED_AT, RunContext, Window
 
 DATA = Path(__file__).parent / "data" / "csv"
 DAYS = (dt.date(2024, 3, 10), dt.date(2024, 3, 11))

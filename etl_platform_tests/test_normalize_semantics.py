@@ -11,9 +11,10 @@ from pathlib import Path
 import dlt
 
 from etl_platform.config.models import TenantConfig
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.normalize.run import normalize_tenant
 from etl_platform.sources.csv.source import apply_load_hints, build_csv_source
-from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, Window
+from etl_platform.sources.lineage import RunContext, Window
 from etl_platform.warehouse import Warehouse
 
 DAY = dt.date(2024, 3, 1)

@@ -17,9 +17,10 @@ from fastapi.testclient import TestClient
 
 from etl_platform.api.app import create_app
 from etl_platform.api.auth import KeyRing
+from etl_platform.config.names import tenant_schema
 from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import ApiSettings
-from etl_platform.warehouse import Warehouse, tenant_schema
+from etl_platform.warehouse import Warehouse
 from etl_platform_tests.conftest import create_pg_database, drop_pg_database
 from etl_platform_tests.jsonserver import collection_handler
 from etl_platform_tests.platform import materialize

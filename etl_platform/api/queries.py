@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 
 from etl_platform.api.db import Reader, Row
+from etl_platform.config.names import tenant_schema
 from etl_platform.normalize.schema import RECORD_COLUMNS, RECORDS_TABLE
-from etl_platform.warehouse import quote, tenant_schema
+from etl_platform.warehouse import quote
 
 COLUMNS = tuple(RECORD_COLUMNS)
 ORDER = "ORDER BY sort_at DESC, record_id DESC"

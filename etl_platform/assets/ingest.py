@@ -30,7 +30,6 @@ from etl_platform.assets.keys import (
     DRIFT_CHECK,
     ENGINEERING_KEY,
     RECORDS_KEY,
-    REJECTS_RESOURCE,
     resource_of,
     source_of,
 )
@@ -39,6 +38,7 @@ from etl_platform.assets.normalized import normalize_partitions
 from etl_platform.assets.raw import SourceLoad, load_source, selected_resources
 from etl_platform.assets.specs import check_specs, metrics_spec, raw_specs, records_spec
 from etl_platform.config.models import TenantConfig
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
 from etl_platform.normalize.drift import remember_schema
@@ -63,7 +63,7 @@ def build_ingest_assets(registry: Registry, warehouse: Warehouse) -> AssetsDefin
     """Every asset of the platform, as one multi-asset (see the module docstring)."""
     raw = raw_specs(registry, warehouse.kind, warehouse.dlt_destination())
     raw_keys = [spec.key for spec in raw]
-    data_keys = [key for key in raw_keys if resource_of(key) != REJECTS_RESOURCE]
+    data_keys = [key for key in raw_keys if resource_of(key) != REJECTS_TABLE]
 
     @multi_asset(
         name=STEP_NAME,
@@ -251,7 +251,7 @@ class TenantRun:
                     yield from drift_check(res.key, self.tenant.id, self.days, res.observed, previous, at)
 
     def _log_load(self, load: SourceLoad) -> None:
-        rows = sum(sum(r.rows_by_day.values()) for r in load.resources if r.resource != REJECTS_RESOURCE)
+        rows = sum(sum(r.rows_by_day.values()) for r in load.resources if r.resource != REJECTS_TABLE)
         rejects = sum(load.rejects_by_day.values())
         notes = [f"warning: {load.stats['warning']}"] if load.stats.get("warning") else []
         for name in ("skipped_by_reason", "event_time_fallbacks", "contract_violations"):

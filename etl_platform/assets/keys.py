@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dagster import AssetKey
 
+from etl_platform.config import names
+
 RAW_GROUP = "raw"
 NORMALIZED_GROUP = "normalized"
 METRICS_GROUP = "metrics"
@@ -22,19 +24,11 @@ DRIFT_CHECK = "schema_drift"
 # on metrics/engineering, per partition
 UNMAPPED_STATUSES_CHECK = "unmapped_jira_statuses"
 
-REJECTS_RESOURCE = "rejects"
-
-
-def raw_table(source: str, resource: str) -> str:
-    """The warehouse table of a raw resource: `<source>_<resource>`; ingestion rejects of every
-    source share the tenant's `rejects` table."""
-    return REJECTS_RESOURCE if resource == REJECTS_RESOURCE else f"{source}_{resource}"
-
 
 def raw_asset_key(source: str, resource: str) -> AssetKey:
     """`raw/<source>/<source>_<resource>`: the last part, which the UI shows on the node, names the
     source too (two sources' `rejects` nodes read `products_rejects` and `tickets_rejects`)."""
-    return AssetKey(["raw", source, f"{source}_{resource}"])
+    return AssetKey(["raw", source, names.raw_name(source, resource)])
 
 
 def source_of(key: AssetKey) -> str | None:
@@ -44,4 +38,4 @@ def source_of(key: AssetKey) -> str | None:
 
 def resource_of(key: AssetKey) -> str:
     """The dlt resource name of a raw asset key."""
-    return key.path[2][len(key.path[1]) + 1 :]
+    return names.resource_of(key.path[1], key.path[2])

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import dlt
 from dagster import AssetKey, MetadataValue, TableColumn, TableSchema
 
-from etl_platform.assets.keys import REJECTS_RESOURCE, raw_asset_key, raw_table
+from etl_platform.assets.keys import raw_asset_key
 from etl_platform.config.models import SourceConfig, TenantConfig
+from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
 from etl_platform.normalize.drift import observed_schema
@@ -95,19 +97,15 @@ def load_source(
     settings = get_settings()
     ctx = lineage.RunContext(tenant.id, config.name, context.run.run_id, lineage.Window(tuple(days), settings.timezone))
     source = build_source(config, registry, ctx)
-    apply_load_hints(source, config, warehouse.kind)
+    apply_load_hints(source, config, warehouse.kind)  # how this kind loads (CSV: appended, then swept)
     stats = getattr(source, "etl_stats", None)  # filled while the (selected clone of the) source runs
-    names = [r for r in resources if r in source.resources]
-    if REJECTS_RESOURCE in source.resources and REJECTS_RESOURCE not in names:
-        names.append(REJECTS_RESOURCE)  # rows a loader rejects are kept whatever the selection
-    source = source.with_resources(*names)
+    source = source.with_resources(*_with_rejects(source, resources))
     pipeline = dlt.pipeline(
         pipeline_name=pipeline_name(tenant.id, config.name),
         destination=warehouse.dlt_destination(),
         dataset_name=tenant.dataset,
         pipelines_dir=pipelines_dir(),
     )
-    dataset = tenant.dataset
 
     def writer() -> Any:  # DuckDB: one writing process at a time; PostgreSQL: one load per (tenant, source)
         return warehouse.lock(write=True, name="" if warehouse.kind == "duckdb" else f"{tenant.id}/{config.name}")
@@ -118,64 +116,100 @@ def load_source(
         pipeline.abort_packages()
         pipeline.sync_destination()
         guards = _contract_guards(pipeline, source, config, ctx)
-    # extract and normalize touch only local files: outside the writer's lock, so that other runs'
-    # loads go on meanwhile (DuckDB has one writer); the destination was synced just above
+    load_info = _extract_and_load(pipeline, source, guards, writer)
+    with writer():
+        load_ids = _load_ids(pipeline, load_info, guards)
+        with warehouse.connect(write=True) as conn:
+            settled = _settle_slice(conn, tenant.dataset, pipeline, load_info, load_ids, source, config, days)
+    loads, counts, swept = settled
+    return SourceLoad(
+        source=config.name,
+        resources=loads,
+        rejects_by_day=counts.get(raw_table(config.name, REJECTS_TABLE), {d: 0 for d in days}),
+        stats={**_stats(stats), **_contract_stats(guards)},
+        swept=swept,
+        duration_s=round(time.monotonic() - started, 3),
+    )
+
+
+def _with_rejects(source: Any, resources: list[str]) -> list[str]:
+    """The selected resources the source has, and its rejects: rows a loader rejects are kept
+    whatever the selection."""
+    names = [r for r in resources if r in source.resources]
+    if REJECTS_TABLE in source.resources and REJECTS_TABLE not in names:
+        names.append(REJECTS_TABLE)
+    return names
+
+
+def _extract_and_load(pipeline: Any, source: Any, guards: list, writer: Callable[[], Any]) -> Any:
+    """Extract and normalize (local files only: outside the writer's lock, so that other runs'
+    loads go on meanwhile; the destination was synced just before), then load under the lock.
+    A schema contract (freeze) that refused the data fails as permanent, naming every field."""
     pipeline.config.restore_from_destination = False
     try:
         pipeline.extract(source)
         pipeline.normalize()
         with writer():
-            load_info = pipeline.load()
+            return pipeline.load()
     except Exception:
         refused = [g.describe() for g in guards if g.mode == "freeze" and g.stats.violations]
         if refused:  # name every field as the source writes it (dlt names its variant column)
             raise PermanentSourceError("; ".join(refused)) from None
         raise
-    with writer():
-        load_info.raise_on_failed_jobs()
-        load_ids = list(load_info.loads_ids)
-        diverted = [row for guard in guards for row in guard.rejected]
-        if diverted:  # rows or values a contract discarded: kept in `rejects` with the reason
-            extra = pipeline.run(rejects_resource(diverted))
-            extra.raise_on_failed_jobs()
-            load_ids += list(extra.loads_ids)
-        metadata = {name: _table_metadata(pipeline, raw_table(config.name, name)) for name in source.selected_resources}
-        with warehouse.connect(write=True) as conn:
-            tables = [raw_table(config.name, r) for r in source.selected_resources]
-            if REJECTS_RESOURCE not in source.selected_resources and conn.table_exists(dataset, REJECTS_RESOURCE):
-                tables.append(REJECTS_RESOURCE)  # rows a contract diverted
-            for table in tables:
-                if conn.dialect == "postgres" and conn.table_exists(dataset, table):
-                    ensure_slice_index(conn, dataset, table)
-                    analyze_if_stale(conn, dataset, table)
-            swept = _sweep_stale_rows(conn, dataset, config.name, days, load_ids)
-            counts = {t: _rows_by_day(conn, dataset, t, config.name, days) for t in tables}
-            loads = [
-                ResourceLoad(
-                    key=raw_asset_key(config.name, name),
-                    resource=name,
-                    table=f"{dataset}.{raw_table(config.name, name)}",
-                    rows_by_day=counts[raw_table(config.name, name)],
-                    metadata=_resource_metadata(
-                        metadata[name], _schema_changes(load_info, raw_table(config.name, name))
-                    ),
-                    observed=(
-                        {}
-                        if name == REJECTS_RESOURCE
-                        else observed_schema(conn, dataset, raw_table(config.name, name), load_ids, config.name, days)
-                    ),
-                )
-                for name in source.selected_resources
-            ]
-    rejects = counts.get(raw_table(config.name, REJECTS_RESOURCE), {d: 0 for d in days})
-    return SourceLoad(
-        source=config.name,
-        resources=loads,
-        rejects_by_day=rejects,
-        stats={**_stats(stats), **_contract_stats(guards)},
-        swept=swept,
-        duration_s=round(time.monotonic() - started, 3),
-    )
+
+
+def _load_ids(pipeline: Any, load_info: Any, guards: list) -> list[str]:
+    """The loads of this run: the source's, then the rows or values a contract discarded (kept in
+    `rejects` with the reason)."""
+    load_info.raise_on_failed_jobs()
+    load_ids = list(load_info.loads_ids)
+    diverted = [row for guard in guards for row in guard.rejected]
+    if diverted:
+        extra = pipeline.run(rejects_resource(diverted))
+        extra.raise_on_failed_jobs()
+        load_ids += list(extra.loads_ids)
+    return load_ids
+
+
+def _settle_slice(
+    conn: Connection,
+    dataset: str,
+    pipeline: Any,
+    load_info: Any,
+    load_ids: list[str],
+    source: Any,
+    config: SourceConfig,
+    days: list[dt.date],
+) -> tuple[list[ResourceLoad], dict[str, dict[dt.date, int]], dict[str, int]]:
+    """After the load, under the writer's lock: slice indexes and statistics (PostgreSQL), the
+    earlier loads of the slice swept, rows counted per table and day. (loads per resource, counts
+    per table, rows swept per table)."""
+    metadata = {name: _table_metadata(pipeline, raw_table(config.name, name)) for name in source.selected_resources}
+    tables = [raw_table(config.name, r) for r in source.selected_resources]
+    if REJECTS_TABLE not in source.selected_resources and conn.table_exists(dataset, REJECTS_TABLE):
+        tables.append(REJECTS_TABLE)  # rows a contract diverted
+    for table in tables:
+        if conn.dialect == "postgres" and conn.table_exists(dataset, table):
+            ensure_slice_index(conn, dataset, table)
+            analyze_if_stale(conn, dataset, table)
+    swept = _sweep_stale_rows(conn, dataset, config.name, days, load_ids)
+    counts = {t: _rows_by_day(conn, dataset, t, config.name, days) for t in tables}
+    loads = [
+        ResourceLoad(
+            key=raw_asset_key(config.name, name),
+            resource=name,
+            table=f"{dataset}.{raw_table(config.name, name)}",
+            rows_by_day=counts[raw_table(config.name, name)],
+            metadata=_resource_metadata(metadata[name], _schema_changes(load_info, raw_table(config.name, name))),
+            observed=(
+                {}
+                if name == REJECTS_TABLE
+                else observed_schema(conn, dataset, raw_table(config.name, name), load_ids, config.name, days)
+            ),
+        )
+        for name in source.selected_resources
+    ]
+    return loads, counts, swept
 
 
 def _table_metadata(pipeline: Any, table: str) -> dict[str, Any]:

@@ -23,12 +23,11 @@ from etl_platform.assets.keys import (
     RAW_GROUP,
     RECONCILIATION_CHECK,
     RECORDS_KEY,
-    REJECTS_RESOURCE,
     UNIQUE_KEY_CHECK,
     UNMAPPED_STATUSES_CHECK,
     raw_asset_key,
-    raw_table,
 )
+from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
 from etl_platform.runs.partitions import tenant_date_partitions
@@ -59,7 +58,7 @@ class RawTranslator(DagsterDltTranslator):
         what = (
             f"Rows of the {KIND_DESCRIPTIONS.get(self.kind, self.kind)} source `{self.source}` that could not be "
             "loaded (file and line or page, raw text, reason), in each tenant's table `rejects`."
-            if resource == REJECTS_RESOURCE
+            if resource == REJECTS_TABLE
             else f"Raw `{resource}` rows of the {KIND_DESCRIPTIONS.get(self.kind, self.kind)} source "
             f"`{self.source}`, as received (original record in `_etl_record`) with lineage, in each tenant's "
             f"table `tenant_<id>.{raw_table(self.source, resource)}`."
@@ -155,7 +154,7 @@ def check_specs(raw_keys: list[AssetKey]) -> list[AssetCheckSpec]:
                 "fields of this load vs the tenant's previous load: added warn, removed or retyped are errors",
             )
             for key in raw_keys
-            if not key.path[-1].endswith(f"_{REJECTS_RESOURCE}")
+            if not key.path[-1].endswith(f"_{REJECTS_TABLE}")
         ),
         spec(
             UNMAPPED_STATUSES_CHECK,

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from etl_platform.config import credentials, secrets
+from etl_platform.config.names import raw_name, tenant_schema
 from etl_platform.security import redaction
 
 SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -205,7 +206,7 @@ class _SourceBase(_Model):
     @model_validator(mode="after")
     def _table_names_fit(self) -> _SourceBase:
         for resource in self.resource_names:
-            table = f"{self.name}_{resource}"
+            table = raw_name(self.name, resource)
             if len(table) > MAX_TABLE_NAME:
                 raise ValueError(
                     f"raw table name {table!r} (source name + '_' + resource name) is {len(table)} characters; "
@@ -416,7 +417,7 @@ class TenantConfig(_Model):
 
     @property
     def dataset(self) -> str:
-        return f"tenant_{self.id}"
+        return tenant_schema(self.id)
 
     def source(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)

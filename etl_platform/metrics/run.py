@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl_platform.config.models import TenantConfig
+from etl_platform.config.names import raw_table
 from etl_platform.metrics.engineering import (
     Commit,
     Deployment,
@@ -147,7 +148,7 @@ def _raw_repositories(conn: Connection, schema: str, sources: list[str]) -> dict
     out: dict[tuple[str, str], str] = {}
     for source in sources:
         for resource in ("releases", "deployments"):
-            table = f"{source}_{resource}"
+            table = raw_table(source, resource)
             if "repository" not in conn.columns(schema, table):
                 continue
             for key, repository in conn.query(

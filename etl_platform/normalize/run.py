@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from etl_platform.config.models import SourceConfig, TenantConfig
+from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.normalize.checks import DayChecks, check_days
 from etl_platform.normalize.mapping import Mapping, build_mapping
 from etl_platform.normalize.schema import (
@@ -68,24 +69,19 @@ class NormalizeResult:
     checks_s: float = 0.0  # the checks' queries
 
 
-def raw_table_name(source: str, resource: str) -> str:
-    """Raw tables are `<source>_<resource>` in the tenant's dataset."""
-    return f"{source}_{resource}"
-
-
 def mappings_for(source: SourceConfig) -> list[tuple[str, Mapping]]:
     """(raw table, mapping) for each data resource of a source."""
     primary_key = getattr(source, "primary_key", None) or None
     out = []
     for resource in source.resource_names:
-        if resource == lineage.REJECTS_TABLE:
+        if resource == REJECTS_TABLE:
             continue
         pk = primary_key
         if source.kind == "rest_api":
             spec = next(r for r in source.resources if r.name == resource)
             pk = [spec.primary_key] if isinstance(spec.primary_key, str) else spec.primary_key
         mapping = build_mapping(source.name, source.kind, resource, source.field_mapping, pk)
-        out.append((raw_table_name(source.name, resource), mapping))
+        out.append((raw_table(source.name, resource), mapping))
     return out
 
 
@@ -291,10 +287,10 @@ def _upsert(conn: Connection, schema: str, valid: int) -> int:
 
 def _ingest_rejects(conn: Connection, schema: str, days_sql: str, result: NormalizeResult) -> None:
     """Rows the loaders rejected in the days, per day (every source of the tenant)."""
-    if not conn.table_exists(schema, lineage.REJECTS_TABLE):
+    if not conn.table_exists(schema, REJECTS_TABLE):
         return
     rows = conn.query(
-        f"SELECT {quote(lineage.PARTITION_DATE)}, count(*) FROM {quote(schema)}.{quote(lineage.REJECTS_TABLE)} "
+        f"SELECT {quote(lineage.PARTITION_DATE)}, count(*) FROM {quote(schema)}.{quote(REJECTS_TABLE)} "
         f"WHERE {quote(lineage.PARTITION_DATE)} IN ({days_sql}) GROUP BY 1"
     )
     for day, count in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 from etl_platform.normalize.mapping import (
     ACTIVE_FLAG_FIELDS,
@@ -234,38 +235,79 @@ def select_for(
     it took, and the parsed times and number; 3 the unified columns and the reject reason: a missing id, or a
     date or number that does not parse (the value is never dropped silently).
     """
-    c = {
-        col: [n for n in names if all(column in has_columns for column in raw_columns(n))]
-        for col, names in mapping.candidates.items()
-    }
-    flags = [*ACTIVE_FLAG_FIELDS, *DELETED_FLAG_FIELDS]
-    names = list(dict.fromkeys([*(n for ns in c.values() for n in ns), *flags]))
-    cand = {n: alias("c", str(i)) for i, n in enumerate(names)}
-    text = {col: alias("t", col) for col in c}
-    none = "CAST(NULL AS VARCHAR)" if dialect == "duckdb" else "CAST(NULL AS TEXT)"
-    get = lambda col: text.get(col, none)  # noqa: E731
-    fence = " OFFSET 0" if dialect == "postgres" else ""
-    lineage_cols = [quote(lineage.PARTITION_DATE), quote(lineage.ROW_KEY), "_dlt_load_id", RECORD]
-    raw_cols = list(dict.fromkeys([*lineage_cols, *(quote(col) for n in names for col in raw_columns(n))]))
+    plan = _Plan.of(dialect, mapping, has_columns)
+    layer1 = _candidates_layer(plan, mapping, schema, table, days_sql)
+    layer2 = _ParsedLayer.of(plan, layer1, safe_casts)
+    columns = _unified_columns(plan, layer2, mapping, tenant_id, table)
+    select = ",\n  ".join(f"{expr} AS {quote(name)}" for name, expr in columns.items())
+    return f"SELECT\n  {select}\nFROM ({layer2.sql}) AS l2"
 
-    # record paths a column may take, with the condition (per column listing it) that it did
-    removals: dict[Path, list[str]] = {}
-    took: dict[str, str] = {}
-    for col, ns in c.items():
-        if any(is_record_path(n) for n in ns):
-            took[col] = alias("k", col)
-            for index, n in enumerate(ns):
-                if is_record_path(n):
-                    removals.setdefault(path(n), []).append(f"{took[col]} = {index}")
 
-    # layer 0 + 1
+@dataclass
+class _Plan:
+    """What one raw table offers a mapping: per unified column the candidates the table can read,
+    every distinct candidate (and the flag fields) with its alias, the raw columns every layer
+    carries, and which record paths a column may take."""
+
+    dialect: str
+    candidates: dict[str, list[str]]  # unified column -> candidates the table can read
+    flags: list[str]  # the fields flagging a record active or deleted
+    names: list[str]  # every distinct candidate and flag field
+    cand: dict[str, str]  # candidate -> its alias (layer 1)
+    text: dict[str, str]  # unified column -> its text alias (layer 2)
+    fence: str  # PostgreSQL: `OFFSET 0` keeps a layer from being inlined
+    raw_cols: list[str]  # the raw columns every layer carries
+    took: dict[str, str]  # unified column reading record paths -> the alias of the candidate it took
+    removals: dict[Path, list[str]]  # record path -> the condition (per column listing it) that it was taken
+
+    @classmethod
+    def of(cls, dialect: str, mapping: Mapping, has_columns: set[str]) -> _Plan:
+        c = {
+            col: [n for n in names if all(column in has_columns for column in raw_columns(n))]
+            for col, names in mapping.candidates.items()
+        }
+        flags = [*ACTIVE_FLAG_FIELDS, *DELETED_FLAG_FIELDS]
+        names = list(dict.fromkeys([*(n for ns in c.values() for n in ns), *flags]))
+        lineage_cols = [quote(lineage.PARTITION_DATE), quote(lineage.ROW_KEY), "_dlt_load_id", RECORD]
+        raw_cols = list(dict.fromkeys([*lineage_cols, *(quote(col) for n in names for col in raw_columns(n))]))
+        # record paths a column may take, with the condition (per column listing it) that it did
+        removals: dict[Path, list[str]] = {}
+        took: dict[str, str] = {}
+        for col, ns in c.items():
+            if any(is_record_path(n) for n in ns):
+                took[col] = alias("k", col)
+                for index, n in enumerate(ns):
+                    if is_record_path(n):
+                        removals.setdefault(path(n), []).append(f"{took[col]} = {index}")
+        return cls(
+            dialect=dialect,
+            candidates=c,
+            flags=flags,
+            names=names,
+            cand={n: alias("c", str(i)) for i, n in enumerate(names)},
+            text={col: alias("t", col) for col in c},
+            fence=" OFFSET 0" if dialect == "postgres" else "",
+            raw_cols=raw_cols,
+            took=took,
+            removals=removals,
+        )
+
+    def get(self, col: str) -> str:
+        """A unified column's text (layer 2), else a typed NULL."""
+        return self.text.get(col, "CAST(NULL AS VARCHAR)" if self.dialect == "duckdb" else "CAST(NULL AS TEXT)")
+
+
+def _candidates_layer(plan: _Plan, mapping: Mapping, schema: str, table: str, days_sql: str) -> str:
+    """Layers 0 and 1: the partition slice with each distinct candidate as trimmed text (DuckDB
+    extracts every record path in one parse of `_etl_record` first)."""
+    names, cand = plan.names, plan.cand
     source = f"{quote(schema)}.{quote(table)}"
     where = (
         f"WHERE {quote(lineage.SOURCE)} = {literal(mapping.source)} "
         f"AND {quote(lineage.PARTITION_DATE)} IN ({days_sql})"
     )
-    layer0_cols = list(raw_cols)
-    if dialect == "duckdb":
+    layer0_cols = list(plan.raw_cols)
+    if plan.dialect == "duckdb":
         text_paths = [path(n) for n in names if is_record_path(n)]
         extracted = {p: f'{alias("x")}[{i + 1}]' for i, p in enumerate(text_paths)}
         if text_paths:
@@ -274,61 +316,84 @@ def select_for(
         source = f"(SELECT {', '.join(layer0_cols)} FROM {source} {where}) AS l0"
         where = ""
         cand_expr = {
-            n: f"NULLIF(TRIM({extracted[path(n)]}), '')" if is_record_path(n) else candidate_text(dialect, n)
+            n: f"NULLIF(TRIM({extracted[path(n)]}), '')" if is_record_path(n) else candidate_text(plan.dialect, n)
             for n in names
         }
     else:
-        cand_expr = {n: candidate_text(dialect, n) for n in names}
-    layer1 = (
-        f"SELECT {', '.join([*raw_cols, *(f'{cand_expr[n]} AS {cand[n]}' for n in names)])} "
-        f"FROM {source} {where}{fence}"
+        cand_expr = {n: candidate_text(plan.dialect, n) for n in names}
+    return (
+        f"SELECT {', '.join([*plan.raw_cols, *(f'{cand_expr[n]} AS {cand[n]}' for n in names)])} "
+        f"FROM {source} {where}{plan.fence}"
     )
 
-    # layer 2
-    took_keys: dict[str, str] = {}
-    layer2_cols = [*raw_cols, *(cand[f] for f in flags)]
-    for col, ns in c.items():
-        layer2_cols.append(f"{_first_of(dialect, [cand[n] for n in ns])} AS {text[col]}")
-        if col in took:
-            whens = " ".join(f"WHEN {cand[n]} IS NOT NULL THEN {i}" for i, n in enumerate(ns))
-            layer2_cols.append(f"CASE {whens} END AS {took[col]}")
-            if any(_top_level(n) for n in ns):
-                # the top-level key the column took: its first non-empty candidate, when that
-                # is a top-level key of the record, else a placeholder (DuckDB) or NULL
-                none_key = literal("etl:none:" + col) if dialect == "duckdb" else "NULL"
-                whens = " ".join(
-                    f"WHEN {cand[n]} IS NOT NULL THEN {literal(n) if _top_level(n) else none_key}" for n in ns
-                )
-                layer2_cols.append(f"CASE {whens} ELSE {none_key} END AS {alias('key', col)}")
-                took_keys[col] = alias("key", col)
-    ts = {col: alias("ts", col) for col in TIME_COLUMNS}
-    for col in TIME_COLUMNS:
-        first = _first_of(dialect, [cand[n] for n in c.get(col, [])])
-        layer2_cols.append(f"{to_timestamp(dialect, first, safe_casts)} AS {ts[col]}")
-    number = alias("n", "value")
-    value_text = number_text(dialect, _first_of(dialect, [cand[n] for n in c.get("value", [])]))
-    layer2_cols.append(f"{to_number(dialect, value_text, safe_casts)} AS {number}")
-    layer2 = f"SELECT {', '.join(layer2_cols)} FROM ({layer1}) AS l1{fence}"
 
-    # layer 3
-    id_fields = ", ".join(n.lstrip(LINEAGE_PREFIX) for n in c.get("source_id", [])) or "none configured"
-    reject = " ".join(
+@dataclass
+class _ParsedLayer:
+    """Layer 2: per unified column its text (the first non-empty candidate) and the index of the
+    candidate it took, the parsed times and number."""
+
+    sql: str
+    took_keys: dict[str, str]  # unified column -> alias of the top-level record key it took
+    ts: dict[str, str]  # time column -> alias of its parsed timestamp
+    number: str  # alias of the parsed `value`
+
+    @classmethod
+    def of(cls, plan: _Plan, layer1: str, safe_casts: bool) -> _ParsedLayer:
+        dialect, c, cand = plan.dialect, plan.candidates, plan.cand
+        took_keys: dict[str, str] = {}
+        layer2_cols = [*plan.raw_cols, *(cand[f] for f in plan.flags)]
+        for col, ns in c.items():
+            layer2_cols.append(f"{_first_of(dialect, [cand[n] for n in ns])} AS {plan.text[col]}")
+            if col in plan.took:
+                whens = " ".join(f"WHEN {cand[n]} IS NOT NULL THEN {i}" for i, n in enumerate(ns))
+                layer2_cols.append(f"CASE {whens} END AS {plan.took[col]}")
+                if any(_top_level(n) for n in ns):
+                    # the top-level key the column took: its first non-empty candidate, when that
+                    # is a top-level key of the record, else a placeholder (DuckDB) or NULL
+                    none_key = literal("etl:none:" + col) if dialect == "duckdb" else "NULL"
+                    whens = " ".join(
+                        f"WHEN {cand[n]} IS NOT NULL THEN {literal(n) if _top_level(n) else none_key}" for n in ns
+                    )
+                    layer2_cols.append(f"CASE {whens} ELSE {none_key} END AS {alias('key', col)}")
+                    took_keys[col] = alias("key", col)
+        ts = {col: alias("ts", col) for col in TIME_COLUMNS}
+        for col in TIME_COLUMNS:
+            first = _first_of(dialect, [cand[n] for n in c.get(col, [])])
+            layer2_cols.append(f"{to_timestamp(dialect, first, safe_casts)} AS {ts[col]}")
+        number = alias("n", "value")
+        value_text = number_text(dialect, _first_of(dialect, [cand[n] for n in c.get("value", [])]))
+        layer2_cols.append(f"{to_number(dialect, value_text, safe_casts)} AS {number}")
+        sql = f"SELECT {', '.join(layer2_cols)} FROM ({layer1}) AS l1{plan.fence}"
+        return cls(sql, took_keys, ts, number)
+
+
+def _reject_reason(plan: _Plan, layer2: _ParsedLayer) -> str:
+    """Why a row cannot become a record: a missing id, or a date or number that does not parse."""
+    get = plan.get
+    id_fields = ", ".join(n.lstrip(LINEAGE_PREFIX) for n in plan.candidates.get("source_id", [])) or "none configured"
+    return " ".join(
         [
             "CASE",
             f"WHEN {get('source_id')} IS NULL THEN {literal('missing id (' + id_fields + ')')}",
             *(
-                f"WHEN {get(col)} IS NOT NULL AND {ts[col]} IS NULL "
+                f"WHEN {get(col)} IS NOT NULL AND {layer2.ts[col]} IS NULL "
                 f"THEN {literal('unparseable date in ' + col + ': ')} || {get(col)}"
                 for col in TIME_COLUMNS
             ),
-            f"WHEN {get('value')} IS NOT NULL AND {number} IS NULL "
+            f"WHEN {get('value')} IS NOT NULL AND {layer2.number} IS NULL "
             f"THEN {literal('unparseable number in value: ')} || {get('value')}",
             "ELSE NULL END",
         ]
     )
+
+
+def _unified_columns(plan: _Plan, layer2: _ParsedLayer, mapping: Mapping, tenant_id: str, table: str) -> dict[str, str]:
+    """Layer 3: each column of `records` (+ `reject_reason`) as an expression over layer 2."""
+    get, ts = plan.get, layer2.ts
+    reject = _reject_reason(plan, layer2)
     status = get("status")
-    record = RECORD if dialect == "duckdb" else f"CAST({RECORD} AS JSONB)"
-    cols = {
+    record = RECORD if plan.dialect == "duckdb" else f"CAST({RECORD} AS JSONB)"
+    return {
         "tenant_id": literal(tenant_id),
         "source": literal(mapping.source),
         "source_kind": literal(mapping.source_kind),
@@ -340,12 +405,12 @@ def select_for(
         "author": get("author"),
         "category": f"LOWER({get('category')})" if "category" in CATEGORICAL_COLUMNS else get("category"),
         "status": f"LOWER({status})",
-        "value": number,
+        "value": layer2.number,
         "created_at": ts["created_at"],
         "updated_at": ts["updated_at"],
         "event_date": quote(lineage.PARTITION_DATE),
-        "is_active": _is_active(status, {f: cand[f] for f in flags}),
-        "attributes": _attributes(dialect, list(removals.items()), took_keys),
+        "is_active": _is_active(status, {f: plan.cand[f] for f in plan.flags}),
+        "attributes": _attributes(plan.dialect, list(plan.removals.items()), layer2.took_keys),
         "parent_id": get("parent_id"),
         "raw_table": literal(table),
         "raw_row_key": quote(lineage.ROW_KEY),
@@ -354,8 +419,6 @@ def select_for(
         "raw_record": f"CASE WHEN ({reject}) IS NOT NULL THEN {record} END",
         "reject_reason": reject,
     }
-    select = ",\n  ".join(f"{expr} AS {quote(name)}" for name, expr in cols.items())
-    return f"SELECT\n  {select}\nFROM ({layer2}) AS l2"
 
 
 POSTGRES_FUNCTIONS = f"""

@@ -26,6 +26,7 @@ from dagster import (
     RunsFilter,
 )
 
+from etl_platform.config.names import is_raw_name_of
 from etl_platform.runs.coverage import run_coverage
 from etl_platform.runs.failures import FAILED_TENANTS_TAG
 from etl_platform.runs.tags import (
@@ -269,7 +270,7 @@ def _partition_loads(
 def _share(by_table: dict[str, Counter[str]], source: str) -> Counter[str]:
     out: Counter[str] = Counter()
     for table, figures in by_table.items():
-        if table.startswith(f"{source}_"):
+        if is_raw_name_of(source, table):
             out.update(figures)
     return out
 

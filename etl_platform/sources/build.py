@@ -5,8 +5,9 @@ from __future__ import annotations
 from dlt.sources import DltSource
 
 from etl_platform.config.models import SourceConfig
+from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.config.registry import Registry
-from etl_platform.sources.lineage import REJECTS_TABLE, RunContext
+from etl_platform.sources.lineage import RunContext
 from etl_platform.sources.redact import install_trace_redaction
 
 
@@ -19,7 +20,7 @@ def build_source(config: SourceConfig, registry: Registry, ctx: RunContext, *, f
     source = _build(config, registry, ctx, for_run=for_run)
     for name, resource in source.resources.items():
         if name != REJECTS_TABLE:
-            resource.apply_hints(table_name=f"{config.name}_{name}")
+            resource.apply_hints(table_name=raw_table(config.name, name))
     return source
 
 

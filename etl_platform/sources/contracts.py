@@ -28,9 +28,8 @@ from typing import Any
 import dlt
 from dlt.common.data_types import coerce_value, py_type_to_sc_type
 
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.sources import lineage
-
-REJECTS = lineage.REJECTS_TABLE
 
 
 @dataclass
@@ -184,8 +183,8 @@ class ContractGuard:
 def rejects_resource(rows: list[dict[str, Any]]) -> Any:
     """The rows contracts diverted, as a resource of the tenant's `rejects` table (appended: the
     load's slice sweep replaces older ones)."""
-    resource = dlt.resource(rows, name=REJECTS)
-    lineage.apply_raw_hints(resource, table_name=REJECTS)
+    resource = dlt.resource(rows, name=REJECTS_TABLE)
+    lineage.apply_raw_hints(resource, table_name=REJECTS_TABLE)
     resource.apply_hints(write_disposition="append")
     return resource
 
@@ -202,7 +201,7 @@ def install_guards(source: Any, mode: str, schema: Any, table_of: Any, ctx: line
         return []
     guards = []
     for name, resource in source.selected_resources.items():
-        if name == REJECTS:
+        if name == REJECTS_TABLE:
             continue
         table = table_of(name)
         columns = schema.get_table_columns(table) if table in schema.tables else {}

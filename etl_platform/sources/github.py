@@ -28,7 +28,6 @@ also logged at the end of each resource.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -102,130 +101,27 @@ def commit_time(commit: dict[str, Any]) -> dt.datetime | None:
 
 def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
     """The dlt source of some GitHub repositories for one run; no I/O until iterated."""
-    window = ctx.window
-    stats = ApiStats()
-    what = f"github source {config.name!r}"
-    per_page = {"per_page": config.page_size}
-
-    @functools.cache
-    def connect() -> tuple[RESTClient, tuple[str, ...], list[Any]]:
-        token = secret(config.token_env, what=f"{what} token_env")
-        auth = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what) if token else None
-        secrets = (token,) if token else ()
-        client = rest_client(config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited, stats=stats)
-        return client, secrets, [wait_for_rate_limit, status_hook(what, secrets, retryable=is_rate_limited)]
+    github = _Repositories(config, ctx)
 
     def pull_requests() -> Iterator[list[dict[str, Any]]]:
-        client, secrets, hooks = connect()
-        params = {"state": "all", "sort": "updated", "direction": "desc", **per_page}
-        for repo in config.repositories:
-            seen: set[str] = set()
-            for items, url in pages(
-                client, f"repos/{repo}/pulls", params=params, paginator=LinkPaginator(), hooks=hooks
-            ):
-                position, rows, older = redact(url, secrets), [], False
-                for index, pr in enumerate(items):
-                    updated = parse_time(pr.get("updated_at"))
-                    if updated is not None and updated < window.start:  # newest first: the rest is older
-                        stats.skip("pull_requests", OUTSIDE_WINDOW, len(items) - index)
-                        older = True
-                        break
-                    key = f"{repo}#{pr.get('number')}"
-                    day = window.day_of(updated)
-                    if key in seen:
-                        stats.skip("pull_requests", "repeated")
-                        continue
-                    if day is None:
-                        stats.skip("pull_requests", OUTSIDE_WINDOW if updated else "no updated_at")
-                        continue
-                    seen.add(key)
-                    rows.append(
-                        raw_row(
-                            ctx,
-                            "pull_requests",
-                            pr,
-                            day=day,
-                            position=position,
-                            row_key=key,
-                            event_time=updated,
-                            repository=repo,
-                        )
-                    )
-                if rows:
-                    yield rows
-                if older:
-                    break
-        stats.log_skipped(config.name, "pull_requests")
+        yield from github.pull_requests()
+
+    pulls = dlt.resource(pull_requests, name="pull_requests")
 
     def children(resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], row_key: Any) -> Any:
         def rows(prs: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-            client, secrets, hooks = connect()
-            for pr in prs:
-                repo, number = pr["repository"], pr[RECORD].get("number")
-                path = f"repos/{repo}/pulls/{number}/{endpoint}"
-                for items, url in pages(client, path, params=per_page, paginator=LinkPaginator(), hooks=hooks):
-                    position = redact(url, secrets)
-                    out = [
-                        raw_row(
-                            ctx,
-                            resource,
-                            rec,
-                            day=pr[PARTITION_DATE],
-                            position=position,
-                            row_key=row_key(repo, number, rec),
-                            event_time=event_time(rec),
-                            repository=repo,
-                            pull_number=number,
-                        )
-                        for rec in items
-                    ]
-                    if out:
-                        yield out
+            yield from github.children(prs, resource, endpoint, event_time, row_key)
 
         return dlt.transformer(rows, data_from=pulls, name=resource)
 
     def dated(
         resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], ignore: tuple[int, ...] = ()
     ) -> Any:
-        """Newest-first lists; stop after a page with nothing created or dated at/after window start."""
-
         def rows() -> Iterator[list[dict[str, Any]]]:
-            client, secrets, hooks = connect()
-            hooks = hooks[:-1] + [status_hook(what, secrets, retryable=is_rate_limited, ignore=ignore)]
-            for repo in config.repositories:
-                for items, url in pages(
-                    client, f"repos/{repo}/{endpoint}", params=per_page, paginator=LinkPaginator(), hooks=hooks
-                ):
-                    position, out, current = redact(url, secrets), [], False
-                    for rec in items:
-                        at = parse_time(event_time(rec))
-                        created = parse_time(rec.get("created_at"))
-                        current |= any(t is None or t >= window.start for t in (at, created))
-                        day = window.day_of(at)
-                        if day is None:
-                            stats.skip(resource, OUTSIDE_WINDOW if at else "no event time")
-                            continue
-                        out.append(
-                            raw_row(
-                                ctx,
-                                resource,
-                                rec,
-                                day=day,
-                                position=position,
-                                row_key=str(rec.get("id")),
-                                event_time=at,
-                                repository=repo,
-                            )
-                        )
-                    if out:
-                        yield out
-                    if not current:
-                        break
-            stats.log_skipped(config.name, resource)
+            yield from github.dated(resource, endpoint, event_time, ignore)
 
         return dlt.resource(rows, name=resource)
 
-    pulls = dlt.resource(pull_requests, name="pull_requests")
     resources = [
         pulls,
         children("reviews", "reviews", lambda r: parse_time(r.get("submitted_at")), lambda _, __, r: str(r.get("id"))),
@@ -236,5 +132,163 @@ def build_github_source(config: GithubSource, ctx: RunContext) -> DltSource:
     for resource in resources:
         apply_raw_hints(resource, schema_contract=config.schema_contract)
     source = DltSource(dlt.Schema(config.name), "github", resources)
-    source.etl_stats = stats  # filled while extracting
+    source.etl_stats = github.stats  # filled while extracting
     return source
+
+
+class _Repositories:
+    """What the resources of one GitHub source read for one run: the client (connected on first
+    use), the window and the stats they fill."""
+
+    def __init__(self, config: GithubSource, ctx: RunContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.window = ctx.window
+        self.stats = ApiStats()
+        self.what = f"github source {config.name!r}"
+        self.per_page = {"per_page": config.page_size}
+        self._connected: tuple[RESTClient, tuple[str, ...], list[Any]] | None = None
+
+    def connect(self) -> tuple[RESTClient, tuple[str, ...], list[Any]]:
+        """The client, the secrets to redact and the response hooks (on first use, then kept)."""
+        if self._connected is None:
+            config, what = self.config, self.what
+            token = secret(config.token_env, what=f"{what} token_env")
+            auth = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what) if token else None
+            secrets = (token,) if token else ()
+            client = rest_client(
+                config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited, stats=self.stats
+            )
+            hooks = [wait_for_rate_limit, status_hook(what, secrets, retryable=is_rate_limited)]
+            self._connected = client, secrets, hooks
+        return self._connected
+
+    def pull_requests(self) -> Iterator[list[dict[str, Any]]]:
+        """Each repository's pull requests updated in the window, newest first, until older ones."""
+        client, secrets, hooks = self.connect()
+        params = {"state": "all", "sort": "updated", "direction": "desc", **self.per_page}
+        for repo in self.config.repositories:
+            seen: set[str] = set()
+            for items, url in pages(
+                client, f"repos/{repo}/pulls", params=params, paginator=LinkPaginator(), hooks=hooks
+            ):
+                rows, older = self._pull_request_rows(repo, items, redact(url, secrets), seen)
+                if rows:
+                    yield rows
+                if older:
+                    break
+        self.stats.log_skipped(self.config.name, "pull_requests")
+
+    def _pull_request_rows(
+        self, repo: str, items: list[dict[str, Any]], position: str, seen: set[str]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The rows of one page of pull requests, and whether it reached those older than the window."""
+        rows: list[dict[str, Any]] = []
+        for index, pr in enumerate(items):
+            updated = parse_time(pr.get("updated_at"))
+            if updated is not None and updated < self.window.start:  # newest first: the rest is older
+                self.stats.skip("pull_requests", OUTSIDE_WINDOW, len(items) - index)
+                return rows, True
+            key = f"{repo}#{pr.get('number')}"
+            day = self.window.day_of(updated)
+            if key in seen:
+                self.stats.skip("pull_requests", "repeated")
+                continue
+            if day is None:
+                self.stats.skip("pull_requests", OUTSIDE_WINDOW if updated else "no updated_at")
+                continue
+            seen.add(key)
+            rows.append(
+                raw_row(
+                    self.ctx,
+                    "pull_requests",
+                    pr,
+                    day=day,
+                    position=position,
+                    row_key=key,
+                    event_time=updated,
+                    repository=repo,
+                )
+            )
+        return rows, False
+
+    def children(
+        self,
+        prs: list[dict[str, Any]],
+        resource: str,
+        endpoint: str,
+        event_time: Callable[[dict[str, Any]], Any],
+        row_key: Any,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """A list under each pull request (reviews, commits), on the pull request's day."""
+        client, secrets, hooks = self.connect()
+        for pr in prs:
+            repo, number = pr["repository"], pr[RECORD].get("number")
+            path = f"repos/{repo}/pulls/{number}/{endpoint}"
+            for items, url in pages(client, path, params=self.per_page, paginator=LinkPaginator(), hooks=hooks):
+                position = redact(url, secrets)
+                out = [
+                    raw_row(
+                        self.ctx,
+                        resource,
+                        rec,
+                        day=pr[PARTITION_DATE],
+                        position=position,
+                        row_key=row_key(repo, number, rec),
+                        event_time=event_time(rec),
+                        repository=repo,
+                        pull_number=number,
+                    )
+                    for rec in items
+                ]
+                if out:
+                    yield out
+
+    def dated(
+        self, resource: str, endpoint: str, event_time: Callable[[dict[str, Any]], Any], ignore: tuple[int, ...]
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Newest-first lists; stop after a page with nothing created or dated at/after window start."""
+        client, secrets, hooks = self.connect()
+        hooks = hooks[:-1] + [status_hook(self.what, secrets, retryable=is_rate_limited, ignore=ignore)]
+        for repo in self.config.repositories:
+            for items, url in pages(
+                client, f"repos/{repo}/{endpoint}", params=self.per_page, paginator=LinkPaginator(), hooks=hooks
+            ):
+                out, current = self._dated_rows(resource, repo, items, redact(url, secrets), event_time)
+                if out:
+                    yield out
+                if not current:
+                    break
+        self.stats.log_skipped(self.config.name, resource)
+
+    def _dated_rows(
+        self,
+        resource: str,
+        repo: str,
+        items: list[dict[str, Any]],
+        position: str,
+        event_time: Callable[[dict[str, Any]], Any],
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The rows of one page in the window, and whether the page had anything current."""
+        out, current = [], False
+        for rec in items:
+            at = parse_time(event_time(rec))
+            created = parse_time(rec.get("created_at"))
+            current |= any(t is None or t >= self.window.start for t in (at, created))
+            day = self.window.day_of(at)
+            if day is None:
+                self.stats.skip(resource, OUTSIDE_WINDOW if at else "no event time")
+                continue
+            out.append(
+                raw_row(
+                    self.ctx,
+                    resource,
+                    rec,
+                    day=day,
+                    position=position,
+                    row_key=str(rec.get("id")),
+                    event_time=at,
+                    repository=repo,
+                )
+            )
+        return out, current

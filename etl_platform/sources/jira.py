@@ -27,7 +27,6 @@ repeated), also logged at the end of the resource.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -151,154 +150,17 @@ class TokenPaginator(JSONResponseCursorPaginator):
 
 def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
     """The dlt source of one Jira site for one run; no I/O until iterated."""
-    api = f"rest/api/{config.api_version}"
-    window = ctx.window
-    stats = ApiStats()
-    what = f"jira source {config.name!r}"
-
-    @functools.cache
-    def connect() -> tuple[RESTClient, tuple[str, ...]]:
-        if config.pat_env:
-            token = secret(config.pat_env, what=f"{what} pat_env")
-            auth, secrets = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what), (token,)
-        elif config.email_env or config.api_token_env:
-            email = secret(config.email_env, what=f"{what} email_env", sensitive=False) or ""
-            token = secret(config.api_token_env, what=f"{what} api_token_env") or ""
-            auth = HeaderAuth.basic(email, token, config.base_url, config.allowed_hosts, what)
-            secrets = (token, auth.credential)
-        else:
-            auth, secrets = None, ()
-        headers = {"Accept": "application/json"}
-        return rest_client(config.base_url, auth=auth, headers=headers, stats=stats), secrets
+    site = _JiraSite(config, ctx)
 
     def issues() -> Iterator[list[dict[str, Any]]]:
-        client, secrets = connect()
-        params: dict[str, Any] = {
-            "jql": build_jql(config, window.start, window.end),
-            "fields": ",".join(FIELDS),
-            "expand": "changelog",
-        }
-        if config.api_version == 2:
-            path, paginator = f"{api}/search", StartAtPaginator(config.page_size)
-        else:
-            path, paginator = f"{api}/search/jql", TokenPaginator()
-            params["maxResults"] = config.page_size
-        seen: set[str] = set()
-        hooks = [status_hook(what, secrets)]
-        for items, url in pages(client, path, paginator=paginator, hooks=hooks, params=params, data_selector="issues"):
-            position, rows = redact(url, secrets), []
-            for issue in items:
-                key = _issue_key(issue)
-                if not key or key in seen:
-                    stats.skip("issues", "repeated" if key else "no id or key")
-                    continue
-                seen.add(key)
-                event_time, days = _placed(issue)
-                if not days:
-                    stats.skip("issues", OUTSIDE_WINDOW)
-                    continue
-                # the changelog stays in _etl_record only (its status items are issue_transitions)
-                columns = {k: v for k, v in issue.items() if k != "changelog"}
-                rows.extend(
-                    raw_row(
-                        ctx,
-                        "issues",
-                        issue,
-                        flatten=False,
-                        day=day,
-                        position=position,
-                        row_key=key,
-                        event_time=event_time,
-                        **columns,
-                    )
-                    for day in days
-                )
-            if rows:
-                yield rows
-        stats.log_skipped(config.name, "issues")
-
-    def _placed(issue: dict[str, Any]) -> tuple[dt.datetime | None, list[dt.date]]:
-        """(event time, partition days): `updated`, else `created`, else every window day."""
-        fields = issue.get("fields") or {}
-        for name in ("updated", "created"):
-            event_time = jira_time(fields.get(name))
-            if event_time is not None:
-                if name != "updated":
-                    stats.event_time_fallbacks[f"issues: {name}"] += 1
-                day = window.day_of(event_time)
-                return event_time, [day] if day else []
-        stats.event_time_fallbacks["issues: partition day"] += 1
-        return None, list(window.days)
-
-    def histories(issue: dict[str, Any]) -> list[dict[str, Any]]:
-        """The issue's changelog histories; the rest are fetched when the search truncated them."""
-        changelog = issue.get("changelog") or {}
-        found = list(changelog.get("histories") or [])
-        total = changelog.get("total")
-        if not isinstance(total, int) or total <= len(found) or not issue.get("id"):
-            return found
-        client, secrets = connect()
-        by_id = {str(h.get("id")): h for h in found}
-        for items, _ in pages(
-            client,
-            f"{api}/issue/{issue['id']}/changelog",
-            data_selector="values",
-            paginator=StartAtPaginator(CHANGELOG_PAGE, key=lambda h: str(h.get("id"))),
-            hooks=[status_hook(what, secrets, ignore=(404,))],
-        ):
-            by_id.update((str(h.get("id")), h) for h in items)
-        return sorted(by_id.values(), key=lambda h: (jira_time(h.get("created")) or window.start, str(h.get("id"))))
+        yield from site.issues()
 
     def transitions(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-        out = []
-        for row in rows:
-            issue = row[RECORD]
-            for history in histories(issue):
-                created = jira_time(history.get("created"))
-                author = history.get("author") or {}
-                for index, item in enumerate(history.get("items") or []):
-                    if (item.get("fieldId") or item.get("field")) != "status":
-                        continue
-                    key = f"{_issue_key(issue)}|{history.get('id')}|{index}"
-                    out.append(
-                        raw_row(
-                            ctx,
-                            "issue_transitions",
-                            history,
-                            flatten=False,
-                            day=row[PARTITION_DATE],
-                            position=row[POSITION],
-                            row_key=key,
-                            event_time=created,
-                            issue_id=issue.get("id"),
-                            issue_key=issue.get("key"),
-                            history_id=history.get("id"),
-                            item_index=index,
-                            created=history.get("created"),
-                            author_id=author.get("accountId") or author.get("key") or author.get("name"),
-                            author_name=author.get("displayName"),
-                            from_status_id=item.get("from"),
-                            from_status=item.get("fromString"),
-                            to_status_id=item.get("to"),
-                            to_status=item.get("toString"),
-                        )
-                    )
-        if out:
-            yield out
+        yield from site.transitions(rows)
 
     def snapshot(resource: str, path: str) -> Any:
         def rows() -> Iterator[list[dict[str, Any]]]:
-            client, secrets = connect()
-            hooks = [status_hook(what, secrets)]
-            for items, url in pages(client, path, paginator=SinglePagePaginator(), hooks=hooks):
-                position = redact(url, secrets)
-                yield [
-                    raw_row(
-                        ctx, resource, rec, day=day, position=position, row_key=str(rec.get("id") or content_key(rec))
-                    )
-                    for rec in items
-                    for day in window.days
-                ]
+            yield from site.snapshot(resource, path)
 
         return dlt.resource(rows, name=resource)
 
@@ -306,11 +168,190 @@ def build_jira_source(config: JiraSource, ctx: RunContext) -> DltSource:
     resources = [
         issues_resource,
         dlt.transformer(transitions, data_from=issues_resource, name="issue_transitions"),
-        snapshot("statuses", f"{api}/status"),
-        snapshot("issue_types", f"{api}/issuetype"),
+        snapshot("statuses", f"{site.api}/status"),
+        snapshot("issue_types", f"{site.api}/issuetype"),
     ]
     for resource in resources:
         apply_raw_hints(resource, schema_contract=config.schema_contract)
     source = DltSource(dlt.Schema(config.name), "jira", resources)
-    source.etl_stats = stats  # filled while extracting
+    source.etl_stats = site.stats  # filled while extracting
     return source
+
+
+class _JiraSite:
+    """What the resources of one Jira source read for one run: the client (connected on first
+    use), the window and the stats they fill."""
+
+    def __init__(self, config: JiraSource, ctx: RunContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.window = ctx.window
+        self.api = f"rest/api/{config.api_version}"
+        self.stats = ApiStats()
+        self.what = f"jira source {config.name!r}"
+        self._connected: tuple[RESTClient, tuple[str, ...]] | None = None
+
+    def connect(self) -> tuple[RESTClient, tuple[str, ...]]:
+        """The client and the secrets to redact (read on first use, then kept)."""
+        if self._connected is None:
+            config, what = self.config, self.what
+            if config.pat_env:
+                token = secret(config.pat_env, what=f"{what} pat_env")
+                auth, secrets = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what), (token,)
+            elif config.email_env or config.api_token_env:
+                email = secret(config.email_env, what=f"{what} email_env", sensitive=False) or ""
+                token = secret(config.api_token_env, what=f"{what} api_token_env") or ""
+                auth = HeaderAuth.basic(email, token, config.base_url, config.allowed_hosts, what)
+                secrets = (token, auth.credential)
+            else:
+                auth, secrets = None, ()
+            headers = {"Accept": "application/json"}
+            self._connected = rest_client(config.base_url, auth=auth, headers=headers, stats=self.stats), secrets
+        return self._connected
+
+    # --- issues --------------------------------------------------------------------------------
+
+    def issues(self) -> Iterator[list[dict[str, Any]]]:
+        """The issues the JQL search finds for the window, page by page, each placed on its day."""
+        client, secrets = self.connect()
+        seen: set[str] = set()
+        path, paginator, params = self._search()
+        hooks = [status_hook(self.what, secrets)]
+        for items, url in pages(client, path, paginator=paginator, hooks=hooks, params=params, data_selector="issues"):
+            position = redact(url, secrets)
+            rows = [row for issue in items for row in self._issue_rows(issue, position, seen)]
+            if rows:
+                yield rows
+        self.stats.log_skipped(self.config.name, "issues")
+
+    def _search(self) -> tuple[str, Any, dict[str, Any]]:
+        """(path, paginator, params) of the search: v2 pages by startAt, v3 by token."""
+        config, window = self.config, self.window
+        params: dict[str, Any] = {
+            "jql": build_jql(config, window.start, window.end),
+            "fields": ",".join(FIELDS),
+            "expand": "changelog",
+        }
+        if config.api_version == 2:
+            return f"{self.api}/search", StartAtPaginator(config.page_size), params
+        params["maxResults"] = config.page_size
+        return f"{self.api}/search/jql", TokenPaginator(), params
+
+    def _issue_rows(self, issue: dict[str, Any], position: str, seen: set[str]) -> list[dict[str, Any]]:
+        """One issue's rows (one per day it falls on); none, counted, when repeated or outside."""
+        key = _issue_key(issue)
+        if not key or key in seen:
+            self.stats.skip("issues", "repeated" if key else "no id or key")
+            return []
+        seen.add(key)
+        event_time, days = self._placed(issue)
+        if not days:
+            self.stats.skip("issues", OUTSIDE_WINDOW)
+            return []
+        # the changelog stays in _etl_record only (its status items are issue_transitions)
+        columns = {k: v for k, v in issue.items() if k != "changelog"}
+        return [
+            raw_row(
+                self.ctx,
+                "issues",
+                issue,
+                flatten=False,
+                day=day,
+                position=position,
+                row_key=key,
+                event_time=event_time,
+                **columns,
+            )
+            for day in days
+        ]
+
+    def _placed(self, issue: dict[str, Any]) -> tuple[dt.datetime | None, list[dt.date]]:
+        """(event time, partition days): `updated`, else `created`, else every window day."""
+        fields = issue.get("fields") or {}
+        for name in ("updated", "created"):
+            event_time = jira_time(fields.get(name))
+            if event_time is not None:
+                if name != "updated":
+                    self.stats.event_time_fallbacks[f"issues: {name}"] += 1
+                day = self.window.day_of(event_time)
+                return event_time, [day] if day else []
+        self.stats.event_time_fallbacks["issues: partition day"] += 1
+        return None, list(self.window.days)
+
+    # --- transitions ---------------------------------------------------------------------------
+
+    def histories(self, issue: dict[str, Any]) -> list[dict[str, Any]]:
+        """The issue's changelog histories; the rest are fetched when the search truncated them."""
+        changelog = issue.get("changelog") or {}
+        found = list(changelog.get("histories") or [])
+        total = changelog.get("total")
+        if not isinstance(total, int) or total <= len(found) or not issue.get("id"):
+            return found
+        client, secrets = self.connect()
+        by_id = {str(h.get("id")): h for h in found}
+        for items, _ in pages(
+            client,
+            f"{self.api}/issue/{issue['id']}/changelog",
+            data_selector="values",
+            paginator=StartAtPaginator(CHANGELOG_PAGE, key=lambda h: str(h.get("id"))),
+            hooks=[status_hook(self.what, secrets, ignore=(404,))],
+        ):
+            by_id.update((str(h.get("id")), h) for h in items)
+        start = self.window.start
+        return sorted(by_id.values(), key=lambda h: (jira_time(h.get("created")) or start, str(h.get("id"))))
+
+    def transitions(self, rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        """The status changes of the issues' changelogs, on their issue's day and page."""
+        out = []
+        for row in rows:
+            issue = row[RECORD]
+            for history in self.histories(issue):
+                out.extend(self._transition_rows(row, issue, history))
+        if out:
+            yield out
+
+    def _transition_rows(
+        self, row: dict[str, Any], issue: dict[str, Any], history: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        created = jira_time(history.get("created"))
+        author = history.get("author") or {}
+        for index, item in enumerate(history.get("items") or []):
+            if (item.get("fieldId") or item.get("field")) != "status":
+                continue
+            yield raw_row(
+                self.ctx,
+                "issue_transitions",
+                history,
+                flatten=False,
+                day=row[PARTITION_DATE],
+                position=row[POSITION],
+                row_key=f"{_issue_key(issue)}|{history.get('id')}|{index}",
+                event_time=created,
+                issue_id=issue.get("id"),
+                issue_key=issue.get("key"),
+                history_id=history.get("id"),
+                item_index=index,
+                created=history.get("created"),
+                author_id=author.get("accountId") or author.get("key") or author.get("name"),
+                author_name=author.get("displayName"),
+                from_status_id=item.get("from"),
+                from_status=item.get("fromString"),
+                to_status_id=item.get("to"),
+                to_status=item.get("toString"),
+            )
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    def snapshot(self, resource: str, path: str) -> Iterator[list[dict[str, Any]]]:
+        """A list endpoint read whole, one row per record per window day."""
+        client, secrets = self.connect()
+        hooks = [status_hook(self.what, secrets)]
+        for items, url in pages(client, path, paginator=SinglePagePaginator(), hooks=hooks):
+            position = redact(url, secrets)
+            yield [
+                raw_row(
+                    self.ctx, resource, rec, day=day, position=position, row_key=str(rec.get("id") or content_key(rec))
+                )
+                for rec in items
+                for day in self.window.days
+            ]

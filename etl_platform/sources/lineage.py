@@ -24,7 +24,6 @@ ROW_KEY = "_etl_row_key"  # stable identity of the row within (source, resource)
 EVENT_TIME = "_etl_event_time"  # UTC event time when the source has one, else null
 RECORD = "_etl_record"  # the original record, as received
 
-REJECTS_TABLE = "rejects"
 
 # dlt column hints shared by every raw resource
 LINEAGE_COLUMNS: dict[str, dict[str, Any]] = {

@@ -5,25 +5,21 @@ The names below are the room's public face: `from etl_platform.warehouse import 
 """
 
 from etl_platform.warehouse.warehouse import (
-    TENANT_SCHEMA_PREFIX,
     Connection,
     Warehouse,
     WarehouseError,
     get_warehouse,
     quote,
     redact_url,
-    tenant_schema,
     warehouse_for,
 )
 
 __all__ = [
-    "TENANT_SCHEMA_PREFIX",
     "Connection",
     "Warehouse",
     "WarehouseError",
     "get_warehouse",
     "quote",
     "redact_url",
-    "tenant_schema",
     "warehouse_for",
 ]

@@ -24,9 +24,9 @@ import psycopg
 
 from etl_platform.config import secrets
 from etl_platform.config.models import TenantsFileError
+from etl_platform.config.names import TENANT_SCHEMA_PREFIX
 from etl_platform.config.settings import apply_dlt_defaults, get_settings
 
-TENANT_SCHEMA_PREFIX = "tenant_"
 _LOCAL = threading.local()  # lock files this thread holds, with nesting depth
 
 
@@ -34,11 +34,6 @@ def _held() -> dict[str, int]:
     if not hasattr(_LOCAL, "held"):
         _LOCAL.held = {}
     return _LOCAL.held
-
-
-def tenant_schema(tenant_id: str) -> str:
-    """The schema/dataset that holds every table of one tenant."""
-    return f"{TENANT_SCHEMA_PREFIX}{tenant_id}"
 
 
 def redact_url(url: str) -> str:

@@ -19,9 +19,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.sources.csv.arrow_pass import BLOCK_BYTES, TableBuilder
 from etl_platform.sources.csv.layout import CsvStats, Layout, Lines, printable, undecodable
-from etl_platform.sources.lineage import REJECTS_TABLE, parse_time
+from etl_platform.sources.lineage import parse_time
 
 BATCH_ROWS = 10_000  # rows per Arrow table at most
 BATCH_BYTES = BLOCK_BYTES  # CSV bytes per Arrow table at most (wide rows: fewer rows)

@@ -62,6 +62,7 @@ from dlt.extract.source import DltSource
 from dlt.sources.helpers import requests
 
 from etl_platform.config.models import CsvSource
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.security.redaction import redact_text
 from etl_platform.sources import content, lineage
 from etl_platform.sources.csv.arrow_pass import MAX_COLUMNS, ArrowPass, CheckedStream, FallBack, TableBuilder
@@ -75,7 +76,7 @@ from etl_platform.sources.csv.layout import (
     read_layout,
 )
 from etl_platform.sources.csv.rows import Out, RowReader
-from etl_platform.sources.lineage import REJECTS_TABLE, RunContext, apply_raw_hints
+from etl_platform.sources.lineage import RunContext, apply_raw_hints
 
 log = logging.getLogger(__name__)
 
