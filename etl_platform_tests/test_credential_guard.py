@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from etl_platform.config.models import RestApiSource
-from etl_platform.runs.failures import classify
-from etl_platform.sources.errors import PermanentSourceError, permanent_cause
+from etl_platform.runs.failures import classify, tenant_failure
 from etl_platform.sources.guard import ForeignHostError, OriginGuard
 from etl_platform.sources.lineage import RunContext, Window
 from etl_platform.sources.rest_api import build_rest_api_source
@@ -79,9 +78,9 @@ def test_foreign_next_page_fails_and_gets_nothing(hosts, auth: str, how: str) ->
         source = _source(origin, auth, {"type": "single_page"})
     with pytest.raises(Exception) as info:
         _rows(source)
-    error = permanent_cause(info.value)
-    assert isinstance(error, ForeignHostError), info.value
-    assert foreign.url in str(error) and "allowed_hosts" in str(error) and SECRET not in str(error)
+    failure = tenant_failure(info.value, "acme", "api")  # how the platform reports it
+    assert failure.error == ForeignHostError.__name__, info.value
+    assert foreign.url in failure.message and "allowed_hosts" in failure.message and SECRET not in failure.message
     assert classify(info.value) == "permanent"
     assert _credential_sent(origin.hits("/items")[0])  # the origin got it ...
     assert foreign.requests == []  # ... the other host nothing at all
@@ -120,7 +119,8 @@ def test_oauth2_token_endpoint_redirect_is_refused(hosts) -> None:
     origin.route("/items", lambda r: Response(200, [{"id": 1}]))
     with pytest.raises(Exception) as info:
         _rows(_source(origin, "oauth2", {"type": "single_page"}))
-    assert isinstance(permanent_cause(info.value), PermanentSourceError) and "token endpoint" in str(info.value)
+    assert "token endpoint" in str(info.value)
+    assert tenant_failure(info.value, "acme", "api").error == "PermanentSourceError"  # how the platform reports it
     assert foreign.requests == [] and origin.hits("/items") == []
 
 

@@ -16,7 +16,7 @@ import feedparser
 import pytest
 
 from etl_platform.config.models import FeedSource
-from etl_platform.sources.errors import permanent_cause
+from etl_platform.runs.failures import tenant_failure
 from etl_platform.sources.feeds import FeedError, FeedFormatError, FeedStats, build_feed_source
 from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
 from etl_platform_tests.servers import LocalServer, Response
@@ -133,7 +133,8 @@ def test_building_the_source_does_no_io(tmp_path: Path) -> None:
     config = FeedSource(name="news", kind="rss", url="feed.xml")
     with pytest.raises(Exception) as excinfo:
         list(build_feed_source(config, "ftp://example.com/feed.xml", context(MAR[1])))
-    assert "unsupported URL scheme 'ftp'" in str(feed_error(excinfo)) and permanent_cause(excinfo.value)
+    assert "unsupported URL scheme 'ftp'" in str(feed_error(excinfo))
+    assert tenant_failure(excinfo.value, "t1", "news").permanent  # not retried
 
 
 # --- feedparser's corpus ------------------------------------------------------------------------
@@ -212,7 +213,8 @@ def test_illformed_document_without_entries_fails_clearly(fixtures_dir: Path) ->
     with pytest.raises(Exception) as excinfo:
         list(source)
     error = feed_error(excinfo)
-    assert isinstance(error, FeedFormatError) and permanent_cause(excinfo.value) is error  # not retried
+    failure = tenant_failure(excinfo.value, "t1", "news")  # how the platform reports it: not retried
+    assert isinstance(error, FeedFormatError) and failure.permanent and failure.error == "FeedFormatError"
     message = str(error)
     assert "tenant 't1'" in message and "source 'news'" in message and str(path) in message
     assert "not a well-formed feed" in message and "unclosed token" in message

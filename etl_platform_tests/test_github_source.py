@@ -17,7 +17,7 @@ import pytest
 
 from etl_platform.config.models import GithubSource
 from etl_platform.config.settings import GITHUB_MAX_WAIT_ENV
-from etl_platform.sources.errors import PermanentSourceError, permanent_cause
+from etl_platform.runs.failures import tenant_failure
 from etl_platform.sources.github import build_github_source
 from etl_platform.sources.guard import ForeignHostError
 from etl_platform.sources.lineage import RunContext, Window
@@ -422,11 +422,11 @@ def test_bad_credentials_are_permanent_at_once(tmp_path: Path, status: int, body
         with pytest.raises(Exception) as excinfo:
             pipeline(tmp_path).run(source)
         assert len(server.requests) == 1
-    error = permanent_cause(excinfo.value)
-    assert isinstance(error, PermanentSourceError) and error.status == status
-    assert error.url == f"{server.url}/repos/o/r/pulls?state=all&sort=updated&direction=desc&per_page=100"
-    assert body["message"] in str(error)
-    assert TOKEN not in str(error) and TOKEN not in str(excinfo.value)
+    failure = tenant_failure(excinfo.value, "t1", "gh")  # how the platform reports it
+    assert failure.permanent and failure.error == "PermanentSourceError" and failure.http_status == status
+    assert f" for {server.url}/repos/o/r/pulls?state=all&sort=updated&direction=desc&per_page=100:" in failure.message
+    assert body["message"] in failure.message
+    assert TOKEN not in failure.message and TOKEN not in str(excinfo.value)
 
 
 def test_a_next_link_to_another_host_fails_without_sending_the_token(tmp_path: Path) -> None:
@@ -438,8 +438,9 @@ def test_a_next_link_to_another_host_fails_without_sending_the_token(tmp_path: P
             pipeline(tmp_path).run(source)
         assert server.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
         assert other.requests == []
-    error = permanent_cause(excinfo.value)
-    assert isinstance(error, ForeignHostError) and other.url in str(error) and "allowed_hosts" in str(error)
+    failure = tenant_failure(excinfo.value, "t1", "gh")  # how the platform reports it
+    assert failure.permanent and failure.error == ForeignHostError.__name__
+    assert other.url in failure.message and "allowed_hosts" in failure.message
 
 
 def test_allowed_hosts_receive_the_token(tmp_path: Path) -> None:

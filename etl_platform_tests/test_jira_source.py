@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from etl_platform.config.models import JiraSource, TenantsFileError
-from etl_platform.sources.errors import PermanentSourceError, permanent_cause
+from etl_platform.runs.failures import tenant_failure
 from etl_platform.sources.jira import build_jira_source, jira_time
 from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
 from etl_platform_tests import dlt_loads
@@ -437,10 +437,11 @@ def test_client_errors_are_permanent_at_once_and_redacted(tmp_path: Path, status
         with pytest.raises(Exception) as excinfo:
             pipeline(tmp_path).run(source.with_resources("issues"))
         assert len(server.requests) == 1
-    error = permanent_cause(excinfo.value)
-    assert isinstance(error, PermanentSourceError) and error.status == status
-    assert error.url.startswith(f"{server.url}/rest/api/2/search?")
-    text = str(error) + str(excinfo.value)
+    text = str(excinfo.value)
+    failure = tenant_failure(excinfo.value, "t1", "jira")  # how the platform reports it
+    assert failure.permanent and failure.error == "PermanentSourceError" and failure.http_status == status
+    assert f" for {server.url}/rest/api/2/search?" in failure.message
+    text += failure.message
     assert TOKEN not in text and basic("bot@example.com", TOKEN).split()[1] not in text.replace("***", "")
 
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from etl_platform.config.models import secret
-from etl_platform.runs.failures import failure_for, root_message, tenant_failure
+from etl_platform.runs.failures import root_message, run_failure, tenant_failure
 from etl_platform.security import redaction
 from etl_platform.sources.redact import install_trace_redaction
 from etl_platform_tests.secret_scan import hits, secret_forms
@@ -125,7 +125,7 @@ def test_exception_chains_are_scrubbed_in_place() -> None:
         error = outer
     forms = secret_forms(value)
     assert hits("".join(traceback.format_exception(error)), forms)  # before: the key is there
-    failure = failure_for(error, "acme", "api", permanent=False)
+    failure = run_failure([tenant_failure(error, "acme", "api")], 1)  # what a run step raises
     printed = "".join(traceback.format_exception(error))
     assert hits(printed, forms) == set() and "custom=***" in printed and "Max retries exceeded" in printed
     assert hits(failure.description, forms) == set() and "Connection refused" in failure.description

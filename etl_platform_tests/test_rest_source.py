@@ -158,9 +158,9 @@ def test_persistent_failure_names_url_and_status_without_secret(tmp_path, server
     )
     with pytest.raises(Exception) as err:
         _load(tmp_path, build_rest_api_source(cfg, _ctx()))
-    from etl_platform.runs.failures import classify, failure_for
+    from etl_platform.runs.failures import classify, run_failure, tenant_failure
 
-    failure = failure_for(err.value, "acme", "api", permanent=classify(err.value) == "permanent", config=cfg)
+    failure = run_failure([tenant_failure(err.value, "acme", "api", config=cfg)], 1)  # what a run step raises
     assert classify(err.value) == "transient"
     assert "503" in failure.description and f"{server.url}/items" in failure.description
     assert "sk-very-secret-123" not in failure.description
@@ -177,10 +177,10 @@ def test_unauthorized_is_permanent(tmp_path, server, monkeypatch):
     )
     with pytest.raises(Exception) as err:
         _load(tmp_path, build_rest_api_source(cfg, _ctx()))
-    from etl_platform.runs.failures import classify, failure_for
+    from etl_platform.runs.failures import classify, run_failure, tenant_failure
 
     assert classify(err.value) == "permanent"
-    failure = failure_for(err.value, "acme", "api", permanent=True, config=cfg)
+    failure = run_failure([tenant_failure(err.value, "acme", "api", config=cfg)], 1)  # what a run step raises
     assert "401" in failure.description and "tok-secret-999" not in failure.description
     assert len(server.hits("/items")) == 1  # not retried
 

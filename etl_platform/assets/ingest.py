@@ -167,7 +167,6 @@ class TenantRun:
             else:
                 self._emit(
                     "normalization",
-                    None,
                     lambda: normalize_partitions(
                         self.context, self.warehouse, tenant, self.days, self.scope.check_names(RECORDS_KEY)
                     ),
@@ -175,7 +174,6 @@ class TenantRun:
         if ENGINEERING_KEY in self.scope.assets and has_metrics(tenant) and not self.failures:
             self._emit(
                 "metrics",
-                None,
                 lambda: metrics_partitions(
                     self.context, self.warehouse, tenant, self.days, self.scope.check_names(ENGINEERING_KEY)
                 ),
@@ -262,12 +260,13 @@ class TenantRun:
             f"{rejects} rejects, {load.duration_s:.1f}s" + ("; " + "; ".join(notes) if notes else "")
         )
 
-    def _emit(self, what: str, source: str | None, events: Callable[[], Iterator[Any]]) -> None:
-        """Log the events of a step of the tenant's work; a failure is recorded, not raised."""
+    def _emit(self, what: str, events: Callable[[], Iterator[Any]]) -> None:
+        """Log the events of a step of the tenant's work (normalization, metrics: not one
+        source's); a failure is recorded for the tenant as a whole, not raised."""
         try:
             log_events(self.context, list(events()))
         except Exception as exc:  # noqa: BLE001 - classified, redacted, reported at the end of the run
-            failure = tenant_failure(exc, self.tenant.id, source, self.days)
+            failure = tenant_failure(exc, self.tenant.id, None, self.days)
             self.failures.append(failure)
             self.context.log.error(f"tenant {self.tenant.id}: {what} failed: {failure.message}")
 

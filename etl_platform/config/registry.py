@@ -140,10 +140,6 @@ class Registry:
         """source name -> kind across all tenants (a name means one kind everywhere)."""
         return dict(self.shape.kinds)
 
-    def resources_by_source(self) -> dict[str, list[str]]:
-        """source name -> union of resource names across tenants, in first-seen order."""
-        return {k: list(v) for k, v in self.shape.resources.items()}
-
     def template_config(self, source_name: str) -> SourceConfig:
         """The configuration an asset is defined from: the first tenant's, with every tenant's
         REST resources merged so that the assets cover them all."""

@@ -123,27 +123,6 @@ def _redacted(text: str, config: Any) -> str:
     return redact(text, secrets_of(config), extra)
 
 
-def failure_for(exc: BaseException, tenant: str, source: str, *, permanent: bool, config: Any = None) -> Failure:
-    """A Dagster Failure naming tenant and source, classified, secrets redacted.
-    Permanent failures skip step retries (allow_retries=False). `exc` and its chain are
-    scrubbed in place too, for callers that `raise failure_for(exc, ...) from exc` (Dagster
-    then serializes the chain into its event log); raising `from None` keeps it out entirely."""
-    scrub_exception(exc)
-    message = root_message(exc, config)
-    status = http_status(exc)
-    kind = PERMANENT if permanent else TRANSIENT
-    return Failure(
-        description=f"[{kind}] tenant {tenant!r}, source {source!r}: {message}",
-        metadata={
-            ERROR_KIND_KEY: MetadataValue.text(kind),
-            "tenant": MetadataValue.text(tenant),
-            "source": MetadataValue.text(source),
-            **({"http_status": MetadataValue.int(status)} if status else {}),
-        },
-        allow_retries=not permanent,
-    )
-
-
 @dataclass(frozen=True)
 class TenantFailure:
     """One tenant's failure within a run: which source (None: the tenant as a whole, e.g. its

@@ -13,7 +13,7 @@ class PermanentSourceError(Exception):
 
     `url` has secrets redacted; `status` is the HTTP status (None when not an HTTP error).
     dlt wraps exceptions raised while extracting (PipelineStepFailed -> ResourceExtractionError
-    -> this), so callers should look for it with `permanent_cause`.
+    -> this): `runs.failures.classify` looks for it along the whole cause chain.
     """
 
     url: str | None = None
@@ -24,13 +24,3 @@ class PermanentSourceError(Exception):
         self.url = url
         self.status = status
 
-
-def permanent_cause(exc: BaseException | None) -> PermanentSourceError | None:
-    """The PermanentSourceError behind `exc` (itself or along its cause/context chain), if any."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, PermanentSourceError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None

@@ -24,7 +24,6 @@ import psycopg
 
 from etl_platform.config import secrets
 from etl_platform.config.models import TenantsFileError
-from etl_platform.config.names import TENANT_SCHEMA_PREFIX
 from etl_platform.config.settings import apply_dlt_defaults, get_settings
 
 _LOCAL = threading.local()  # lock files this thread holds, with nesting depth
@@ -190,14 +189,6 @@ class Warehouse:
                 yield
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-
-    def schemas(self) -> list[str]:
-        with self.connect() as conn:
-            rows = conn.query(
-                "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ? ORDER BY 1",
-                [TENANT_SCHEMA_PREFIX + "%"],
-            )
-        return [r[0] for r in rows]
 
     def table_exists(self, schema: str, table: str) -> bool:
         with self.connect() as conn:
