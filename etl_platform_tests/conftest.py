@@ -102,7 +102,7 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dagster_home: 
     """Point the platform at a tenants file and a warehouse for one test; returns a setter."""
 
     def configure(tenants: list[dict], warehouse_url: str) -> Path:
-        from etl_platform_tests.platform import write_tenants
+        from etl_platform_tests.support.platform_runs import write_tenants
 
         path = write_tenants(tmp_path / "tenants.yaml", tenants)
         monkeypatch.setenv("ETL_TENANTS_FILE", str(path))

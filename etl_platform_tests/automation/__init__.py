@@ -1,0 +1,1 @@
+"""Tests of schedules, sensors, retries, alerts."""

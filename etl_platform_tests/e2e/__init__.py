@@ -1,0 +1,1 @@
+"""Tests of the whole platform end to end."""

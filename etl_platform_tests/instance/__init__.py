@@ -1,0 +1,1 @@
+"""Tests of the run coordinator and launchers."""
