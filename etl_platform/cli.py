@@ -84,7 +84,7 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
 
 # per-partition materialization figures the demo reports, in the words it prints them with
 RUN_FIGURES = (
-    ("rows_loaded", "rows loaded"),
+    ("dagster/row_count", "rows loaded"),
     ("raw_rows", "raw rows read"),
     ("records_written", "records written"),
     ("rejects", "rejected"),
@@ -97,7 +97,11 @@ def _run_figures(result) -> dict[str, dict[str, int]]:
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         figures = out.setdefault(materialization.asset_key.to_user_string(), {})
-        for key, _words in RUN_FIGURES:
+        if getattr(materialization.metadata.get("applies"), "value", True) is False:
+            figures["not applicable"] = 1
+            continue
+        words = RUN_FIGURES if materialization.asset_key.path[0] == "raw" else RUN_FIGURES[1:]
+        for key, _words in words:
             value = getattr(materialization.metadata.get(key), "value", None)
             if isinstance(value, int):
                 figures[key] = figures.get(key, 0) + value
@@ -110,11 +114,14 @@ def _print_run(result, key: str) -> None:
     width = max((len(name) for name in figures), default=0)
     for name, values in sorted(figures.items()):
         text = ", ".join(f"{values[k]} {words}" for k, words in RUN_FIGURES if k in values) or "materialized"
+        if "not applicable" in values:
+            text = "not applicable (the tenant has no such source)"
         print(f"  {name:<{width}}  {text}")
-    checks = result.get_asset_check_evaluations()
-    failed = sorted(f"{c.asset_key.to_user_string()}:{c.check_name}" for c in checks if not c.passed)
+    applicable = [c for c in result.get_asset_check_evaluations()
+                  if getattr(c.metadata.get("applies"), "value", True) is not False]
+    failed = sorted(f"{c.asset_key.to_user_string()}:{c.check_name}" for c in applicable if not c.passed)
     names = f" ({', '.join(failed)})" if failed else ""
-    print(f"checks: {len(checks) - len(failed)} passed, {len(failed)} failed{names}")
+    print(f"checks: {len(applicable) - len(failed)} passed, {len(failed)} failed{names}")
 
 
 def _print_warehouse(warehouse, dataset: str) -> None:

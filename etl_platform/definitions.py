@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor
 
-from etl_platform.assets.checks import freshness_check
 from etl_platform.assets.ingest import build_ingest_assets
 from etl_platform.assets.keys import source_of
 from etl_platform.automation.jobs import build_jobs
@@ -32,7 +31,6 @@ def build_definitions() -> Definitions:
     jobs = build_jobs(registry)
     return Definitions(
         assets=[assets],
-        asset_checks=[freshness_check()],
         jobs=jobs,
         schedules=build_schedules(jobs, keys_by_source),
         sensors=sensors(jobs),

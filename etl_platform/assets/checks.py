@@ -1,145 +1,112 @@
-"""Check results per partition (the UI shows which tenant and day each one judged), with numeric
-metadata the UI plots over time; and the tenant freshness check, which looks across tenants and
-runs on its own hourly schedule."""
+"""What each check concludes, from the figures a tenant's work reported: one verdict per check
+and partition (the UI shows which tenant and day it judged, and plots the numeric metadata), and
+the tenant freshness check, which looks across tenants on its own hourly schedule."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import (
-    AssetCheckEvaluation,
-    AssetCheckResult,
-    AssetChecksDefinition,
-    AssetCheckSeverity,
-    MetadataValue,
-    asset_check,
-)
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
-from etl_platform.assets.events import check_result
 from etl_platform.assets.keys import (
-    DRIFT_CHECK,
     FRESHNESS_CHECK,
     NOT_NULL_CHECK,
     RECONCILIATION_CHECK,
     RECORDS_KEY,
     UNIQUE_KEY_CHECK,
+    UNMAPPED_STATUSES_CHECK,
 )
 from etl_platform.config.models import TenantConfig
-from etl_platform.config.registry import load_registry
+from etl_platform.loading.messages import DriftFigures
 from etl_platform.normalize.checks import DayChecks
 from etl_platform.normalize.drift import diff_schemas
 from etl_platform.normalize.schema import NOT_NULL, RECORDS_TABLE
-from etl_platform.runs.coverage import run_coverage
 from etl_platform.warehouse import Warehouse, quote, warehouse_for
 
 
-def record_checks(tenant: str, day: dt.date, figures: DayChecks, selected: set[str]) -> Iterator[AssetCheckEvaluation]:
-    """The three checks of `normalized/records` for one partition."""
-    if UNIQUE_KEY_CHECK in selected:
-        yield check_result(
-            RECORDS_KEY,
-            UNIQUE_KEY_CHECK,
-            tenant,
-            day,
-            passed=figures.duplicate_keys == 0,
-            metadata={"duplicate_keys": MetadataValue.int(figures.duplicate_keys)},
-        )
-    if NOT_NULL_CHECK in selected:
-        yield check_result(
-            RECORDS_KEY,
+@dataclass(frozen=True)
+class Verdict:
+    """One check's result for one partition."""
+
+    check: str
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+    description: str | None = None
+
+
+def record_verdicts(figures: DayChecks) -> list[Verdict]:
+    """The three checks of `normalized/records` for one partition, on what normalization staged."""
+    return [
+        Verdict(UNIQUE_KEY_CHECK, figures.duplicate_keys == 0,
+                {"duplicate_keys": MetadataValue.int(figures.duplicate_keys)}),
+        Verdict(
             NOT_NULL_CHECK,
-            tenant,
-            day,
-            passed=not figures.null_counts,
-            metadata={
-                "null_values": MetadataValue.int(sum(figures.null_counts.values())),
-                "null_counts": MetadataValue.json(figures.null_counts),
-                "columns": MetadataValue.json(list(NOT_NULL)),
-            },
-        )
-    if RECONCILIATION_CHECK in selected:
-        yield check_result(
-            RECORDS_KEY,
+            not figures.null_counts,
+            {"null_values": MetadataValue.int(sum(figures.null_counts.values())),
+             "null_counts": MetadataValue.json(figures.null_counts)},
+            description=None if not figures.null_counts else f"nulls in required columns {list(NOT_NULL)}",
+        ),
+        Verdict(
             RECONCILIATION_CHECK,
-            tenant,
-            day,
-            passed=figures.reconciled,
-            metadata={
-                "raw_rows": MetadataValue.int(figures.raw_rows),
-                "records": MetadataValue.int(figures.records),
-                "rejects": MetadataValue.int(figures.rejects),
-                "mismatches": MetadataValue.int(figures.mismatches),
-            },
+            figures.reconciled,
+            {"raw_rows": MetadataValue.int(figures.raw_rows), "records": MetadataValue.int(figures.records),
+             "rejects": MetadataValue.int(figures.rejects), "mismatches": MetadataValue.int(figures.mismatches)},
             description=None
             if figures.reconciled
-            else (f"{figures.raw_rows} raw rows, but {figures.records} are in records and {figures.rejects} rejected"),
-        )
+            else f"{figures.raw_rows} raw rows, but {figures.records} are in records and {figures.rejects} rejected",
+        ),
+    ]  # fmt: skip
 
 
-def drift_check(
-    key: Any,
-    tenant: str,
-    days: list[dt.date],
-    observed: dict[str, str],
-    previous: dict[str, str] | None,
-    previous_at: str | None,
-) -> Iterator[AssetCheckEvaluation]:
-    """`schema_drift` of one raw asset for one tenant's days: this load's fields against the
-    tenant's own previous load (added fields warn; removed or retyped fields are errors). The
-    same result for each day of the run."""
-    passed, severity = True, AssetCheckSeverity.WARN
-    if not observed:
-        meta = {"fields": MetadataValue.int(len(previous or {})), "rows_observed": MetadataValue.int(0)}
+def drift_verdict(check: str, tenant: str, drift: DriftFigures, discarded: int = 0) -> Verdict:
+    """`schema_drift` of one raw asset: this load's fields against the tenant's own previous load
+    (added fields warn; removed or retyped fields are errors). Fields of rows a schema contract
+    discarded count as observed: a contract that discarded every row still shows its drift."""
+    note = f"; the schema contract discarded {discarded} row(s)" if discarded else ""
+    if not drift.observed:
         text = "no rows loaded: nothing to compare" + (
-            f" (last fields observed at {previous_at})" if previous_at else ""
+            f" (last fields observed at {drift.previous_at})" if drift.previous_at else ""
         )
-    elif previous is None:
-        meta = {"fields": MetadataValue.int(len(observed))}
-        text = f"first load of tenant {tenant!r}: {len(observed)} fields"
-    else:
-        drift = diff_schemas(previous, observed)
-        passed = not drift.any
-        severity = AssetCheckSeverity.ERROR if drift.breaking else AssetCheckSeverity.WARN
-        meta = {
-            "fields": MetadataValue.int(len(observed)),
-            "added": MetadataValue.int(len(drift.added)),
-            "removed": MetadataValue.int(len(drift.removed)),
-            "retyped": MetadataValue.int(len(drift.retyped)),
-            "columns_added": MetadataValue.json(drift.added),
-            "columns_removed": MetadataValue.json(drift.removed),
-            "columns_retyped": MetadataValue.json({k: f"{a} -> {b}" for k, (a, b) in drift.retyped.items()}),
-            "previous_observed_at": MetadataValue.text(previous_at or ""),
-        }
-        text = f"tenant {tenant!r}: {drift.describe()}"
-    for day in days:
-        yield check_result(
-            key, DRIFT_CHECK, tenant, day, passed=passed, severity=severity, metadata=meta, description=text
-        )
+        return Verdict(check, True, {"fields": MetadataValue.int(len(drift.previous or {})),
+                                     "rows_observed": MetadataValue.int(0)}, AssetCheckSeverity.WARN, text)
+    if drift.previous is None:
+        text = f"first load of tenant {tenant!r}: {len(drift.observed)} fields" + note
+        return Verdict(check, True, {"fields": MetadataValue.int(len(drift.observed))}, AssetCheckSeverity.WARN, text)
+    change = diff_schemas(drift.previous, drift.observed)
+    return Verdict(
+        check,
+        not change.any,
+        {
+            "fields": MetadataValue.int(len(drift.observed)),
+            "added": MetadataValue.int(len(change.added)),
+            "removed": MetadataValue.int(len(change.removed)),
+            "retyped": MetadataValue.int(len(change.retyped)),
+            "columns_added": MetadataValue.json(change.added),
+            "columns_removed": MetadataValue.json(change.removed),
+            "columns_retyped": MetadataValue.json({k: f"{a} -> {b}" for k, (a, b) in change.retyped.items()}),
+        },
+        AssetCheckSeverity.ERROR if change.breaking else AssetCheckSeverity.WARN,
+        f"tenant {tenant!r}: {change.describe()}" + note,
+    )  # fmt: skip
 
 
-def freshness_check() -> AssetChecksDefinition:
-    @asset_check(
-        asset=RECORDS_KEY,
-        name=FRESHNESS_CHECK,
-        description="Every active tenant's newest record is younger than its freshness_hours (warning). "
-        "Runs on its own hourly schedule (`tenant_freshness`), not in the ingest runs.",
-        blocking=False,
+def unmapped_verdict(unmapped: dict[str, int]) -> Verdict:
+    return Verdict(
+        UNMAPPED_STATUSES_CHECK,
+        not unmapped,
+        {"unmapped": MetadataValue.int(len(unmapped)), "unmapped_statuses": MetadataValue.json(unmapped)},
+        AssetCheckSeverity.WARN,
+        None if not unmapped else "map each status to a step in the tenant's flow_steps (tenants file)",
     )
-    def tenant_freshness(context) -> AssetCheckResult:  # noqa: ANN001 - Dagster reads the hints
-        """Every active tenant on its own schedule; in a run of some partitions (e.g. selected with
-        `--select '*'`), the run's tenants only, so that a run's cost stays its own."""
-        registry = load_registry()
-        coverage = run_coverage(context.run.tags, list(context.instance.get_dynamic_partitions("tenant")))
-        if coverage.tenants:
-            ids = [t for t in coverage.tenants if registry.has(t) and not registry.entry(t).paused]
-            tenants = [registry.tenant(t) for t in ids]
-        else:
-            tenants = registry.active_tenants()
-        return evaluate_freshness(tenants, dt.datetime.now(dt.timezone.utc))
 
-    return tenant_freshness
+
+def not_applicable(check: str, tenant: str, source: str) -> Verdict:
+    """A check a run was asked for on a source the tenant does not have."""
+    return Verdict(check, True, {"applies": MetadataValue.bool(False)}, AssetCheckSeverity.WARN,
+                   f"not applicable: tenant {tenant!r} has no source {source!r}")
 
 
 def evaluate_freshness(

@@ -17,6 +17,7 @@ from dagster_dlt.translator import DltResourceTranslatorData
 from etl_platform.assets.keys import (
     DRIFT_CHECK,
     ENGINEERING_KEY,
+    FRESHNESS_CHECK,
     METRICS_GROUP,
     NORMALIZED_GROUP,
     NOT_NULL_CHECK,
@@ -162,3 +163,16 @@ def check_specs(raw_keys: list[AssetKey]) -> list[AssetCheckSpec]:
             "every active Jira status in use maps to one of the tenant's flow steps (warning)",
         ),
     ]
+
+
+def freshness_spec() -> AssetCheckSpec:
+    """Tenant freshness, across tenants: evaluated by the step when a run selects it (the hourly
+    `tenant_freshness` job selects it alone), never a step of its own that a run would skip."""
+    return AssetCheckSpec(
+        FRESHNESS_CHECK,
+        asset=RECORDS_KEY,
+        blocking=False,
+        description="Every active tenant's newest record is younger than its freshness_hours (warning). "
+        "Runs on its own hourly schedule (`tenant_freshness`), and for the run's tenants in a run that selects it.",
+    )
+

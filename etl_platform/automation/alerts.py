@@ -50,7 +50,8 @@ from etl_platform.observability.channels import (
     unique,
 )
 from etl_platform.runs.facts import RunFacts
-from etl_platform.runs.failures import TRANSIENT, TenantFailure, run_failures, secrets_of
+from etl_platform.loading.failures import TRANSIENT, TenantFailure, secrets_of
+from etl_platform.runs.failures import run_failures
 from etl_platform.runs.history import failure_reason
 from etl_platform.security.redaction import redact_text
 

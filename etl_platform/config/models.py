@@ -376,6 +376,14 @@ class AlertsConfig(_Model):
     platform_default: bool = True
 
 
+class TenantLimits(_Model):
+    """What one tenant's work in one run may use (unset: the platform's ETL_TENANT_* settings)."""
+
+    memory_mb: int | None = Field(None, ge=64)
+    deadline_minutes: float | None = Field(None, gt=0)
+    cpu_minutes: float | None = Field(None, gt=0)
+
+
 class TenantConfig(_Model):
     id: str
     name: str | None = None
@@ -392,6 +400,7 @@ class TenantConfig(_Model):
     # unset: the platform's ETL_WAREHOUSE_URL
     warehouse_url_env: EnvName | None = None
     alerts: AlertsConfig = AlertsConfig()
+    limits: TenantLimits = TenantLimits()
     sources: list[SourceConfig] = []
 
     @field_validator("id")

@@ -51,6 +51,10 @@ class Settings:
     hourly_cron: str  # ETL_HOURLY_CRON: the hourly ingest (default "0 * * * *")
     rebackfill_cron: str  # ETL_REBACKFILL_CRON: the daily re-backfill (default "30 2 * * *")
     freshness_cron: str  # ETL_FRESHNESS_CRON: the tenant freshness check (default "45 * * * *")
+    # each tenant's process in a run (a tenant's own `limits:` in the tenants file wins)
+    tenant_memory_mb: int  # ETL_TENANT_MEMORY_LIMIT_MB: resident memory
+    tenant_deadline_minutes: float  # ETL_TENANT_DEADLINE_MINUTES: wall-clock time of its work in one run
+    tenant_cpu_minutes: float  # ETL_TENANT_CPU_MINUTES: CPU time (all its threads) in one run
 
     @property
     def data_dir(self) -> Path:
@@ -70,6 +74,19 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+def _positive(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"environment variable {name} must be a positive number, got {raw!r}")
+    return value
 
 
 def get_settings() -> Settings:
@@ -103,6 +120,9 @@ def get_settings() -> Settings:
         hourly_cron=os.environ.get("ETL_HOURLY_CRON", "0 * * * *"),
         rebackfill_cron=os.environ.get("ETL_REBACKFILL_CRON", "30 2 * * *"),
         freshness_cron=os.environ.get("ETL_FRESHNESS_CRON", "45 * * * *"),
+        tenant_memory_mb=max(64, _int("ETL_TENANT_MEMORY_LIMIT_MB", 2048)),
+        tenant_deadline_minutes=_positive("ETL_TENANT_DEADLINE_MINUTES", 15),
+        tenant_cpu_minutes=_positive("ETL_TENANT_CPU_MINUTES", 30),
     )
 
 

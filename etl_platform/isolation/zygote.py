@@ -49,7 +49,7 @@ def child_main(sock: socket.socket, parent: int, cpu_s: int) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported to the run worker, then exit
         code = 1
         try:
-            from etl_platform.redaction import redact
+            from etl_platform.security.redaction import redact
 
             channel.send(sock, {"op": "crash", "error": type(exc).__name__, "message": redact(str(exc)) or "",
                                 "traceback": redact("".join(traceback.format_exception(exc)))})

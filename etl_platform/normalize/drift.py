@@ -8,6 +8,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.sources import lineage
 from etl_platform.warehouse import Connection, quote
 
@@ -34,21 +35,43 @@ def _common_type(db_type: str) -> str | None:
 
 
 def observed_schema(
-    conn: Connection, schema: str, table: str, load_ids: list[str], source: str, days: list[dt.date]
+    conn: Connection,
+    schema: str,
+    table: str,
+    load_ids: list[str],
+    source: str,
+    days: list[dt.date],
+    resource: str | None = None,
 ) -> dict[str, str]:
     """field -> type ('string', 'number', 'boolean', 'array', 'object', or 'a|b' when mixed)
-    over a sample of the rows the given loads wrote into the source's slice of `days`."""
-    if not load_ids or not conn.table_exists(schema, table):
+    over a sample of the rows the given loads wrote into the source's slice of `days`, and of the
+    rows of `resource` that a schema contract diverted to `rejects` in those loads: a contract
+    that discarded every row still shows the drift that made it do so."""
+    if not load_ids:
         return {}
     loads = ", ".join("'" + i.replace("'", "''") + "'" for i in load_ids)
     in_days = ", ".join(f"DATE '{d.isoformat()}'" for d in days)
-    sample = (
-        f"SELECT {quote(lineage.RECORD)} AS r FROM {quote(schema)}.{quote(table)} "
-        f"WHERE {quote(lineage.SOURCE)} = '{source.replace(chr(39), chr(39) * 2)}' "
-        f"AND {quote(lineage.PARTITION_DATE)} IN ({in_days}) AND _dlt_load_id IN ({loads}) LIMIT {SAMPLE_ROWS}"
+    where = (
+        f"{quote(lineage.SOURCE)} = '{source.replace(chr(39), chr(39) * 2)}' "
+        f"AND {quote(lineage.PARTITION_DATE)} IN ({in_days}) AND _dlt_load_id IN ({loads})"
     )
+    samples = []
+    if conn.table_exists(schema, table):
+        samples.append(
+            f"(SELECT CAST({quote(lineage.RECORD)} AS VARCHAR) AS r FROM {quote(schema)}.{quote(table)} "
+            f"WHERE {where} LIMIT {SAMPLE_ROWS})"
+        )
+    if resource and "reason" in conn.columns(schema, REJECTS_TABLE):
+        samples.append(
+            f"(SELECT raw_text AS r FROM {quote(schema)}.{quote(REJECTS_TABLE)} WHERE {where} "
+            f"AND resource = '{resource.replace(chr(39), chr(39) * 2)}' AND reason LIKE 'schema contract discard_%' "
+            f"LIMIT {SAMPLE_ROWS})"
+        )
+    if not samples:
+        return {}
+    sample = " UNION ALL ".join(samples)
     if conn.dialect == "duckdb":
-        sql = f"SELECT DISTINCT e.key, e.type FROM ({sample}) AS s, json_each(s.r) AS e"
+        sql = f"SELECT DISTINCT e.key, e.type FROM ({sample}) AS s, json_each(CAST(s.r AS JSON)) AS e"
     else:
         sql = f"SELECT DISTINCT e.key, jsonb_typeof(e.value) FROM ({sample}) AS s, jsonb_each(CAST(s.r AS JSONB)) AS e"
     types: dict[str, set[str]] = {}

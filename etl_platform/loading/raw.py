@@ -1,6 +1,6 @@
 """Raw loads: one tenant's source over the run's days, through the tenant's own dlt pipeline
 (`etl__<tenant>__<source>`) into its own dataset (`tenant_<id>`), then the partition slice made
-exact (rows of earlier loads swept) and counted per day.
+exact (rows of earlier loads swept), counted and fingerprinted per day.
 
 Every query here finds a (source, day) slice through an index on PostgreSQL (created with the
 table) or DuckDB's pruning, so the work of a load follows the partition, not the table.
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dlt
-from dagster import AssetKey, MetadataValue, TableColumn, TableSchema
 
-from etl_platform.assets.keys import raw_asset_key
 from etl_platform.config.models import SourceConfig, TenantConfig
 from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
+from etl_platform.isolation import progress
+from etl_platform.loading.versions import slice_figures
 from etl_platform.normalize.drift import observed_schema
 from etl_platform.sources import lineage
 from etl_platform.sources.build import apply_load_hints, build_source
@@ -30,16 +30,11 @@ from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.warehouse import Connection, Warehouse, quote
 from etl_platform.warehouse.indexes import analyze_if_stale, ensure_slice_index
 
-STATS_FIELDS = (
-    "pages",
-    "pages_by_resource",
-    "bytes",
-    "rows_read",
-    "rejects",
-    "outside_window",
-    "repeated_pages_stopped",
-    "warning",
-)
+# what a load tells about its source, kept in the raw asset's metadata (compact: no per-page detail)
+SUMMARY_FIELDS = (
+    "pages", "bytes", "rows_read", "rejects", "outside_window", "repeated_pages_stopped", "warning",
+    "skipped_by_reason", "event_time_fallbacks", "encoding", "encoding_source",
+)  # fmt: skip
 
 
 def pipeline_name(tenant_id: str, source: str) -> str:
@@ -54,36 +49,31 @@ def pipelines_dir() -> str:
 
 
 @dataclass
-class ResourceLoad:
+class ResourceSlice:
     """What one resource's table holds for each day of the run after the load."""
 
-    key: AssetKey
     resource: str
-    table: str
-    rows_by_day: dict[dt.date, int]
-    metadata: dict[str, Any]
-    observed: dict[str, str] = field(default_factory=dict)
+    table: str  # the table's name in the tenant's dataset
+    rows: dict[dt.date, int]
+    versions: dict[dt.date, str]  # content fingerprint of each day's slice
+    columns: dict[str, str] = field(default_factory=dict)  # dlt's columns (name -> type), for the UI
+    columns_added: list[str] = field(default_factory=list)  # by this load
+    observed: dict[str, str] = field(default_factory=dict)  # fields of this load's records (drift)
 
 
 @dataclass
 class SourceLoad:
-    """One tenant's load of one source: per resource and day, plus the run-level source figures."""
+    """One tenant's load of one source: per resource and day, plus the load's own figures."""
 
     source: str
-    resources: list[ResourceLoad]
-    rejects_by_day: dict[dt.date, int]
-    stats: dict[str, Any]
+    slices: list[ResourceSlice]
+    summary: dict[str, Any]
     swept: dict[str, int]
     duration_s: float
 
 
-def selected_resources(config: SourceConfig, selected: set[AssetKey]) -> list[str]:
-    """The source's data resources the run selected (its rejects load with them)."""
-    return [r for r in config.resource_names if raw_asset_key(config.name, r) in selected]
-
-
 def load_source(
-    context: Any,
+    run_id: str,
     registry: Registry,
     warehouse: Warehouse,
     tenant: TenantConfig,
@@ -94,8 +84,7 @@ def load_source(
     """Load the data `resources` of the tenant's source (and its rejects) for `days`; the slice of
     each day is replaced."""
     started = time.monotonic()
-    settings = get_settings()
-    ctx = lineage.RunContext(tenant.id, config.name, context.run.run_id, lineage.Window(tuple(days), settings.timezone))
+    ctx = lineage.RunContext(tenant.id, config.name, run_id, lineage.Window(tuple(days), get_settings().timezone))
     source = build_source(config, registry, ctx)
     apply_load_hints(source, config, warehouse.kind)  # how this kind loads (CSV: appended, then swept)
     stats = getattr(source, "etl_stats", None)  # filled while the (selected clone of the) source runs
@@ -120,17 +109,14 @@ def load_source(
     with writer():
         load_ids = _load_ids(pipeline, load_info, guards)
         with warehouse.connect(write=True) as conn:
-            settled = _settle_slice(conn, tenant.dataset, pipeline, load_info, load_ids, source, config, days)
-    loads, counts, swept = settled
+            slices, swept = _settle_slice(conn, tenant.dataset, pipeline, load_info, load_ids, source, config, days)
     return SourceLoad(
         source=config.name,
-        resources=loads,
-        rejects_by_day=counts.get(raw_table(config.name, REJECTS_TABLE), {d: 0 for d in days}),
-        stats={**_stats(stats), **_contract_stats(guards)},
+        slices=slices,
+        summary={**_summary(stats), **_contract_stats(guards)},
         swept=swept,
         duration_s=round(time.monotonic() - started, 3),
     )
-
 
 def _with_rejects(source: Any, resources: list[str]) -> list[str]:
     """The selected resources the source has, and its rejects: rows a loader rejects are kept
@@ -147,9 +133,11 @@ def _extract_and_load(pipeline: Any, source: Any, guards: list, writer: Callable
     A schema contract (freeze) that refused the data fails as permanent, naming every field."""
     pipeline.config.restore_from_destination = False
     try:
+        progress.note(phase="extract")
         pipeline.extract(source)
         pipeline.normalize()
         with writer():
+            progress.note(phase="load")
             return pipeline.load()
     except Exception:
         refused = [g.describe() for g in guards if g.mode == "freeze" and g.stats.violations]
@@ -180,11 +168,10 @@ def _settle_slice(
     source: Any,
     config: SourceConfig,
     days: list[dt.date],
-) -> tuple[list[ResourceLoad], dict[str, dict[dt.date, int]], dict[str, int]]:
+) -> tuple[list[ResourceSlice], dict[str, int]]:
     """After the load, under the writer's lock: slice indexes and statistics (PostgreSQL), the
-    earlier loads of the slice swept, rows counted per table and day. (loads per resource, counts
-    per table, rows swept per table)."""
-    metadata = {name: _table_metadata(pipeline, raw_table(config.name, name)) for name in source.selected_resources}
+    earlier loads of the slice swept, rows counted and fingerprinted per table and day. (slices
+    per resource, rows swept per table)."""
     tables = [raw_table(config.name, r) for r in source.selected_resources]
     if REJECTS_TABLE not in source.selected_resources and conn.table_exists(dataset, REJECTS_TABLE):
         tables.append(REJECTS_TABLE)  # rows a contract diverted
@@ -193,37 +180,25 @@ def _settle_slice(
             ensure_slice_index(conn, dataset, table)
             analyze_if_stale(conn, dataset, table)
     swept = _sweep_stale_rows(conn, dataset, config.name, days, load_ids)
-    counts = {t: _rows_by_day(conn, dataset, t, config.name, days) for t in tables}
-    loads = [
-        ResourceLoad(
-            key=raw_asset_key(config.name, name),
-            resource=name,
-            table=f"{dataset}.{raw_table(config.name, name)}",
-            rows_by_day=counts[raw_table(config.name, name)],
-            metadata=_resource_metadata(metadata[name], _schema_changes(load_info, raw_table(config.name, name))),
-            observed=(
-                {}
-                if name == REJECTS_TABLE
-                else observed_schema(conn, dataset, raw_table(config.name, name), load_ids, config.name, days)
-            ),
+    figures = {t: slice_figures(conn, dataset, t, config.name, days) for t in tables}
+    slices = []
+    for name in source.selected_resources:
+        table = raw_table(config.name, name)
+        rows, versions = figures[table]
+        observed = {} if name == REJECTS_TABLE else observed_schema(
+            conn, dataset, table, load_ids, config.name, days, resource=name
         )
-        for name in source.selected_resources
-    ]
-    return loads, counts, swept
+        slices.append(ResourceSlice(name, table, rows, versions, _columns(pipeline, table),
+                                    _schema_changes(load_info, table), observed))
+    return slices, swept
 
 
-def _table_metadata(pipeline: Any, table: str) -> dict[str, Any]:
-    """The table's columns as dlt knows them and its full name (the UI shows both)."""
+def _columns(pipeline: Any, table: str) -> dict[str, str]:
+    """The table's columns as dlt knows them (name -> data type)."""
     if not pipeline.default_schema_name or table not in pipeline.default_schema.tables:
         return {}
     columns = pipeline.default_schema.get_table_columns(table)
-    schema = TableSchema(
-        columns=[TableColumn(name=name, type=str(col.get("data_type") or "unknown")) for name, col in columns.items()]
-    )
-    return {
-        "dagster/column_schema": MetadataValue.table_schema(schema),
-        "dagster/table_name": MetadataValue.text(f"{pipeline.dataset_name}.{table}"),
-    }
+    return {name: str(col.get("data_type") or "unknown") for name, col in columns.items()}
 
 
 def _contract_guards(pipeline: Any, source: Any, config: SourceConfig, ctx: lineage.RunContext) -> list:
@@ -250,41 +225,16 @@ def _contract_stats(guards: list) -> dict[str, Any]:
     }
 
 
-def _resource_metadata(meta: dict[str, Any], changes: list[str]) -> dict[str, Any]:
-    """The dagster-dlt metadata worth keeping per partition: the table's columns and name."""
-    out: dict[str, Any] = {"schema_changes": MetadataValue.json(changes)}
-    for name in ("dagster/column_schema", "dagster/table_name"):
-        if meta.get(name) is not None:
-            out[name] = meta[name]
-    return out
-
-
-def _rows_by_day(conn: Connection, schema: str, table: str, source: str, days: list[dt.date]) -> dict[dt.date, int]:
-    """Rows of the source's slice of each day, now in the table."""
-    counts = {d: 0 for d in days}
-    if not conn.table_exists(schema, table):
-        return counts
-    in_days = ", ".join("CAST(? AS DATE)" for _ in days)
-    rows = conn.query(
-        f"SELECT {quote(lineage.PARTITION_DATE)}, count(*) FROM {quote(schema)}.{quote(table)} "
-        f"WHERE {quote(lineage.SOURCE)} = ? AND {quote(lineage.PARTITION_DATE)} IN ({in_days}) GROUP BY 1",
-        [source, *[d.isoformat() for d in days]],
-    )
-    for day, count in rows:
-        day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day))
-        counts[day] = int(count)
-    return counts
-
-
-def _stats(stats: Any) -> dict[str, Any]:
-    """Run-level counters of the source (pages, bytes, rejects, rows outside the window, warnings)."""
+def _summary(stats: Any) -> dict[str, Any]:
+    """The source's own counters of the load (pages, bytes, rejects, rows outside the window,
+    rows skipped by reason, warnings); empty values left out."""
     if stats is None:
         return {}
-    if hasattr(stats, "as_metadata"):
-        data = dict(stats.as_metadata())
-    else:
-        data = {name: getattr(stats, name) for name in STATS_FIELDS if hasattr(stats, name)}
-    return {k: v for k, v in data.items() if v is not None and not callable(v) and k != "current_url"}
+    data = dict(stats.as_metadata()) if hasattr(stats, "as_metadata") else {}
+    for name in SUMMARY_FIELDS:
+        if name not in data and hasattr(stats, name):
+            data[name] = getattr(stats, name)
+    return {k: v for k, v in data.items() if k in SUMMARY_FIELDS and v not in (None, 0, {}, [], "")}
 
 
 def _schema_changes(load_info: Any, table: str) -> list[str]:
