@@ -136,11 +136,13 @@ class RunScope:
 _SERVERS = threading.local()
 
 
-def fork_server(registry: Registry) -> ForkServer:
+def fork_server(registry: Registry | None) -> ForkServer:
     """This thread's fork server (started at its first tenant, kept for the process's life: a
     run worker runs one run), with the platform's environment and no tenant's variable."""
     server = getattr(_SERVERS, "server", None)
     if server is None or server.process.poll() is not None:
+        if registry is None:
+            raise RuntimeError("no fork server started in this thread")
         server = ForkServer(platform_environment(os.environ, registry.tenants), PRELOAD)
         _SERVERS.server = server
     return server
@@ -235,7 +237,7 @@ class IngestRun:
         server = fork_server(registry)
         env = {**platform_environment(os.environ, registry.tenants), **tenant_secrets(os.environ, tenant)}
         try:
-            for message in server.run(TENANT_WORK, outcome.job(), env, tenant_limits(tenant)):
+            for message in server.run(TENANT_WORK, outcome.job(), env, tenant_limits(tenant), label=tenant.id):
                 yield from outcome.on(message)
         except (LimitExceeded, ChildDied) as exc:
             kind = PERMANENT if isinstance(exc, LimitExceeded) else TRANSIENT

@@ -37,6 +37,7 @@ from dagster import (
 
 from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import AlertSettings, get_settings
+from etl_platform.loading.failures import TRANSIENT, TenantFailure, secrets_of
 from etl_platform.observability.channels import (
     FAILURE,
     RESOLVED,
@@ -50,7 +51,6 @@ from etl_platform.observability.channels import (
     unique,
 )
 from etl_platform.runs.facts import RunFacts
-from etl_platform.loading.failures import TRANSIENT, TenantFailure, secrets_of
 from etl_platform.runs.failures import run_failures
 from etl_platform.runs.history import failure_reason
 from etl_platform.security.redaction import redact_text

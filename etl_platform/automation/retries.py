@@ -41,8 +41,8 @@ from dagster import (
 from etl_platform.assets.keys import RECORDS_KEY, source_of
 from etl_platform.automation.jobs import INGEST_JOB
 from etl_platform.config.settings import get_settings
-from etl_platform.runs.coverage import Coverage, contiguous_chunks, partition_request, run_coverage
 from etl_platform.loading.failures import TenantFailure
+from etl_platform.runs.coverage import Coverage, contiguous_chunks, partition_request, run_coverage
 from etl_platform.runs.failures import run_failures
 from etl_platform.runs.partitions import partition_key
 from etl_platform.runs.tags import (

@@ -80,6 +80,7 @@ class ForkServer:
     def __init__(self, env: Mapping[str, str], preload: Sequence[str] = ()) -> None:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.jobs = 0
+        self.peaks: dict[str, int] = {}  # label -> peak resident bytes of its last child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "etl_platform.isolation.zygote", str(theirs.fileno()), str(os.getpid()), *preload],
             env=dict(env),
@@ -100,9 +101,12 @@ class ForkServer:
         data = self.control.recv(1 << 16)
         return pickle.loads(data) if data else None
 
-    def run(self, target: str, payload: Any, env: Mapping[str, str], limits: Limits) -> Iterator[Any]:
-        """Run `target(payload, sock)` ("module:function") in a new child with `env` added;
-        yield every message it sends but progress (kept to name what a limit interrupted)."""
+    def run(
+        self, target: str, payload: Any, env: Mapping[str, str], limits: Limits, label: str = ""
+    ) -> Iterator[Any]:
+        """Run `target(payload, sock)` ("module:function") in a new child whose environment is
+        `env`; yield every message it sends but progress (kept to name what a limit
+        interrupted). `label` names the child in `peaks`."""
         self.jobs += 1
         job = self.jobs
         ours, theirs = socket.socketpair()
@@ -151,6 +155,7 @@ class ForkServer:
         watchdog.join()
         _, _, _, status, maxrss_kb, cpu_s = exit_report
         self.last_peak_bytes = max(watchdog.peak_bytes, maxrss_kb * 1024)
+        self.peaks[label or str(job)] = self.last_peak_bytes
         self.last_cpu_s = cpu_s
         if watchdog.reason is not None:
             raise watchdog.reason

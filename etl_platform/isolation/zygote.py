@@ -31,7 +31,8 @@ CONTROL_BUFFER = 1 << 16
 
 def child_main(sock: socket.socket, parent: int, cpu_s: int) -> None:
     """In the forked child: limits, then the job sent on `sock`: `{"target": "pkg.mod:func",
-    "env": {...}, "payload": ...}`; `func(payload, sock)` sends its own messages."""
+    "env": {...}, "payload": ...}` (`env` replaces the environment); `func(payload, sock)` sends
+    its own messages."""
     die_with_parent(parent)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -40,6 +41,7 @@ def child_main(sock: socket.socket, parent: int, cpu_s: int) -> None:
     code = 0
     try:
         job = channel.receive(sock)
+        os.environ.clear()  # exactly the environment the run worker chose for this tenant
         os.environ.update(job.get("env") or {})
         module, _, name = job["target"].partition(":")
         func = getattr(importlib.import_module(module), name)

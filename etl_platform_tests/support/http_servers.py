@@ -24,6 +24,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    client: tuple[str, int] = ("", 0)  # the client's address and port
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -33,7 +34,7 @@ class Request:
 @dataclass
 class Response:
     status: int = 200
-    body: Any = b""
+    body: Any = b""  # bytes, text, JSON-able, or an iterator of byte chunks (streamed, then closed)
     headers: dict[str, str] = field(default_factory=dict)
 
     def encoded(self) -> bytes:
@@ -74,6 +75,7 @@ class LocalServer:
                     query=parse_qs(parts.query),
                     headers={k: v for k, v in self.headers.items()},
                     body=self.rfile.read(length) if length else b"",
+                    client=self.client_address[:2],
                 )
                 server.requests.append(req)
                 handler = server.routes.get(parts.path) or server.routes.get("*")
@@ -86,6 +88,20 @@ class LocalServer:
                         self.close_connection = True
                         self.connection.close()
                         return
+                if hasattr(resp.body, "__next__"):  # a stream: chunks as they come, then close
+                    self.send_response(resp.status)
+                    for key, value in resp.headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    try:
+                        for chunk in resp.body:
+                            self.wfile.write(chunk)
+                            self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
                 data = resp.encoded()
                 self.send_response(resp.status)
                 for key, value in resp.headers.items():
