@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _MAPS = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+)")
+_SPECIAL = ("[vvar]", "[vsyscall]", "[vvar_vclock]")  # kernel pages that cannot be read
 
 
 def _socket_inode(local_port: int) -> str | None:
@@ -50,7 +51,7 @@ def memory_holds(pid: int, needles: Iterable[bytes]) -> dict[bytes, bool]:
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for line in maps:
             match = _MAPS.match(line)
-            if not match or "r" not in match.group(3) or line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+            if not match or "r" not in match.group(3) or line.rstrip().endswith(_SPECIAL):
                 continue
             start, end = int(match.group(1), 16), int(match.group(2), 16)
             tail = b""
