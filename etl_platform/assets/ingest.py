@@ -284,12 +284,12 @@ class IngestRun:
             )
 
     def _finish(self) -> None:
-        changed = sum(1 for o in self.outcomes if o.wrote)
         if self.outcomes:
+            failed = sum(1 for o in self.outcomes if o.failures)
+            changed = sum(1 for o in self.outcomes if o.wrote and not o.failures)
             self.context.log.info(
                 f"{len(self.outcomes)} tenant(s): {changed} with changes written, "
-                f"{len(self.outcomes) - changed - len({f.tenant for f in self.failures})} unchanged"
-                + (f", {len({f.tenant for f in self.failures})} failed" if self.failures else "")
+                f"{len(self.outcomes) - changed - failed} unchanged" + (f", {failed} failed" if failed else "")
             )
         if self.failures:
             failed = sorted({f.tenant for f in self.failures})
@@ -489,15 +489,17 @@ class TenantEvents:
         return source is None or self.tenant.source(source) is not None
 
     def failed_keys(self) -> set[AssetKey]:
-        """The selected assets this tenant's failures concern."""
+        """The selected assets this tenant's failures concern: a failed source's assets, and what
+        the tenant's process never reported on (its records when no source could feed them, or
+        everything after it was stopped)."""
         if not self.failures:
             return set()
-        out: set[AssetKey] = set()
-        for failure in self.failures:
-            if failure.source is not None:
-                out |= {k for k in self.scope.assets if source_of(k) == failure.source}
-            else:  # the tenant as a whole (or its normalization): what was not reported
-                out |= {k for k in self.scope.assets if self.applies(k) and k not in self.reported}
+        sources = {f.source for f in self.failures if f.source}
+        out = {k for k in self.scope.assets if source_of(k) in sources}
+        if any(f.source is None for f in self.failures):
+            out |= {k for k in self.scope.assets if k not in self.reported}
+        else:
+            out |= {k for k in self.scope.assets if source_of(k) is None and k not in self.reported}
         return {k for k in out if self.applies(k)}
 
     def finish(self) -> Iterator[Any]:

@@ -125,11 +125,16 @@ def launch(instance: DagsterInstance, request: RunRequest, *, job: str | None = 
 
     job_def = build_definitions().resolve_job_def(job or request.job_name or "ingest")
     tags = {k: v for k, v in request.tags.items() if not k.startswith("dagster/partition")}
+    selection = request.asset_selection
+    if request.asset_check_keys is not None:  # the checks the request names (the schedules': none)
+        job_def = job_def.get_subset(asset_selection=set(selection or job_def.asset_layer.executable_asset_keys),
+                                     asset_check_selection=set(request.asset_check_keys))
+        selection = None
     return job_def.execute_in_process(
         instance=instance,
         partition_key=request.partition_key,
         tags=tags,
-        asset_selection=request.asset_selection,
+        asset_selection=selection,
         raise_on_error=False,
     )
 
