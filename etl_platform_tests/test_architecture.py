@@ -30,10 +30,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "etl_platform"
 LEVELS = {
     "security": 0,  # secret redaction
     "config": 1,  # settings (every ETL_* read), secrets by variable name, the tenants file
+    "isolation": 1.5,  # a process per tenant in a shared run: fork server, limits, watchdog, environment, progress
     "sources": 2,  # pure dlt, no Dagster
     "warehouse": 3,  # Warehouse, Connection, locks, indexes
     "normalize": 4,  # SQL mapping and upsert, checks on what it staged, drift
     "metrics": 5,  # engineering metrics
+    "loading": 5.5,  # one tenant's work in its process (Dagster-free): loads, normalization, metrics, versions
     "runs": 6,  # run bookkeeping: tags, partitions, coverage, failures, worker, facts, history, labels
     "observability": 7,  # logs, warnings, channels, exporter, platform state, API metrics
     "assets": 8,  # the asset graph and the ingest step

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -67,6 +66,7 @@ from etl_platform.assets.keys import (
 )
 from etl_platform.assets.previous import Previous, latest_materializations, planned_per_partition
 from etl_platform.assets.specs import check_specs, freshness_spec, metrics_spec, raw_specs, records_spec
+from etl_platform.config import secrets
 from etl_platform.config.models import TenantConfig
 from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.config.registry import Registry, load_registry
@@ -143,7 +143,7 @@ def fork_server(registry: Registry | None) -> ForkServer:
     if server is None or server.process.poll() is not None:
         if registry is None:
             raise RuntimeError("no fork server started in this thread")
-        server = ForkServer(platform_environment(os.environ, registry.tenants), PRELOAD)
+        server = ForkServer(platform_environment(secrets.environment(), registry.tenants), PRELOAD)
         _SERVERS.server = server
     return server
 
@@ -235,7 +235,8 @@ class IngestRun:
     def _tenant(self, registry: Registry, tenant: TenantConfig, days: list[dt.date], previous: Previous):
         outcome = TenantEvents(self, tenant, tenant.id, days, previous)
         server = fork_server(registry)
-        env = {**platform_environment(os.environ, registry.tenants), **tenant_secrets(os.environ, tenant)}
+        environ = secrets.environment()
+        env = {**platform_environment(environ, registry.tenants), **tenant_secrets(environ, tenant)}
         try:
             for message in server.run(TENANT_WORK, outcome.job(), env, tenant_limits(tenant), label=tenant.id):
                 yield from outcome.on(message)

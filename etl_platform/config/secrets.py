@@ -19,3 +19,16 @@ def value(name: str) -> str | None:
 def is_set(name: str) -> bool:
     """The variable `name` is set (an empty value counts as set, as in the environment)."""
     return name in os.environ
+
+
+def environment() -> dict[str, str]:
+    """The whole environment, as a copy: what a tenant's process inherits is chosen from it
+    (`isolation.environment`: the platform's settings, and that tenant's own secrets)."""
+    return dict(os.environ)
+
+
+def replace_environment(env: dict[str, str]) -> None:
+    """Make `env` this process's whole environment (a tenant's process takes the one the run
+    worker chose for it: the platform's settings and that tenant's own secrets)."""
+    os.environ.clear()
+    os.environ.update(env)

@@ -23,8 +23,10 @@ import sys
 import traceback
 from typing import Any
 
+from etl_platform.config import secrets
 from etl_platform.isolation import channel
 from etl_platform.isolation.lifeline import die_with_parent
+from etl_platform.security.redaction import redact
 
 CONTROL_BUFFER = 1 << 16
 
@@ -41,8 +43,7 @@ def child_main(sock: socket.socket, parent: int, cpu_s: int) -> None:
     code = 0
     try:
         job = channel.receive(sock)
-        os.environ.clear()  # exactly the environment the run worker chose for this tenant
-        os.environ.update(job.get("env") or {})
+        secrets.replace_environment(job.get("env") or {})  # what the run worker chose for this tenant
         module, _, name = job["target"].partition(":")
         func = getattr(importlib.import_module(module), name)
         func(job.get("payload"), sock)
@@ -51,8 +52,6 @@ def child_main(sock: socket.socket, parent: int, cpu_s: int) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported to the run worker, then exit
         code = 1
         try:
-            from etl_platform.security.redaction import redact
-
             channel.send(sock, {"op": "crash", "error": type(exc).__name__, "message": redact(str(exc)) or "",
                                 "traceback": redact("".join(traceback.format_exception(exc)))})
         except Exception:  # noqa: BLE001 - nothing more to tell anyone

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from etl_platform.config.models import TenantConfig
+from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
 from etl_platform.isolation import progress
 from etl_platform.isolation.child import Outbox, attach
 from etl_platform.loading import messages as m
 from etl_platform.loading.failures import TRANSIENT, TenantFailure, classify, tenant_failure
-from etl_platform.loading.raw import REJECTS, SourceLoad, load_source
+from etl_platform.loading.raw import SourceLoad, load_source
 from etl_platform.loading.versions import METRICS_RULES, combine, records_version, slice_figures
 from etl_platform.metrics.run import METRIC_KINDS, METRICS_TABLE, compute_tenant_metrics
 from etl_platform.normalize.drift import remember_schema
@@ -101,7 +102,7 @@ class TenantWork:
     def _remember_schemas(self, warehouse: Warehouse, tenant: TenantConfig, load: SourceLoad) -> dict[str, Any]:
         """Each data table's fields of this load against the tenant's previous load (stored)."""
         out = {}
-        data = [s for s in load.slices if s.resource != REJECTS]
+        data = [s for s in load.slices if s.resource != REJECTS_TABLE]
         if not data:
             return out
         with warehouse.connect(write=True) as conn:
