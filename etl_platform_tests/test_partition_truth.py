@@ -51,7 +51,7 @@ def statuses(instance: DagsterInstance, keys: list[AssetKey], tenants: list[str]
     out = {}
     for key in keys:
         found = instance.get_status_by_partition(
-            key, [str(partition_key(t, DAY)) for t in tenants], tenant_date_partitions
+            key, [str(partition_key(t, DAY)) for t in tenants], tenant_date_partitions()
         ) or {}
         out[key.to_user_string()] = {
             t: (found.get(str(partition_key(t, DAY))) or "missing") for t in tenants
