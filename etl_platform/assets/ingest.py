@@ -80,7 +80,7 @@ from etl_platform.loading.versions import METRICS_RULES, NORMALIZE_RULES
 from etl_platform.metrics.run import METRIC_KINDS
 from etl_platform.runs.failures import FAILED_TENANTS_TAG, run_failure
 from etl_platform.runs.partitions import days_by_tenant, partition_key, tenant_date_partitions
-from etl_platform.runs.tags import BACKFILL_TAG, TRIGGER_TAG, ensure_run_tags
+from etl_platform.runs.tags import BACKFILL_TAG, TRIGGER_TAG, default_trigger, ensure_run_tags
 from etl_platform.warehouse import Warehouse, WarehouseError, warehouse_for
 
 STEP_NAME = "tenant_partitions"
@@ -168,7 +168,8 @@ class IngestRun:
         tags = context.run.tags
         partitioned_checks = {c for c in self.scope.checks if c.name != FRESHNESS_CHECK}
         # a person asked for these partitions (or their checks): every one of them gets an answer
-        self.rebuild = bool(tags.get(BACKFILL_TAG)) or tags.get(TRIGGER_TAG) == "manual" or bool(partitioned_checks)
+        trigger = tags.get(TRIGGER_TAG) or default_trigger(tags)
+        self.rebuild = bool(tags.get(BACKFILL_TAG)) or trigger == "manual" or bool(partitioned_checks)
         self.checks_on_change = not self.rebuild and not partitioned_checks
         self.single_partition = context.has_partition_key and not context.has_partition_key_range
         self.failures: list[TenantFailure] = []
@@ -384,7 +385,6 @@ class TenantEvents:
         return materialization(key, self.tenant_id, day, metadata, version=version, **kwargs)
 
     def _loaded(self, load: m.SourceLoaded) -> Iterator[Any]:
-        rejects = next((r for r in load.resources if r.resource == REJECTS_TABLE), None)
         summary = {**load.summary, "seconds": load.seconds, "days": len(self.days)}
         notes = {k: v for k, v in load.summary.items() if k in ("warning", "skipped_by_reason", "contract_violations")}
         if notes:
@@ -400,7 +400,7 @@ class TenantEvents:
                     continue
                 metadata = {
                     "dagster/row_count": MetadataValue.int(res.rows[day]),
-                    "rejects": MetadataValue.int(rejects.rows[day] if rejects else 0),
+                    "rejects": MetadataValue.int(load.rejects.get(day, 0)),
                     "dagster/table_name": MetadataValue.text(f"{self.tenant.dataset}.{res.table}"),
                     "load": MetadataValue.json(summary),
                 }

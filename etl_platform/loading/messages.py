@@ -54,6 +54,7 @@ class ResourceDays:
 class SourceLoaded:
     source: str
     resources: list[ResourceDays]
+    rejects: dict[dt.date, int]  # the source's rows in the tenant's `rejects` per day
     summary: dict[str, Any]  # the load's own figures (pages, bytes, rows read, skipped by reason, contract)
     seconds: float
 

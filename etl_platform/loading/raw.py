@@ -67,6 +67,7 @@ class SourceLoad:
 
     source: str
     slices: list[ResourceSlice]
+    rejects: dict[dt.date, int]  # the source's rows in the tenant's `rejects` per day (loaders', contracts')
     summary: dict[str, Any]
     swept: dict[str, int]
     duration_s: float
@@ -109,10 +110,13 @@ def load_source(
     with writer():
         load_ids = _load_ids(pipeline, load_info, guards)
         with warehouse.connect(write=True) as conn:
-            slices, swept = _settle_slice(conn, tenant.dataset, pipeline, load_info, load_ids, source, config, days)
+            slices, rejects, swept = _settle_slice(
+                conn, tenant.dataset, pipeline, load_info, load_ids, source, config, days
+            )
     return SourceLoad(
         source=config.name,
         slices=slices,
+        rejects=rejects,
         summary={**_summary(stats), **_contract_stats(guards)},
         swept=swept,
         duration_s=round(time.monotonic() - started, 3),
@@ -168,10 +172,10 @@ def _settle_slice(
     source: Any,
     config: SourceConfig,
     days: list[dt.date],
-) -> tuple[list[ResourceSlice], dict[str, int]]:
+) -> tuple[list[ResourceSlice], dict[dt.date, int], dict[str, int]]:
     """After the load, under the writer's lock: slice indexes and statistics (PostgreSQL), the
     earlier loads of the slice swept, rows counted and fingerprinted per table and day. (slices
-    per resource, rows swept per table)."""
+    per resource, the source's rejects per day, rows swept per table)."""
     tables = [raw_table(config.name, r) for r in source.selected_resources]
     if REJECTS_TABLE not in source.selected_resources and conn.table_exists(dataset, REJECTS_TABLE):
         tables.append(REJECTS_TABLE)  # rows a contract diverted
@@ -190,7 +194,8 @@ def _settle_slice(
         )
         slices.append(ResourceSlice(name, table, rows, versions, _columns(pipeline, table),
                                     _schema_changes(load_info, table), observed))
-    return slices, swept
+    rejects = figures[REJECTS_TABLE][0] if REJECTS_TABLE in figures else {d: 0 for d in days}
+    return slices, rejects, swept
 
 
 def _columns(pipeline: Any, table: str) -> dict[str, str]:

@@ -94,6 +94,7 @@ class TenantWork:
                                    drift.get(s.resource))
                     for s in load.slices
                 ],
+                rejects=load.rejects,
                 summary=load.summary,
                 seconds=load.duration_s,
             )

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from etl_platform.config.models import FeedSource, RestApiSource
-from etl_platform.runs.failures import PERMANENT, TRANSIENT, classify, tenant_failure
+from etl_platform.loading.failures import PERMANENT, TRANSIENT, classify, tenant_failure
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.feeds import FeedFormatError, build_feed_source
 from etl_platform.sources.lineage import RunContext, Window

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from etl_platform.config.models import secret
-from etl_platform.runs.failures import root_message, run_failure, tenant_failure
+from etl_platform.loading.failures import root_message, tenant_failure
+from etl_platform.runs.failures import run_failure
 from etl_platform.security import redaction
 from etl_platform.sources.redact import install_trace_redaction
 from etl_platform_tests.support.secret_scan import hits, secret_forms

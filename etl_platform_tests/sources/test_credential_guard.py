@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from etl_platform.config.models import RestApiSource
-from etl_platform.runs.failures import classify, tenant_failure
+from etl_platform.loading.failures import classify, tenant_failure
 from etl_platform.sources.guard import ForeignHostError, OriginGuard
 from etl_platform.sources.lineage import RunContext, Window
 from etl_platform.sources.rest_api import build_rest_api_source

@@ -15,7 +15,7 @@ from pathlib import Path
 import dlt
 import pytest
 
-from etl_platform.runs.failures import classify
+from etl_platform.loading.failures import classify
 from etl_platform.sources.content import ArchiveError, UnknownEncodingError, UnsupportedCompressionError
 from etl_platform.sources.csv import source as csv_source
 from etl_platform.sources.csv.arrow_pass import MAX_COLUMNS

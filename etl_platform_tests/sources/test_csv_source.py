@@ -17,7 +17,7 @@ import dlt
 import pytest
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
-from etl_platform.runs.failures import classify
+from etl_platform.loading.failures import classify
 from etl_platform.sources.csv.layout import CsvFileNotFoundError, CsvSourceError, CsvStats
 from etl_platform.sources.csv.source import build_csv_source
 from etl_platform.sources.lineage import WRITE_DISPOSITION, contract

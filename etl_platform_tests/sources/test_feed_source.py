@@ -16,7 +16,7 @@ import feedparser
 import pytest
 
 from etl_platform.config.models import FeedSource
-from etl_platform.runs.failures import tenant_failure
+from etl_platform.loading.failures import tenant_failure
 from etl_platform.sources.feeds import FeedError, FeedFormatError, FeedStats, build_feed_source
 from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
 from etl_platform_tests.support.http_servers import LocalServer, Response
@@ -339,7 +339,7 @@ def test_a_declared_encoding_is_not_second_guessed(tmp_path: Path) -> None:
 
 
 def test_feed_failures_are_classified(tmp_path: Path) -> None:
-    from etl_platform.runs.failures import classify
+    from etl_platform.loading.failures import classify
 
     empty = tmp_path / "empty.xml"
     empty.write_bytes(b"")

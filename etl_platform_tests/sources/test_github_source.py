@@ -17,7 +17,7 @@ import pytest
 
 from etl_platform.config.models import GithubSource
 from etl_platform.config.settings import GITHUB_MAX_WAIT_ENV
-from etl_platform.runs.failures import tenant_failure
+from etl_platform.loading.failures import tenant_failure
 from etl_platform.sources.github import build_github_source
 from etl_platform.sources.guard import ForeignHostError
 from etl_platform.sources.lineage import RunContext, Window

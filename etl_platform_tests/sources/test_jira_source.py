@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from etl_platform.config.models import JiraSource, TenantsFileError
-from etl_platform.runs.failures import tenant_failure
+from etl_platform.loading.failures import tenant_failure
 from etl_platform.sources.jira import build_jira_source, jira_time
 from etl_platform.sources.lineage import WRITE_DISPOSITION, RunContext, Window, contract
 from etl_platform_tests.support import dlt_loads

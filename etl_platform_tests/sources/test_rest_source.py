@@ -158,7 +158,8 @@ def test_persistent_failure_names_url_and_status_without_secret(tmp_path, server
     )
     with pytest.raises(Exception) as err:
         _load(tmp_path, build_rest_api_source(cfg, _ctx()))
-    from etl_platform.runs.failures import classify, run_failure, tenant_failure
+    from etl_platform.loading.failures import classify, tenant_failure
+    from etl_platform.runs.failures import run_failure
 
     failure = run_failure([tenant_failure(err.value, "acme", "api", config=cfg)], 1)  # what a run step raises
     assert classify(err.value) == "transient"
@@ -177,7 +178,8 @@ def test_unauthorized_is_permanent(tmp_path, server, monkeypatch):
     )
     with pytest.raises(Exception) as err:
         _load(tmp_path, build_rest_api_source(cfg, _ctx()))
-    from etl_platform.runs.failures import classify, run_failure, tenant_failure
+    from etl_platform.loading.failures import classify, tenant_failure
+    from etl_platform.runs.failures import run_failure
 
     assert classify(err.value) == "permanent"
     failure = run_failure([tenant_failure(err.value, "acme", "api", config=cfg)], 1)  # what a run step raises
