@@ -140,7 +140,7 @@ with DagsterInstance.get() as i:
         r = i.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(key),
             asset_partitions=["{day.isoformat()}|{tenant}"]), limit=1).records[0]
         out["/".join(key)] = {{k: getattr(v, "value", v) for k, v in r.asset_materialization.metadata.items()
-                              if k in ("load (whole run)", "seconds (whole run)", "rows_loaded", "raw_rows")}}
+                              if k in ("load", "seconds", "dagster/row_count", "raw_rows")}}
     print(json.dumps(out, default=str))
 """
         proc = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, check=True)
@@ -169,7 +169,7 @@ def measure(kind: str, work: Path, flights: Path, per_day: Counter[str], days: i
             "SELECT CAST(event_date AS VARCHAR), count(*) FROM tenant_fl.records GROUP BY 1")}  # fmt: skip
         exact = counts == dict(per_day)
         meta = backend.run_metadata("fl", FIRST)
-        seconds = meta["normalized/records"]["seconds (whole run)"]
+        seconds = meta["normalized/records"]["seconds"]
         raw_s = meta["raw/flights/flights_rows"]["load (whole run)"]["duration_s"]
         first_alone = backend.materialize(f"{solo_day}|solo")
         rerun = backend.materialize(f"{solo_day}|fl")

@@ -43,6 +43,8 @@ from dagster import (
     AssetsDefinition,
     BackfillPolicy,
     MetadataValue,
+    TableColumn,
+    TableSchema,
     multi_asset,
 )
 
@@ -385,7 +387,9 @@ class TenantEvents:
         return materialization(key, self.tenant_id, day, metadata, version=version, **kwargs)
 
     def _loaded(self, load: m.SourceLoaded) -> Iterator[Any]:
-        summary = {**load.summary, "seconds": load.seconds, "days": len(self.days)}
+        pages = load.summary.get("pages_by_resource") or {}
+        summary = {k: v for k, v in load.summary.items() if k != "pages_by_resource"}
+        summary.update(seconds=load.seconds, days=len(self.days))
         notes = {k: v for k, v in load.summary.items() if k in ("warning", "skipped_by_reason", "contract_violations")}
         if notes:
             self.context.log.info(f"tenant {self.tenant_id}, source {load.source}: {notes}")
@@ -402,10 +406,15 @@ class TenantEvents:
                     "dagster/row_count": MetadataValue.int(res.rows[day]),
                     "rejects": MetadataValue.int(load.rejects.get(day, 0)),
                     "dagster/table_name": MetadataValue.text(f"{self.tenant.dataset}.{res.table}"),
-                    "load": MetadataValue.json(summary),
+                    "load": MetadataValue.json(
+                        {**summary, "pages": pages[res.resource]} if res.resource in pages else summary
+                    ),
                 }
                 if res.columns_added or self.previous.version(key, self.tenant_id, day) is None:
-                    metadata["columns"] = MetadataValue.json(res.columns)
+                    # the columns only when they change (the UI shows the latest ones it was given)
+                    metadata["dagster/column_schema"] = MetadataValue.table_schema(
+                        TableSchema(columns=[TableColumn(name=n, type=t) for n, t in res.columns.items()])
+                    )
                 yield self._emit(key, day, metadata, res.versions[day])
                 if res.drift is not None and self._check_wanted(key, DRIFT_CHECK, changed=True):
                     discarded = int(load.summary.get("contract_rows_discarded", 0) or 0)
@@ -451,6 +460,7 @@ class TenantEvents:
                 "reject_reasons": MetadataValue.json(figures.reject_reasons),
                 "by_table": MetadataValue.json(figures.by_table),
                 "sources": MetadataValue.json({"current": current, "failed": list(result.failed_sources)}),
+                "seconds": MetadataValue.json({"normalize": result.normalize_s, "checks": result.checks_s}),
             }
             yield self._emit(RECORDS_KEY, day, metadata, figures.version,
                              provenance=provenance(NORMALIZE_RULES, day_inputs, pointer))

@@ -87,6 +87,8 @@ class Normalized:
     unchanged: tuple[dt.date, ...]
     failed_sources: tuple[str, ...]  # their records are those of their last successful load
     seconds: float
+    normalize_s: float = 0.0  # staging, rejects and upsert
+    checks_s: float = 0.0  # the checks' queries
 
 
 @dataclass(frozen=True)

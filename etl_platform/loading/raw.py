@@ -33,7 +33,7 @@ from etl_platform.warehouse.indexes import analyze_if_stale, ensure_slice_index
 # what a load tells about its source, kept in the raw asset's metadata (compact: no per-page detail)
 SUMMARY_FIELDS = (
     "pages", "bytes", "rows_read", "rejects", "outside_window", "repeated_pages_stopped", "warning",
-    "skipped_by_reason", "event_time_fallbacks", "encoding", "encoding_source",
+    "skipped_by_reason", "event_time_fallbacks", "encoding", "encoding_source", "pages_by_resource",
 )  # fmt: skip
 
 

@@ -95,7 +95,7 @@ class TenantWork:
                     for s in load.slices
                 ],
                 rejects=load.rejects,
-                summary=load.summary,
+                summary={**load.summary, **({"swept": load.swept} if load.swept else {})},
                 seconds=load.duration_s,
             )
         )
@@ -156,12 +156,14 @@ class TenantWork:
         self.records_versions = {d: records_version(raw[d], mapping_config) for d in self.days}
         changed = self._changed("records", self.records_versions)
         days: dict[dt.date, m.RecordsDay] = {}
+        seconds = (0.0, 0.0)
         if changed:
             result = normalize_tenant(warehouse, tenant, changed)
             days = {d: self._records_day(result, d) for d in result.days}
+            seconds = (result.normalize_s, result.checks_s)
         failed = tuple(sorted({f.source for f in self.failures if f.source}))
         unchanged = tuple(d for d in self.days if d not in days)
-        self.send(m.Normalized(days, unchanged, failed, round(time.monotonic() - started, 3)))
+        self.send(m.Normalized(days, unchanged, failed, round(time.monotonic() - started, 3), *seconds))
 
     def _records_day(self, result: NormalizeResult, day: dt.date) -> m.RecordsDay:
         figures = result.by_day[day]

@@ -2,7 +2,7 @@
 
 Every refresh reads only what was stored since the previous one, by event storage id: run
 status changes (runs by status, failures by kind, last success) and asset materializations (a
-raw asset's partition `<day>|<tenant>` carries `rows_loaded` and `rejects`; `normalized/records`
+raw asset's partition `<day>|<tenant>` carries `dagster/row_count` and `rejects`; `normalized/records`
 its `rejects`); a finished run's failed asset checks come from its own events. So its cost
 follows the platform's activity, not the number of tenants: one query per event type and page,
 one run lookup per page, one check query per finished run, one `run_failures` per failed run.
@@ -145,7 +145,7 @@ class PlatformState:
                 metadata = event.step_materialization_data.materialization.metadata or {}
                 if path[0] == "raw" and len(path) >= 3:
                     source = path[1]
-                    self.rows[(tenant, source)] += _number(metadata, "rows_loaded")
+                    self.rows[(tenant, source)] += _number(metadata, "dagster/row_count")
                     self.rejects[(tenant, source, "ingest")] += _number(metadata, "rejects")
                     key = (tenant, source)
                     self.last_loaded[key] = max(self.last_loaded.get(key, 0.0), entry.timestamp)

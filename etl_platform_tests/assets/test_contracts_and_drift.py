@@ -61,13 +61,13 @@ def test_discarding_contracts_count_and_reject(warehouse_url, platform_env, cont
     assert len(reasons) == 2 and all(f"schema contract {contract}" in r for r in reasons)
     assert any("field 'amount' is text" in r for r in reasons) and any("field 'extra' new field" in r for r in reasons)
     assert raw["rejects"] == 2
-    whole = raw["load (whole run)"]
+    whole = raw["load"]
     if contract == "discard_row":
-        assert raw["rows_loaded"] == 1 and whole["contract_rows_discarded"] == 2
+        assert raw["dagster/row_count"] == 1 and whole["contract_rows_discarded"] == 2
         ids = [r[0] for r in query(warehouse_url, "SELECT id FROM tenant_acme.api_items ORDER BY id")]
         assert ids == [1, 2, 3]
     else:
-        assert raw["rows_loaded"] == 3 and whole["contract_values_discarded"] == 2
+        assert raw["dagster/row_count"] == 3 and whole["contract_values_discarded"] == 2
         rows = query(warehouse_url, "SELECT id, amount FROM tenant_acme.api_items ORDER BY id")
         assert rows[-2:] == [(4, None), (5, 5.5)]  # the discarded value is gone, the row stays
     assert whole["contract_violations"] == {"items.amount: is text": 1, "items.extra: new field": 1}

@@ -37,12 +37,15 @@ def test_freshness_names_stale_tenants_and_stays_in_a_runs_scope(platform_env, t
         check = _freshness(instance, result.run_id)
         assert not check.passed and check.metadata["stale_tenants"].value == ["idle"]
         assert check.metadata["tenants"].value == 2 and check.metadata["age_hours"].value["fresh"] < 1
-        # selected with every asset for one partition (as `--select '*'` does): the run does its
-        # partition's work; the check across tenants is left to its own job (its step is skipped)
+        # selected with every asset for one partition (as `--select '*'` does): the run's one step
+        # judges the run's own tenant (no step of its own that the run would skip)
         everything = AssetSelection.all(include_sources=False) | AssetSelection.all_asset_checks()
         job = define_asset_job("everything", selection=everything).resolve(asset_graph=defs.resolve_asset_graph())
         run = job.execute_in_process(instance=instance, partition_key=f"{DAY}|fresh")
         assert run.success
         checks = [e for e in run.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        assert checks and not [e for e in checks if e.event_specific_data.check_name == "tenant_freshness"]
+        freshness = [e.event_specific_data for e in checks if e.event_specific_data.check_name == "tenant_freshness"]
+        assert len(freshness) == 1 and freshness[0].passed
+        assert freshness[0].metadata["tenants"].value == 1 and list(freshness[0].metadata["age_hours"].value) == ["fresh"]
+        assert not [e for e in run.all_events if e.event_type_value == "STEP_SKIPPED"]
         assert AssetKey(["normalized", "records"]) in {m.asset_key for m in run.get_asset_materialization_events()}

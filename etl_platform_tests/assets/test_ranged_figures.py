@@ -46,7 +46,7 @@ def test_five_day_backfill_figures_match_the_warehouse(platform_env, tmp_path: P
             assert records["raw_rows"] == raw[day.isoformat()], day  # this day's own figure
             assert records["by_table"]["events_rows"]["records"] == events[day.isoformat()], day
             loaded = metadata_values(partition_materialization(instance, ["raw", "events", "events_rows"], "shop", day))
-            assert loaded["rows_loaded"] == events[day.isoformat()], day
+            assert loaded["dagster/row_count"] == events[day.isoformat()], day
         assert len(set(raw.values())) > 1  # days differ, so a range-wide figure would show
 
         api = TestClient(

@@ -88,8 +88,8 @@ def test_one_partition_loads_each_record_once(warehouse_url, platform_env, fixtu
 
             comments = partition_materialization(instance, ["raw", "placeholder", "placeholder_comments"], "acme", DAY)
             metadata = metadata_values(comments)
-            assert metadata["rows_loaded"] == 500
-            assert metadata["load (whole run)"]["pages"] == 10
+            assert metadata["dagster/row_count"] == 500
+            assert metadata["load"]["pages"] == 10
             assert "dagster/column_schema" in metadata
             records_meta = partition_materialization(instance, ["normalized", "records"], "acme", DAY)
             assert metadata_values(records_meta)["raw_rows"] == sum(EXPECTED.values())
@@ -101,7 +101,7 @@ def test_one_partition_loads_each_record_once(warehouse_url, platform_env, fixtu
             assert table_counts(warehouse_url, "tenant_acme") == counts
             # the CSV rows are appended, then the first run's copy of the day is swept
             titanic = partition_materialization(instance, ["raw", "titanic", "titanic_passengers"], "acme", DAY)
-            assert metadata_values(titanic)["load (whole run)"]["swept"] == {"titanic_passengers": 891}
+            assert metadata_values(titanic)["load"]["swept"] == {"titanic_passengers": 891}
         # the lineage names this run and this partition
         from etl_platform.warehouse import Warehouse
 
@@ -145,9 +145,17 @@ def test_two_tenants_are_isolated(duckdb_url, platform_env, tmp_path):
             assert conn.query(f'SELECT DISTINCT tenant_id FROM "{schema}"."records"') == [(tenant,)]
 
 
-def test_tenant_without_the_source_is_not_materialized(duckdb_url, platform_env, tmp_path):
-    """A source the tenant does not configure stays missing for its partitions (the UI tells
-    what a tenant has loaded); the tenant's own sources and records are materialized."""
+def test_a_source_the_tenant_does_not_have(duckdb_url, platform_env, tmp_path):
+    """A source the tenant does not configure: the hourly runs never ask for it, so it stays
+    missing for the tenant; a run a person launches for everything answers it as not applicable
+    (materialized, `applies: false`, 0 rows), so that the run and a backfill end complete. The
+    tenant's own sources and records are materialized either way."""
+    from dagster import AssetKey, RunRequest
+
+    from etl_platform.automation.onboarding import sync_tenants
+    from etl_platform.config.registry import load_registry
+    from etl_platform_tests.support.orchestration import launch
+
     csv_a = tmp_path / "a.csv"
     csv_a.write_text("id\n1\n")
     csv_b = tmp_path / "b.csv"
@@ -160,15 +168,29 @@ def test_tenant_without_the_source_is_not_materialized(duckdb_url, platform_env,
         duckdb_url,
     )
     with DagsterInstance.get() as instance:
-        result = materialize(instance, "t_b", DAY)
-        assert result.success
+        sync_tenants(instance, load_registry())
+        scheduled = RunRequest(
+            partition_key=f"{DAY}|t_b",
+            asset_selection=[AssetKey(["raw", "other", "other_rows"]), AssetKey(["raw", "other", "other_rejects"]),
+                             AssetKey(["normalized", "records"])],
+            asset_check_keys=[],
+            tags={"etl/trigger": "schedule"},
+        )
+        assert launch(instance, scheduled).success
         assert partition_materialization(instance, ["raw", "files", "files_rows"], "t_b", DAY) is None
         other = partition_materialization(instance, ["raw", "other", "other_rows"], "t_b", DAY)
-        assert metadata_values(other)["rows_loaded"] == 2
+        assert metadata_values(other)["dagster/row_count"] == 2
         records = partition_materialization(instance, ["normalized", "records"], "t_b", DAY)
         assert metadata_values(records)["records_written"] == 2
-        # no engineering metrics without Jira or GitHub
-        assert partition_materialization(instance, ["metrics", "engineering"], "t_b", DAY) is None
+
+        result = materialize(instance, "t_b", DAY)  # everything, as a person launches it
+        assert result.success
+        answered = metadata_values(partition_materialization(instance, ["raw", "files", "files_rows"], "t_b", DAY))
+        assert answered["applies"] is False and answered["dagster/row_count"] == 0
+        assert "has no source 'files'" in answered["note"]
+        # no engineering metrics without Jira or GitHub: answered the same way
+        metrics = partition_materialization(instance, ["metrics", "engineering"], "t_b", DAY)
+        assert metadata_values(metrics)["applies"] is False
 
 
 def test_permanent_source_error_fails_the_run_clearly(duckdb_url, platform_env, monkeypatch):

@@ -70,7 +70,10 @@ def test_sixty_day_backfill_on_fresh_tables_counts_exactly(volume) -> None:
         ).records
         checks = [r.event_log_entry.dagster_event.event_specific_data for r in records
                   if r.event_log_entry.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]
-        assert len(checks) == DAYS * 4 and all(c.passed for c in checks)  # 3 on records + drift, per day
+        # each partition judged on its own (3 on records + drift, per day); the run's summary of each
+        # check and the not-applicable engineering metrics (the tenant has no Jira or GitHub) aside
+        judged = [c for c in checks if c.partition and "applies" not in c.metadata]
+        assert len(judged) == DAYS * 4 and all(c.passed for c in checks)
         written = {}
         for r in records:
             mat = r.event_log_entry.asset_materialization

@@ -18,10 +18,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from etl_platform.assets import ingest
-from etl_platform_tests.isolation.processes import memory_holds, pid_of_connection
-from etl_platform_tests.orchestration import quiet_home, rest_tenant
-from etl_platform_tests.platform import materialize_range, partition_materialization
-from etl_platform_tests.servers import LocalServer, Response
+from etl_platform_tests.support.http_servers import LocalServer, Response
+from etl_platform_tests.support.orchestration import quiet_home, rest_tenant
+from etl_platform_tests.support.platform_runs import materialize_range, partition_materialization
+from etl_platform_tests.support.processes import memory_holds, pid_of_connection
 
 DAY = dt.date(2024, 5, 2)
 RAW = AssetKey(["raw", "api", "api_items"])
@@ -63,7 +63,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _tenants_file(tmp_path: Path, tenants: list[dict]) -> Path:
-    from etl_platform_tests.platform import write_tenants
+    from etl_platform_tests.support.platform_runs import write_tenants
 
     return write_tenants(tmp_path / "tenants.yaml", tenants)
 

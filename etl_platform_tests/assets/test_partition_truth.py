@@ -18,8 +18,8 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, RunRequest
 
 from etl_platform.assets.keys import RECORDS_KEY
 from etl_platform.runs.partitions import partition_key, tenant_date_partitions
-from etl_platform_tests.orchestration import csv_tenant, launch, quiet_home
-from etl_platform_tests.platform import materialize_range, write_tenants
+from etl_platform_tests.support.orchestration import csv_tenant, launch, quiet_home
+from etl_platform_tests.support.platform_runs import materialize_range, write_tenants
 
 DAY = dt.date(2024, 3, 2)
 EVENTS = [AssetKey(["raw", "events", "events_rows"]), AssetKey(["raw", "events", "events_rejects"])]
@@ -97,7 +97,7 @@ def test_a_failed_source_does_not_block_the_tenants_others(
     _tenants(tmp_path, monkeypatch, [tenant])
     result = materialize_range(instance, f"{DAY}|gamma", f"{DAY}|gamma", raise_on_error=False)
     assert not result.success
-    from etl_platform_tests.platform import metadata_values, partition_materialization, table_counts
+    from etl_platform_tests.support.platform_runs import metadata_values, partition_materialization, table_counts
 
     records = metadata_values(partition_materialization(instance, RECORDS_KEY, "gamma", DAY))
     assert records["sources"] == {"current": ["events"], "failed": ["catalog"]}
