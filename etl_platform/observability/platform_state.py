@@ -1,12 +1,14 @@
 """The platform's figures by tenant and source, read incrementally from Dagster's storage.
 
-Every refresh reads only what was stored since the previous one, by event storage id: run
+Every refresh reads only what was stored since the previous one, from its position (the last
+event storage id read, per event type): run
 status changes (runs by status, failures by kind, last success) and asset materializations (a
 raw asset's partition `<day>|<tenant>` carries `dagster/row_count` and `rejects`; `normalized/records`
 its `rejects`); a finished run's failed asset checks come from its own events. So its cost
 follows the platform's activity, not the number of tenants: one query per event type and page,
 one run lookup per page, one check query per finished run, one `run_failures` per failed run.
-The first refresh reads back `lookback_s` only. The queue is read whole (one query).
+The first refresh reads back `lookback_s` only: its position is found by bisecting storage ids
+(`start_position`), never by a scan of history by time. The queue is read whole (one query).
 """
 
 from __future__ import annotations
@@ -46,6 +48,43 @@ def _number(metadata: Any, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
+def _newest_before(
+    instance: DagsterInstance, event_type: DagsterEventType, before: int | None, run_status: bool
+) -> tuple[int, float] | None:
+    """(storage id, time) of the newest event of `event_type` stored before id `before`."""
+    storage = instance.event_log_storage
+    if run_status:
+        records = storage.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(event_type=event_type, before_storage_id=before), limit=1, ascending=False
+        ).records
+    else:
+        records = storage.get_event_records(EventRecordsFilter(event_type=event_type, before_cursor=before), limit=1,
+                                            ascending=False)  # fmt: skip
+    return (records[0].storage_id, records[0].timestamp) if records else None
+
+
+def start_position(
+    instance: DagsterInstance, event_type: DagsterEventType, since: float, run_status: bool
+) -> int | None:
+    """The storage id after which the events of `event_type` stored since `since` begin: found by
+    bisecting storage ids (ids grow with time), one indexed lookup of the newest event below an id
+    per step, so a first refresh reads the lookback's events only, never older history."""
+    newest = _newest_before(instance, event_type, None, run_status)
+    if newest is None:
+        return None
+    if newest[1] < since:
+        return newest[0]  # nothing in the lookback: start after the newest
+    low, high = 0, newest[0]  # events up to `low` are older than `since`; `high` is not
+    while high - low > 1:
+        middle = (low + high) // 2
+        found = _newest_before(instance, event_type, middle + 1, run_status)
+        if found is None or found[0] <= low or found[1] < since:
+            low = middle
+        else:
+            high = found[0]
+    return low
+
+
 def _tenant_of(partition: str | None) -> str | None:
     parts = (partition or "").split("|")
     return parts[-1] if len(parts) == 2 and parts[-1] else None
@@ -66,7 +105,7 @@ class PlatformState:
     queued: Counter = field(default_factory=Counter)  # tenant -> queued runs
     queue_oldest_s: float = 0.0
     in_progress: int = 0
-    cursors: dict[str, int] = field(default_factory=dict)  # event type -> last storage id
+    cursors: dict[str, int | None] = field(default_factory=dict)  # event type -> last storage id read
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- reading --------------------------------------------------------------------------------
@@ -83,17 +122,18 @@ class PlatformState:
 
     def _pages(self, instance: DagsterInstance, event_type: DagsterEventType, now: float, run_status: bool = False):
         storage = instance.event_log_storage
+        if event_type.value not in self.cursors:
+            self.cursors[event_type.value] = start_position(instance, event_type, now - self.lookback_s, run_status)
         for _ in range(MAX_PAGES):
-            after = self.cursors.get(event_type.value)
-            since = None if after is not None else now - self.lookback_s
+            after = self.cursors[event_type.value]
             if run_status:
                 records = list(storage.fetch_run_status_changes(
-                    RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after, after_timestamp=since),
+                    RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after),
                     limit=PAGE, ascending=True,
                 ).records)
             else:
                 records = list(storage.get_event_records(
-                    EventRecordsFilter(event_type=event_type, after_cursor=after, after_timestamp=since),
+                    EventRecordsFilter(event_type=event_type, after_cursor=after),
                     limit=PAGE, ascending=True,
                 ))
             if not records:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dagster import AssetCheckResult, DagsterInstance, DagsterRunStatus, asset, asset_check
+from dagster import AssetCheckResult, DagsterInstance, DagsterRunStatus, EventRecordsFilter, asset, asset_check
 from dagster import materialize as dagster_materialize
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.storage.dagster_run import DagsterRun
@@ -170,3 +170,27 @@ def test_exporter_command_serves_metrics(instance: DagsterInstance, tmp_path: Pa
                  30, what="the next refresh")
     finally:
         stop_process(proc)
+
+
+def test_first_refresh_starts_at_its_lookback(instance: DagsterInstance) -> None:
+    """The first refresh's position comes from bisecting storage ids: events older than the
+    lookback are not read; a later event is counted once."""
+    import time
+
+    from dagster import DagsterEventType
+
+    from etl_platform.observability.platform_state import PlatformState, start_position
+
+    assert materialize(instance, "good", DAY).success
+    ids = [r.storage_id for r in instance.event_log_storage.get_event_records(
+        EventRecordsFilter(event_type=DagsterEventType.ASSET_MATERIALIZATION), limit=100, ascending=True)]
+    later = time.time() + 3 * 86400
+    assert start_position(instance, DagsterEventType.ASSET_MATERIALIZATION, later, False) == ids[-1]
+    assert start_position(instance, DagsterEventType.ASSET_MATERIALIZATION, 0, False) == ids[0] - 1
+
+    state = PlatformState(lookback_s=25 * 3600)
+    state.refresh(instance, now=later)  # a day after the lookback: nothing is that recent
+    assert sum(state.rows.values()) == 0 and sum(state.runs.values()) == 0
+    assert materialize(instance, "good", DAY).success
+    state.refresh(instance, now=later)
+    assert state.rows[("good", "api")] == 3 and state.runs[("good", "*", "SUCCESS")] == 1
