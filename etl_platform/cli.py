@@ -1,4 +1,4 @@
-"""`etl-platform`: tenants (sync, list), demo, runs, serve, exporter."""
+"""`etl-platform`: tenants (sync, list), demo, runs, purge, serve, exporter."""
 
 from __future__ import annotations
 
@@ -205,6 +205,34 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from etl_platform.automation.retention import check_retention, parse_age, purge_history
+    from etl_platform.config.settings import get_settings
+
+    try:
+        older_than = parse_age(args.older_than) if args.older_than else None
+        check_retention(older_than or parse_age(str(get_settings().retention_days)), "--older-than")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with _instance() as instance:
+        report = purge_history(
+            instance, older_than, dry_run=args.dry_run, batch_size=args.batch_size,
+            log=(lambda text: print(text, flush=True)) if args.verbose else None,
+        )  # fmt: skip
+    if args.dry_run:
+        for run_id in report.deleted_run_ids[: args.list]:
+            print(f"would delete run {run_id}")
+        for run_id in report.thinned_run_ids[: args.list]:
+            print(f"would purge the events of run {run_id}")
+        shown = min(args.list, len(report.deleted_run_ids)) + min(args.list, len(report.thinned_run_ids))
+        hidden = len(report.deleted_run_ids) + len(report.thinned_run_ids) - shown
+        if hidden > 0:
+            print(f"... and {hidden} more runs (--list N shows more)")
+    print(report.summary())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.api import serve
@@ -265,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--tenant", help="only runs of this tenant id (default: every tenant)")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default: 20)")
     runs.set_defaults(func=cmd_runs)
+
+    text = "delete runs and events older than a retention (default ETL_RETENTION_DAYS, 30 days)"
+    purge = sub.add_parser(
+        "purge", help=text,
+        description=text[0].upper() + text[1:] + ". Keeps each partition's latest materialization and check "
+        "result, the run records /stats reads (90 days) and each tenant's last success and failure; deletes in "
+        "statements of at most --batch-size rows.",
+    )  # fmt: skip
+    purge.add_argument("--older-than", help="age: 30d, 12h, or a number of days (default: ETL_RETENTION_DAYS)")
+    purge.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+    purge.add_argument("--list", type=int, default=20, help="with --dry-run: runs to name (default: 20)")
+    purge.add_argument("--batch-size", type=int, help="rows per delete statement (default: ETL_RETENTION_BATCH_SIZE)")
+    purge.add_argument("--verbose", action="store_true", help="print progress")
+    purge.set_defaults(func=cmd_purge)
 
     text = "start the read API (/data, /stats, /health; docs at /docs)"
     serve = sub.add_parser("serve", help=text, description=text[0].upper() + text[1:] + ".")

@@ -55,6 +55,9 @@ class Settings:
     tenant_memory_mb: int  # ETL_TENANT_MEMORY_LIMIT_MB: resident memory
     tenant_deadline_minutes: float  # ETL_TENANT_DEADLINE_MINUTES: wall-clock time of its work in one run
     tenant_cpu_minutes: float  # ETL_TENANT_CPU_MINUTES: CPU time (all its threads) in one run
+    retention_days: int  # ETL_RETENTION_DAYS: runs and events older than this are purged (0: never)
+    retention_cron: str  # ETL_RETENTION_CRON: when the daily purge runs
+    retention_batch_size: int  # ETL_RETENTION_BATCH_SIZE: rows per delete statement of the purge
 
     @property
     def data_dir(self) -> Path:
@@ -123,6 +126,9 @@ def get_settings() -> Settings:
         tenant_memory_mb=max(64, _int("ETL_TENANT_MEMORY_LIMIT_MB", 2048)),
         tenant_deadline_minutes=_positive("ETL_TENANT_DEADLINE_MINUTES", 15),
         tenant_cpu_minutes=_positive("ETL_TENANT_CPU_MINUTES", 30),
+        retention_days=_int("ETL_RETENTION_DAYS", 30),
+        retention_cron=os.environ.get("ETL_RETENTION_CRON") or "0 3 * * *",
+        retention_batch_size=max(1, _int("ETL_RETENTION_BATCH_SIZE", 1000)),
     )
 
 

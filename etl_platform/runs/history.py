@@ -48,6 +48,7 @@ LOAD_COUNTS = ("records_written", "rejects", "raw_rows")
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 REASON_MAX_CHARS = 500
 RECENT_SCAN = 200  # a tenant's recent runs scanned for its last success and failure per source
+STATS_MAX_WINDOW_DAYS = 90  # the longest window /stats counts runs over (the purge keeps those run records)
 
 
 class DagsterUnavailable(RuntimeError):
