@@ -17,8 +17,9 @@ the index rows they mirror by type, asset, partition and time.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as db
@@ -83,6 +84,30 @@ class HistoryStore:
         self.sharded = self.storage.is_run_sharded
         self.postgres = self.storage.__class__.__module__.startswith("dagster_postgres")
         self.deleted = Deleted()
+        self._shared = None
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """PostgreSQL: one connection for the whole purge (dagster-postgres connects in autocommit
+        mode, so each statement is still its own transaction; a new connection per statement cost
+        more than the statements). SQLite: a connection, hence a transaction, per statement."""
+        if not self.postgres:
+            yield
+            return
+        with self.storage.index_connection() as conn:
+            self._shared = conn
+            try:
+                yield
+            finally:
+                self._shared = None
+
+    @contextlib.contextmanager
+    def _index(self) -> Iterator[db.Connection]:
+        if self._shared is not None:
+            yield self._shared
+        else:
+            with self.storage.index_connection() as conn:
+                yield conn
 
     # --- what to keep ---------------------------------------------------------------------
 
@@ -105,7 +130,7 @@ class HistoryStore:
                     e.c.partition.isnot(None) if partitioned else e.c.partition.is_(None),
                     ~newer.exists(),
                 )
-                with self.storage.index_connection() as conn:
+                with self._index() as conn:
                     kept.update(row[0] for row in conn.execute(query))
         return kept
 
@@ -122,7 +147,7 @@ class HistoryStore:
             query = db.select(c.c.id, c.c.evaluation_event_storage_id, newer.exists()).where(
                 c.c.run_id.in_(run_ids), c.c.partition.isnot(None) if partitioned else c.c.partition.is_(None)
             )
-            with self.storage.index_connection() as conn:
+            with self._index() as conn:
                 for row_id, event_id, is_superseded in conn.execute(query):
                     if is_superseded:
                         superseded.append(row_id)
@@ -134,7 +159,7 @@ class HistoryStore:
         """Run id -> (index id, event type) of its events (on SQLite: those mirrored in the index)."""
         query = db.select(Events.c.run_id, Events.c.id, Events.c.dagster_event_type).where(Events.c.run_id.in_(run_ids))
         out: dict[str, list[tuple[int, str | None]]] = {run_id: [] for run_id in run_ids}
-        with self.storage.index_connection() as conn:
+        with self._index() as conn:
             for run_id, event_id, kind in conn.execute(query):
                 out[run_id].append((event_id, kind))
         return out
@@ -147,7 +172,7 @@ class HistoryStore:
         for start in range(0, len(ids), self.batch_size):
             batch = list(ids[start : start + self.batch_size])
             if not self.dry_run:
-                connect = self.storage.run_connection(run_id) if run_id else self.storage.index_connection()
+                connect = self.storage.run_connection(run_id) if run_id else self._index()
                 with connect as conn:
                     conn.execute(table.delete().where(column.in_(batch)))
             if counted:
@@ -179,8 +204,9 @@ class HistoryStore:
     def delete_run(self, run_id: str) -> None:
         """The run (its events are deleted already, in bounded statements) and its check executions."""
         query = db.select(Checks.c.id).where(Checks.c.run_id == run_id)
-        with self.storage.index_connection() as conn:
-            self.delete_check_rows([row[0] for row in conn.execute(query)])
+        with self._index() as conn:
+            rows = [row[0] for row in conn.execute(query)]
+        self.delete_check_rows(rows)
         if self.dry_run:
             return
         self.instance.delete_run(run_id)

@@ -187,21 +187,22 @@ def purge_history(
         store.ensure_check_index()
     outcomes = Outcomes()
     batch: list[Candidate] = []
-    for record in _finished_runs(instance):
-        report.runs_scanned += 1
-        newest = outcomes.newest_for(record)
-        created = record.create_timestamp.timestamp()
-        if created >= events_cutoff:
-            continue
-        old = created < records_cutoff
-        if not old and record.dagster_run.tags.get(HISTORY_TAG):
-            continue  # its events were purged already; its record stays for /stats
-        batch.append(Candidate(record, old, "FAILURE" in newest, bool(newest)))
-        if len(batch) >= RUNS_PER_BATCH:
+    with store.session():
+        for record in _finished_runs(instance):
+            report.runs_scanned += 1
+            newest = outcomes.newest_for(record)
+            created = record.create_timestamp.timestamp()
+            if created >= events_cutoff:
+                continue
+            old = created < records_cutoff
+            if not old and record.dagster_run.tags.get(HISTORY_TAG):
+                continue  # its events were purged already; its record stays for /stats
+            batch.append(Candidate(record, old, "FAILURE" in newest, bool(newest)))
+            if len(batch) >= RUNS_PER_BATCH:
+                _purge_batch(instance, store, batch, report, log)
+                batch = []
+        if batch:
             _purge_batch(instance, store, batch, report, log)
-            batch = []
-    if batch:
-        _purge_batch(instance, store, batch, report, log)
     report.events_deleted = store.deleted.events
     report.check_rows_deleted = store.deleted.check_rows
     report.statements = store.deleted.statements
