@@ -242,3 +242,18 @@ def test_purge_materialization_types_cover_dagsters_asset_events() -> None:
 
     assert {t.value for t in ASSET_EVENTS} == set(SUPERSEDED_BY)
     assert DagsterEventType.ASSET_MATERIALIZATION.value in SUPERSEDED_BY
+
+
+@pytest.mark.parametrize("path", ["dagster.yaml", "deploy/dagster.yaml"])
+def test_every_tick_type_and_status_has_a_retention(path: str) -> None:
+    """Dagster keeps schedule ticks and successful sensor ticks forever by default: both instance
+    files give every tick type and status a number of days."""
+    import yaml
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.instance.config import get_default_tick_retention_settings, get_tick_retention_settings
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / path).read_text())
+    for kind, key in ((InstigatorType.SCHEDULE, "schedule"), (InstigatorType.SENSOR, "sensor"),
+                      (InstigatorType.AUTO_MATERIALIZE, "auto_materialize")):  # fmt: skip
+        settings = get_tick_retention_settings(config["retention"].get(key), get_default_tick_retention_settings(kind))
+        assert settings and all(0 < days <= 30 for days in settings.values()), (path, key, settings)
