@@ -257,3 +257,12 @@ def test_every_tick_type_and_status_has_a_retention(path: str) -> None:
                       (InstigatorType.AUTO_MATERIALIZE, "auto_materialize")):  # fmt: skip
         settings = get_tick_retention_settings(config["retention"].get(key), get_default_tick_retention_settings(kind))
         assert settings and all(0 < days <= 30 for days in settings.values()), (path, key, settings)
+
+
+def test_the_purge_keeps_run_records_for_the_longest_stats_window() -> None:
+    """/stats counts runs over up to STATS_MAX_WINDOW_DAYS: the purge keeps the records that long."""
+    from etl_platform.api.routes import WINDOW
+    from etl_platform.runs import STATS_MAX_WINDOW_DAYS
+
+    longest_hours = next(m.le for m in WINDOW.metadata if hasattr(m, "le"))
+    assert longest_hours == STATS_MAX_WINDOW_DAYS * 24
