@@ -11,6 +11,7 @@ from dagster import Definitions, in_process_executor
 from etl_platform.assets.ingest import build_ingest_assets
 from etl_platform.assets.keys import source_of
 from etl_platform.automation.jobs import build_jobs
+from etl_platform.automation.partition_status import refresh_partition_status_job
 from etl_platform.automation.retention import build_retention_schedule, purge_history_job
 from etl_platform.automation.schedules import build_schedules
 from etl_platform.automation.sensors import sensors
@@ -32,7 +33,7 @@ def build_definitions() -> Definitions:
     jobs = build_jobs(registry)
     return Definitions(
         assets=[assets],
-        jobs=[*jobs, purge_history_job],
+        jobs=[*jobs, purge_history_job, refresh_partition_status_job],
         schedules=[*build_schedules(jobs, keys_by_source), build_retention_schedule()],
         sensors=sensors(jobs),
         # a run is one step (assets/ingest.py): no process per step to start

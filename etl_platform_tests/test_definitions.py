@@ -46,7 +46,7 @@ def test_repo_definitions_resolve(monkeypatch, dagster_home, tmp_path):
     assert {"ingest", "ingest_csv", "ingest_rss", "ingest_rest_api"} <= jobs
     assert {s.name for s in repo.schedule_defs} == {
         "hourly_ingest", "daily_rebackfill", "tenant_freshness", "purge_history"}  # fmt: skip
-    assert "purge_history" in jobs
+    assert {"purge_history", "refresh_partition_status"} <= jobs
     assert {s.name for s in repo.sensor_defs} == {
         "tenant_onboarding", "retry_failed_runs", "mark_dead_runs", "failure_alerts"
     }
@@ -61,7 +61,7 @@ def test_repo_definitions_resolve(monkeypatch, dagster_home, tmp_path):
     } <= check_names
     from etl_platform.runs.partitions import tenant_date_partitions
 
-    for name in jobs - {"__ASSET_JOB", "tenant_freshness", "purge_history"}:
+    for name in jobs - {"__ASSET_JOB", "tenant_freshness", "purge_history", "refresh_partition_status"}:
         assert repo.get_job(name).partitions_def == tenant_date_partitions()
     # every asset and partitioned check is one step of one run
     ingest = repo.get_job("ingest")

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
@@ -44,6 +45,8 @@ def test_sensor_adds_new_tenants_then_skips(tmp_path, dagster_home, monkeypatch)
         assert isinstance(result, SensorResult)
         (request,) = result.dynamic_partitions_requests
         assert request.partitions_def_name == "tenant" and list(request.partition_keys) == ["acme", "globex"]
+        (status_run,) = result.run_requests  # new tenants invalidate the UI's partition status: rebuilt in a run
+        assert status_run.job_name == "refresh_partition_status"
         instance.add_dynamic_partitions("tenant", list(request.partition_keys))  # what the daemon does
         # the file has not changed since: nothing is read from Dagster's storage at all
         unchanged = tenant_onboarding_sensor(build_sensor_context(instance=instance, cursor=result.cursor))
@@ -81,3 +84,43 @@ def test_cli_reports_invalid_file(tmp_path, dagster_home):
     )
     assert proc.returncode == 2
     assert "tenant 'Bad-Id', field 'id'" in proc.stderr
+
+
+def test_new_tenants_get_their_partition_status_rebuilt_in_a_run(platform_env, tmp_path, dagster_home) -> None:
+    """A new tenant changes the partitions definition, so Dagster's status cache no longer
+    matches; the run the onboarding sensor requests rebuilds it for the current definition, and
+    the UI's Partitions tab then reads it as it is (what it shows: the same partitions)."""
+    from dagster import AssetKey
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    from etl_platform.definitions import build_definitions
+    from etl_platform.partitions import tenant_date_partitions
+    from etl_platform_tests.orchestration import launch
+    from etl_platform_tests.platform import materialize
+
+    records = AssetKey(["normalized", "records"])
+    samples = Path(__file__).resolve().parents[1] / "etl_platform" / "samples"
+    tenant = {"id": "acme", "sources": [{"name": "notes", "kind": "rss", "url": str(samples / "release_notes.xml"),
+                                         "snapshot": True}]}  # fmt: skip
+    platform_env([tenant], f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    with DagsterInstance.get() as instance:
+        assert materialize(instance, "acme", "2024-03-01").success
+        platform_env([tenant, {**tenant, "id": "globex"}], f"duckdb:///{tmp_path / 'wh.duckdb'}")
+        result = tenant_onboarding_sensor(build_sensor_context(instance=instance))
+        instance.add_dynamic_partitions("tenant", list(result.dynamic_partitions_requests[0].partition_keys))
+        with partition_loading_context(dynamic_partitions_store=instance):  # the dynamic dimension's keys
+            current = tenant_date_partitions.get_serializable_unique_identifier()
+        cached = next(iter(instance.get_asset_records([records]))).asset_entry.cached_status
+        assert cached is None or cached.partitions_def_id != current  # what the UI would rebuild on its next view
+
+        assert launch(instance, result.run_requests[0]).success
+        for key in build_definitions().resolve_asset_graph().get_all_asset_keys():
+            if key.path[0] not in ("raw", "normalized"):
+                continue
+            cached = next(iter(instance.get_asset_records([key]))).asset_entry.cached_status
+            assert cached is not None and cached.partitions_def_id == current, key
+        cached = next(iter(instance.get_asset_records([records]))).asset_entry.cached_status
+        cached_partitions = set(cached.deserialize_materialized_partition_subsets(tenant_date_partitions)
+                                .get_partition_keys())  # fmt: skip
+        materialized = instance.get_materialized_partitions(records)
+        assert cached_partitions == materialized == {"2024-03-01|acme"}
