@@ -201,7 +201,7 @@ def test_cli_dry_run_prints_what_it_would_delete(instance: DagsterInstance, hist
     result = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"would purge the events of run {history['good_d1_first']}" in result.stdout
-    assert "would delete 0 runs" in result.stdout and "purged the events of 1 more" in result.stdout
+    assert "would delete 0 runs" in result.stdout and "would purge the events of 1 more" in result.stdout
     assert event_count(instance, history["good_d1_first"]) > 0
 
 

@@ -87,10 +87,10 @@ class PurgeReport:
         return out
 
     def summary(self) -> str:
-        verb = "would delete" if self.dry_run else "deleted"
+        delete, purge = ("would delete", "would purge") if self.dry_run else ("deleted", "purged")
         return (
-            f"runs older than {self.older_than_days:g} days: {verb} {self.runs_deleted} runs; purged the events of "
-            f"{self.runs_thinned} more (kept: their partitions' latest materializations and check results, the "
+            f"runs older than {self.older_than_days:g} days: {delete} {self.runs_deleted} runs; {purge} the events "
+            f"of {self.runs_thinned} more (kept: their partitions' latest materializations and check results, the "
             f"records /stats reads); {self.events_deleted} event rows and {self.check_rows_deleted} check rows in "
             f"{self.statements} statements of at most {self.largest_batch} rows; {self.runs_scanned} runs read; "
             f"{self.seconds:.1f}s"
