@@ -206,6 +206,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
     from etl_platform.automation.retention import check_retention, parse_age, purge_history
     from etl_platform.config.settings import get_settings
 

@@ -21,7 +21,7 @@ from dagster import AssetKey, DagsterInstance, job, op
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from etl_platform.assets.keys import ENGINEERING_KEY, RECORDS_KEY, source_of
-from etl_platform.partitions import tenant_date_partitions
+from etl_platform.runs.partitions import tenant_date_partitions
 
 JOB_NAME = "refresh_partition_status"
 
@@ -37,9 +37,10 @@ def refresh_partition_status(instance: DagsterInstance, keys: list[AssetKey]) ->
     """Bring the status cache of each asset (partitioned by tenant and date) up to date; the
     seconds each took."""
     seconds = {}
+    partitions = tenant_date_partitions()
     for key in keys:
         started = time.monotonic()
-        get_and_update_asset_status_cache_value(instance, key, tenant_date_partitions)
+        get_and_update_asset_status_cache_value(instance, key, partitions)
         seconds[key] = time.monotonic() - started
     return seconds
 

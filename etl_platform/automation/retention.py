@@ -43,12 +43,12 @@ from dagster import (
     schedule,
 )
 
-from etl_platform.automation.alerts import RunFacts
 from etl_platform.automation.retries import LOOKBACK_SECONDS as RETRY_LOOKBACK_SECONDS
-from etl_platform.automation.tags import TRIGGER_TAG
 from etl_platform.config.settings import get_settings
-from etl_platform.runs import STATS_MAX_WINDOW_DAYS, sources_of_run, tenant_status
-from etl_platform.runs_purge import HistoryStore
+from etl_platform.runs.facts import RunFacts
+from etl_platform.runs.history import STATS_MAX_WINDOW_DAYS, sources_of_run, tenant_status
+from etl_platform.runs.purge import HistoryStore
+from etl_platform.runs.tags import TRIGGER_TAG
 
 JOB_NAME = "purge_history"
 HISTORY_TAG = "etl/history"  # on a run whose events were purged: what is left of them

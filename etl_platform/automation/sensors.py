@@ -7,9 +7,9 @@ from etl_platform.automation.dead_runs import build_dead_runs_sensor
 from etl_platform.automation.onboarding import plan_sync, registered_tenants
 from etl_platform.automation.partition_status import refresh_partition_status_job
 from etl_platform.automation.retries import build_retry_sensor
-from etl_platform.runs.tags import TRIGGER_TAG
 from etl_platform.config.registry import load_registry
 from etl_platform.runs.partitions import tenant_partitions
+from etl_platform.runs.tags import TRIGGER_TAG
 
 
 @sensor(

@@ -94,12 +94,12 @@ def test_new_tenants_get_their_partition_status_rebuilt_in_a_run(platform_env, t
     from dagster._core.definitions.partitions.context import partition_loading_context
 
     from etl_platform.definitions import build_definitions
-    from etl_platform.partitions import tenant_date_partitions
-    from etl_platform_tests.orchestration import launch
-    from etl_platform_tests.platform import materialize
+    from etl_platform.runs.partitions import tenant_date_partitions
+    from etl_platform_tests.support.orchestration import launch
+    from etl_platform_tests.support.platform_runs import materialize
 
     records = AssetKey(["normalized", "records"])
-    samples = Path(__file__).resolve().parents[1] / "etl_platform" / "samples"
+    samples = Path(__file__).resolve().parents[2] / "etl_platform" / "samples"
     tenant = {"id": "acme", "sources": [{"name": "notes", "kind": "rss", "url": str(samples / "release_notes.xml"),
                                          "snapshot": True}]}  # fmt: skip
     platform_env([tenant], f"duckdb:///{tmp_path / 'wh.duckdb'}")
@@ -109,7 +109,7 @@ def test_new_tenants_get_their_partition_status_rebuilt_in_a_run(platform_env, t
         result = tenant_onboarding_sensor(build_sensor_context(instance=instance))
         instance.add_dynamic_partitions("tenant", list(result.dynamic_partitions_requests[0].partition_keys))
         with partition_loading_context(dynamic_partitions_store=instance):  # the dynamic dimension's keys
-            current = tenant_date_partitions.get_serializable_unique_identifier()
+            current = tenant_date_partitions().get_serializable_unique_identifier()
         cached = next(iter(instance.get_asset_records([records]))).asset_entry.cached_status
         assert cached is None or cached.partitions_def_id != current  # what the UI would rebuild on its next view
 
@@ -120,7 +120,7 @@ def test_new_tenants_get_their_partition_status_rebuilt_in_a_run(platform_env, t
             cached = next(iter(instance.get_asset_records([key]))).asset_entry.cached_status
             assert cached is not None and cached.partitions_def_id == current, key
         cached = next(iter(instance.get_asset_records([records]))).asset_entry.cached_status
-        cached_partitions = set(cached.deserialize_materialized_partition_subsets(tenant_date_partitions)
+        cached_partitions = set(cached.deserialize_materialized_partition_subsets(tenant_date_partitions())
                                 .get_partition_keys())  # fmt: skip
         materialized = instance.get_materialized_partitions(records)
         assert cached_partitions == materialized == {"2024-03-01|acme"}

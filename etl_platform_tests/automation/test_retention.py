@@ -21,13 +21,13 @@ from dagster._core.storage.partition_status_cache import get_and_update_asset_st
 from dagster._core.storage.runs.schema import RunsTable
 
 from etl_platform.automation.retention import HISTORY_TAG, purge_history
-from etl_platform.failures import run_failures
-from etl_platform.partitions import tenant_date_partitions
-from etl_platform.runs import failure_reason, source_stats
-from etl_platform_tests.orchestration import Switch, create_run, launch, rest_tenant
-from etl_platform_tests.platform import materialize
-from etl_platform_tests.servers import LocalServer
-from etl_platform_tests.storages import STORAGES, dagster_storage
+from etl_platform.runs.failures import run_failures
+from etl_platform.runs.history import failure_reason, source_stats
+from etl_platform.runs.partitions import tenant_date_partitions
+from etl_platform_tests.support.dagster_storages import STORAGES, dagster_storage
+from etl_platform_tests.support.http_servers import LocalServer
+from etl_platform_tests.support.orchestration import Switch, create_run, launch, rest_tenant
+from etl_platform_tests.support.platform_runs import materialize
 
 D1, D2 = "2024-03-01", "2024-03-02"
 RECORDS = AssetKey(["normalized", "records"])
@@ -84,14 +84,14 @@ def partition_status(instance: DagsterInstance) -> dict:
     (as on a first view) and as kept, and `get_materialized_partitions`."""
     out = {}
     for key in (RECORDS, RAW):
-        cached = get_and_update_asset_status_cache_value(instance, key, tenant_date_partitions)
+        cached = get_and_update_asset_status_cache_value(instance, key, tenant_date_partitions())
         instance.wipe_asset_cached_status([key])
-        rebuilt = get_and_update_asset_status_cache_value(instance, key, tenant_date_partitions)
+        rebuilt = get_and_update_asset_status_cache_value(instance, key, tenant_date_partitions())
         for name, value in (("cached", cached), ("rebuilt", rebuilt)):
             out[(key.to_user_string(), name)] = (
-                sorted(value.deserialize_materialized_partition_subsets(tenant_date_partitions).get_partition_keys()),
-                sorted(value.deserialize_failed_partition_subsets(tenant_date_partitions).get_partition_keys()),
-                sorted(value.deserialize_in_progress_partition_subsets(tenant_date_partitions).get_partition_keys()),
+                sorted(value.deserialize_materialized_partition_subsets(tenant_date_partitions()).get_partition_keys()),
+                sorted(value.deserialize_failed_partition_subsets(tenant_date_partitions()).get_partition_keys()),
+                sorted(value.deserialize_in_progress_partition_subsets(tenant_date_partitions()).get_partition_keys()),
             )
         out[(key.to_user_string(), "materialized")] = sorted(instance.get_materialized_partitions(key))
     return out
@@ -238,7 +238,7 @@ def test_purge_materialization_types_cover_dagsters_asset_events() -> None:
     """Every asset event type Dagster stores per partition has a rule for what supersedes it."""
     from dagster._core.events import ASSET_EVENTS
 
-    from etl_platform.runs_purge import SUPERSEDED_BY
+    from etl_platform.runs.purge import SUPERSEDED_BY
 
     assert {t.value for t in ASSET_EVENTS} == set(SUPERSEDED_BY)
     assert DagsterEventType.ASSET_MATERIALIZATION.value in SUPERSEDED_BY
@@ -252,7 +252,7 @@ def test_every_tick_type_and_status_has_a_retention(path: str) -> None:
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.instance.config import get_default_tick_retention_settings, get_tick_retention_settings
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / path).read_text())
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / path).read_text())
     for kind, key in ((InstigatorType.SCHEDULE, "schedule"), (InstigatorType.SENSOR, "sensor"),
                       (InstigatorType.AUTO_MATERIALIZE, "auto_materialize")):  # fmt: skip
         settings = get_tick_retention_settings(config["retention"].get(key), get_default_tick_retention_settings(kind))
@@ -262,7 +262,7 @@ def test_every_tick_type_and_status_has_a_retention(path: str) -> None:
 def test_the_purge_keeps_run_records_for_the_longest_stats_window() -> None:
     """/stats counts runs over up to STATS_MAX_WINDOW_DAYS: the purge keeps the records that long."""
     from etl_platform.api.routes import WINDOW
-    from etl_platform.runs import STATS_MAX_WINDOW_DAYS
+    from etl_platform.runs.history import STATS_MAX_WINDOW_DAYS
 
     longest_hours = next(m.le for m in WINDOW.metadata if hasattr(m, "le"))
     assert longest_hours == STATS_MAX_WINDOW_DAYS * 24
