@@ -59,7 +59,6 @@ MIN_RETENTION = dt.timedelta(seconds=RETRY_LOOKBACK_SECONDS) + dt.timedelta(days
 FAILURE_EVENTS = (DagsterEventType.STEP_FAILURE.value, DagsterEventType.RUN_FAILURE.value)  # a failure's reason
 RUNS_PER_BATCH = 50  # runs whose keepers are computed together
 PAGE = 1000
-ALL = "*"
 
 
 @dataclass
