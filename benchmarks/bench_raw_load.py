@@ -144,10 +144,10 @@ def raw_asset(csv_path: Path, work: Path, warehouse_url: str, profile: bool, run
 
     from dagster import DagsterInstance
 
-    from etl_platform.loading.raw import pipeline_name, pipelines_dir
     from etl_platform.automation.onboarding import sync_tenants
     from etl_platform.config.registry import load_registry
     from etl_platform.definitions import build_definitions
+    from etl_platform.loading.raw import pipeline_name, pipelines_dir
     from etl_platform.runs.partitions import partition_key
     from etl_platform.warehouse import Warehouse
 
