@@ -46,6 +46,7 @@ def test_freshness_names_stale_tenants_and_stays_in_a_runs_scope(platform_env, t
         checks = [e for e in run.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         freshness = [e.event_specific_data for e in checks if e.event_specific_data.check_name == "tenant_freshness"]
         assert len(freshness) == 1 and freshness[0].passed
-        assert freshness[0].metadata["tenants"].value == 1 and list(freshness[0].metadata["age_hours"].value) == ["fresh"]
+        assert freshness[0].metadata["tenants"].value == 1
+        assert list(freshness[0].metadata["age_hours"].value) == ["fresh"]
         assert not [e for e in run.all_events if e.event_type_value == "STEP_SKIPPED"]
         assert AssetKey(["normalized", "records"]) in {m.asset_key for m in run.get_asset_materialization_events()}
