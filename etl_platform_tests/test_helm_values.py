@@ -134,3 +134,23 @@ def test_rendered_instance_loads_and_builds_a_run_job(values, pg_url, tmp_path, 
     assert spec.security_context.run_as_user == 10001 and spec.security_context.run_as_non_root is True
     assert job.spec.active_deadline_seconds == 21600
     assert job.metadata.labels["app.kubernetes.io/part-of"] == "etl-platform"
+
+
+def test_chart_renders_the_instance_built_here(values: dict[str, Any]) -> None:
+    """The dagster.yaml of the chart's instance ConfigMap (deploy/helm/rendered.yaml, rendered by
+    .ci/check-helm) holds everything helm.instance_config builds, equal; what it adds are the
+    chart's defaults, which Dagster applies anyway."""
+    rendered_docs = [d for d in yaml.safe_load_all((ROOT / "deploy/helm/rendered.yaml").read_text()) if d]
+    (instance_map,) = [d for d in rendered_docs if d["kind"] == "ConfigMap"
+                       and d["metadata"]["name"] == "etl-dagster-instance"]
+    rendered = yaml.safe_load(instance_map["data"]["dagster.yaml"])
+    built = helm.instance_config(values, release="etl", namespace="etl")
+    for key, section in built.items():
+        if key != "run_monitoring":
+            assert rendered[key] == section, key
+    assert rendered["run_monitoring"] == {**built["run_monitoring"], "max_resume_run_attempts": 0,
+                                          "free_slots_after_run_end_seconds": 0}
+    extra = set(rendered) - set(built)
+    assert extra == {"scheduler", "compute_logs"}, extra
+    assert rendered["scheduler"]["class"] == "DagsterDaemonScheduler"
+    assert rendered["compute_logs"]["class"] == "NoOpComputeLogManager"
