@@ -1,0 +1,1 @@
+"""What the Dagster instance's dagster.yaml plugs in."""

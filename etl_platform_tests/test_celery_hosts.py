@@ -1,0 +1,353 @@
+"""The Celery engine for real, across hosts: runs execute on Celery workers of two other "machines"
+(network namespaces with addresses and hostnames of their own, etl_platform_tests/hosts.py),
+which reach PostgreSQL (Dagster's storage and the warehouse), RabbitMQ (the broker), Redis (task
+states) and the tenants' sources only over their network link.
+
+This machine is the control host: the gRPC code server and dagster-daemon with deploy/dagster.yaml
+whose run launcher is deploy/celery/run_launcher.yaml's PlatformCeleryRunLauncher (polling made
+faster: run monitoring every 2 s, the queue every 1 s, retries after 1 s). On each worker host
+`dagster-celery worker start -y deploy/celery/worker.yaml` (one worker process) runs from the
+platform's venv with a DAGSTER_HOME of its own. RabbitMQ gets a vhost for the test (removed after),
+PostgreSQL two fresh databases (dropped after). Five REST tenants (6 users, 25 posts each) are
+served by a local json-server look-alike on the bridge address.
+
+1. The hourly schedule (its cron set to the coming minute, ETL_CHUNK_SIZE=1: one run per tenant)
+   ticks in the daemon; with a second run of t1 launched by hand (`dagster job launch`), every run
+   succeeds; the schedule's runs executed on both worker hosts (each run's `etl/worker` tag names
+   the host); runs of different tenants overlapped in time across the hosts while a tenant's two
+   runs did not (the per-tenant queue limit); every tenant has exactly 6 users, 25 posts, 31 records.
+2. A run of t5 hangs mid-load (page 2 of posts); its worker host is powered off (every process
+   killed, link down). Run monitoring's health check finds the worker gone: the run is FAILURE with
+   the worker named; the retry sensor's retry executes on the other host and succeeds; t5 still
+   has exactly 6 users, 25 posts and 31 records.
+3. No run is left queued, starting or started.
+Figures printed: run durations per host, and PostgreSQL and broker connections per worker host.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from etl_platform_tests.conftest import create_pg_database, drop_pg_database
+from etl_platform_tests.deployment import POSTS, USERS, free_port, run_messages, tenant_config, wait_for
+from etl_platform_tests.hosts import Network, missing_tools
+from etl_platform_tests.jsonserver import collection_handler
+from etl_platform_tests.platform import table_counts, write_tenants
+from etl_platform_tests.servers import LocalServer, Request, Response
+
+pytestmark = [pytest.mark.celery, pytest.mark.postgres, pytest.mark.daemon, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+TENANTS = ("t1", "t2", "t3", "t4", "t5")
+RECORDS = len(USERS) + len(POSTS)
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+WORKER_TAG = "etl/worker"  # host:pid:start of the process executing the run (automation/tags.py)
+
+
+class Sources:
+    """Each tenant's json-server routes; a tenant's page 2 of posts hangs while it is held."""
+
+    def __init__(self, server: LocalServer) -> None:
+        self.held: dict[str, threading.Event] = {}
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+        for tenant in TENANTS:
+            server.route(f"/{tenant}/users", collection_handler(USERS, server.url, f"/{tenant}/users"))
+            posts = collection_handler(POSTS, server.url, f"/{tenant}/posts")
+
+            def handle(req: Request, tenant: str = tenant, posts=posts) -> Response:
+                if req.arg("_page") == "2" and tenant in self.held:
+                    self.hanging.set()
+                    self.release.wait(120)
+                return posts(req)
+
+            server.route(f"/{tenant}/posts", handle)
+        server.httpd.handle_error = lambda request, client_address: None  # a dead client's hung request
+
+    def hold(self, tenant: str) -> None:
+        self.release.clear()
+        self.hanging.clear()
+        self.held[tenant] = threading.Event()
+
+    def let_go(self) -> None:
+        self.held.clear()
+        self.release.set()
+
+
+def _tool_problem() -> str | None:
+    problem = missing_tools()
+    if problem is None and subprocess.run(["rabbitmqctl", "list_vhosts"], capture_output=True, timeout=60).returncode:
+        problem = "rabbitmqctl does not answer (RabbitMQ on 127.0.0.1:5672)"
+    return problem
+
+
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _instance_yaml() -> str:
+    """deploy/dagster.yaml with the Celery engine's run launcher, polling made faster."""
+    config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    config.update(yaml.safe_load((DEPLOY / "celery" / "run_launcher.yaml").read_text()))
+    config["run_monitoring"]["poll_interval_seconds"] = 2
+    config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
+    config["run_coordinator"]["config"]["user_code_failure_retry_delay"] = 2
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _host_of(run) -> str | None:
+    worker = run.tags.get(WORKER_TAG)
+    return worker.rsplit(":", 2)[0] if worker else None
+
+
+def _connections(port: int, address: str) -> int:
+    """Established TCP connections from `address` to this machine's forwarder on `port`."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return sum(1 for line in out.splitlines() if line.split()[-1].rsplit(":", 1)[0] == address)
+
+
+def test_celery_runs_span_worker_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = _tool_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    started = time.monotonic()
+    dagster_url = create_pg_database("k8s_celery_dagster")
+    warehouse_url = create_pg_database("k8s_celery_wh")
+    vhost = f"k8s-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    network = Network()
+    procs: list[subprocess.Popen] = []
+    logs: list[Path] = []
+    instance = None
+    try:
+        with LocalServer(host=network.gateway) as server:
+            sources = Sources(server)
+            try:
+                instance = _scenarios(tmp_path, monkeypatch, network, server, sources, dagster_url,
+                                      warehouse_url, vhost, procs, logs, started)
+            except BaseException:
+                for log in logs:
+                    print(f"\n===== {log.name} (tail) =====\n{log.read_text(errors='replace')[-3000:]}")
+                raise
+            finally:
+                sources.let_go()
+    finally:
+        if instance is not None:
+            instance.dispose()
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        network.close()
+        _rabbitmqctl("delete_vhost", vhost)
+        drop_pg_database(warehouse_url)
+        drop_pg_database(dagster_url)
+    print(f"celery across hosts took {time.monotonic() - started:.0f}s")
+
+
+def _scenarios(tmp_path, monkeypatch, network, server, sources, dagster_url, warehouse_url, vhost, procs, logs,
+               started):
+    from celery import Celery
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    hosts = [network.add_host("w1"), network.add_host("w2")]
+    for port in (5432, 5672, 6379):
+        network.forward(port)
+    tenants_file = write_tenants(
+        tmp_path / "tenants.yaml",
+        [tenant_config(f"{server.url}/{t}", tenant=t, api_key_env=f"ETL_{t.upper()}_API_KEY") for t in TENANTS],
+    )
+    grpc_port = free_port()
+    now = dt.datetime.now(dt.timezone.utc)
+    # the schedule's one tick: at least 40 s away, so the daemon is up before it
+    tick = (now + dt.timedelta(seconds=100 if now.second >= 20 else 60)).replace(second=0, microsecond=0)
+    day = tick.date().isoformat()
+    wh_db = warehouse_url.rsplit("/", 1)[1]
+
+    def env_for(address: str, home: Path) -> dict[str, str]:
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "dagster.yaml").write_text(_instance_yaml())
+        return {
+            "PATH": f"{BIN}{os.pathsep}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8", "DAGSTER_HOME": str(home),
+            "DAGSTER_PG_HOST": address, "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "unused", "DAGSTER_PG_DB": dagster_url.rsplit("/", 1)[1],  # trust auth
+            "DAGSTER_MAX_CONCURRENT_RUNS": "4",
+            "DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(grpc_port),
+            "DAGSTER_CELERY_BROKER_URL": f"pyamqp://guest:guest@{address}:5672/{vhost}",
+            "DAGSTER_CELERY_BACKEND_URL": f"redis://{address}:6379/0",
+            "ETL_WAREHOUSE_URL": f"postgresql://postgres@{address}:5432/{wh_db}",
+            "ETL_TENANTS_FILE": str(tenants_file), "ETL_CHUNK_SIZE": "1", "ETL_LATE_DATA_HOURS": "0",
+            "ETL_HOURLY_CRON": f"{tick.minute} {tick.hour} * * *", "ETL_TIMEZONE": "UTC",
+            "ETL_REBACKFILL_CRON": "0 0 1 1 *", "ETL_FRESHNESS_CRON": "0 0 1 1 *",
+            "ETL_RETRY_MAX_ATTEMPTS": "3", "ETL_RETRY_BASE_DELAY_SECONDS": "1",
+            "ETL_RETRY_SENSOR_INTERVAL_SECONDS": "2",
+            **{f"ETL_{t.upper()}_API_KEY": f"celery-test-{t}" for t in TENANTS},
+            "DLT_TELEMETRY_DISABLED": "1", "RUNTIME__DLTHUB_TELEMETRY": "false",
+        }
+
+    control = env_for("127.0.0.1", tmp_path / "control")
+
+    def start(name: str, cmd: list[str], env: dict[str, str], host=None) -> None:
+        log = tmp_path / f"{name}.log"
+        logs.append(log)
+        if host is None:
+            with open(log, "ab") as out:
+                procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        else:
+            host.spawn(cmd, env, log, tmp_path)
+
+    def healthy(role: str) -> bool:
+        done = subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py"), role], env=control,
+                              capture_output=True, text=True, timeout=90)
+        return done.returncode == 0
+
+    sync = subprocess.run([str(BIN / "etl-platform"), "tenants", "sync"], env=control, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    start("user-code", [str(BIN / "dagster"), "api", "grpc", "--host", "127.0.0.1", "--port", str(grpc_port),
+                        "--module-name", "etl_platform.definitions", "--location-name", "etl_platform"], control)
+    for host in hosts:
+        start(f"worker-{host.name}", [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+                                      "-y", str(DEPLOY / "celery" / "worker.yaml"), "-n", host.name, "-q", "dagster",
+                                      "--", "--concurrency", "1"],
+              env_for(network.gateway, tmp_path / host.name), host=host)
+    wait_for("the code server's health check", lambda: healthy("code-server"), 120, interval=1)
+    start("daemon", [str(BIN / "dagster-daemon"), "run", "--workspace", str(DEPLOY / "workspace.yaml")], control)
+    app = Celery(broker=control["DAGSTER_CELERY_BROKER_URL"], backend=control["DAGSTER_CELERY_BACKEND_URL"])
+    names = {f"{h.name}@{h.hostname}" for h in hosts}
+    wait_for("both workers to answer",
+             lambda: names <= {name for reply in app.control.ping(timeout=1) for name in reply}, 120, interval=1)
+    wait_for("the daemon's health check", lambda: healthy("daemon"), 120, interval=1)
+    print(f"control host, broker and 2 worker hosts up after {time.monotonic() - started:.0f}s; "
+          f"the schedule ticks at {tick:%H:%M} UTC")
+
+    for key, value in control.items():
+        monkeypatch.setenv(key, value)  # this process reads the control host's storage
+    instance = DagsterInstance.get()
+    hostnames = {h.hostname for h in hosts}
+
+    # --- 1. the hourly schedule's runs, and a second run of t1, on both worker hosts ----------------
+    wait_for("the hourly schedule's runs", lambda: len(instance.get_runs(
+        RunsFilter(tags={"dagster/schedule_name": "hourly_ingest"}))) == len(TENANTS), 150, interval=1)
+    tags = {"dagster/partition": f"{day}|t1", "dagster/partition/date": day, "dagster/partition/tenant": "t1",
+            "etl/trigger": "manual"}
+    launched = subprocess.run([str(BIN / "dagster"), "job", "launch", "-j", "ingest", "-w",
+                               str(DEPLOY / "workspace.yaml"), "--tags", json.dumps(tags)],
+                              env=control, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    peak = {h.address: {"postgres": 0, "broker": 0} for h in hosts}
+
+    def all_finished() -> bool:
+        for h in hosts:  # connections each worker host holds while runs execute
+            for name, port in (("postgres", 5432), ("broker", 5672)):
+                peak[h.address][name] = max(peak[h.address][name], _connections(port, h.address))
+        runs = instance.get_runs(RunsFilter(job_name="ingest"))
+        return len(runs) == len(TENANTS) + 1 and all(r.status.value in FINISHED for r in runs)
+
+    wait_for("the scheduled runs and t1's second run to finish", all_finished, 240, interval=0.5)
+    runs = instance.get_runs(RunsFilter(job_name="ingest"))
+    for run in runs:
+        assert run.status == DagsterRunStatus.SUCCESS, run_messages(instance, run.run_id)[-3000:]
+    scheduled = [r for r in runs if r.tags.get("dagster/schedule_name") == "hourly_ingest"]
+    assert len(scheduled) == len(TENANTS) and {r.tags["etl/tenant"] for r in scheduled} == set(TENANTS)
+    assert {_host_of(r) for r in scheduled} == hostnames, [(r.tags["etl/tenant"], _host_of(r)) for r in scheduled]
+    records = {r.run_id: instance.get_run_record_by_id(r.run_id) for r in runs}
+    spans = {rid: (rec.start_time, rec.end_time) for rid, rec in records.items()}
+    t1 = [spans[r.run_id] for r in runs if r.tags.get("etl/tenant") == "t1"]
+    assert len(t1) == 2 and (t1[0][1] <= t1[1][0] or t1[1][1] <= t1[0][0]), f"t1's runs overlapped: {t1}"
+
+    def overlap(a, b) -> bool:
+        return spans[a.run_id][0] < spans[b.run_id][1] and spans[b.run_id][0] < spans[a.run_id][1]
+
+    assert any(_host_of(a) != _host_of(b) and overlap(a, b) for a in runs for b in runs if a.run_id < b.run_id), (
+        "no two runs executed at the same time on the two hosts")
+    for tenant in TENANTS:
+        counts = table_counts(warehouse_url, f"tenant_{tenant}")
+        assert (counts["placeholder_users"], counts["placeholder_posts"], counts["records"]) == (
+            len(USERS), len(POSTS), RECORDS), (tenant, counts)
+    durations: dict[str, list[float]] = {}
+    for run in runs:
+        start_time, end_time = spans[run.run_id]
+        durations.setdefault(_host_of(run), []).append(end_time - start_time)
+    print("1. runs per worker host (seconds each): "
+          + "; ".join(f"{h}: {', '.join(f'{d:.1f}' for d in sorted(ds))}" for h, ds in sorted(durations.items())))
+    print(f"   peak connections per worker host (1 worker process each): {peak}")
+    vhost_connections = len(_rabbitmqctl("list_connections", "-q", "-p", vhost, "name").split("\n")) - 2
+    print(f"   broker connections of the test's vhost (control host and workers): {vhost_connections}")
+    print(f"   scheduled runs and t1's second run done after {time.monotonic() - started:.0f}s")
+
+    # --- 2. a worker host powered off mid-run: FAILURE, then the retry on the other host -------------
+    sources.hold("t5")
+    tags = {"dagster/partition": f"{day}|t5", "dagster/partition/date": day, "dagster/partition/tenant": "t5",
+            "etl/trigger": "manual"}
+    launched = subprocess.run([str(BIN / "dagster"), "job", "launch", "-j", "ingest", "-w",
+                               str(DEPLOY / "workspace.yaml"), "--tags", json.dumps(tags)],
+                              env=control, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    assert sources.hanging.wait(120), "the run of t5 never asked for page 2 of posts"
+    doomed = wait_for("t5's hanging run and its worker", lambda: [
+        r for r in instance.get_runs(RunsFilter(tags={"etl/tenant": "t5"}, statuses=[DagsterRunStatus.STARTED]))
+        if _host_of(r)], 30)[0]
+    (victim,) = [h for h in hosts if h.hostname == _host_of(doomed)]
+    (survivor,) = [h for h in hosts if h is not victim]
+    killed_at = time.monotonic()
+    victim.power_off()
+    sources.let_go()
+    wait_for(f"run {doomed.run_id} to be marked FAILURE",
+             lambda: instance.get_run_by_id(doomed.run_id).status == DagsterRunStatus.FAILURE, 90, interval=0.5)
+    detected = time.monotonic() - killed_at
+    messages = run_messages(instance, doomed.run_id)
+    assert f"Celery worker {victim.name}@{victim.hostname}" in messages, messages[-3000:]
+    retry = wait_for("its retry", lambda: instance.get_runs(RunsFilter(tags={"etl/parent_run_id": doomed.run_id})),
+                     90, interval=0.5)[0]
+    assert retry.tags["etl/attempt"] == "2" and retry.tags["dagster/partition"] == f"{day}|t5"
+    wait_for(f"retry {retry.run_id} to finish",
+             lambda: instance.get_run_by_id(retry.run_id).status.value in FINISHED, 180, interval=0.5)
+    retry = instance.get_run_by_id(retry.run_id)
+    assert retry.status == DagsterRunStatus.SUCCESS, run_messages(instance, retry.run_id)[-3000:]
+    assert _host_of(retry) == survivor.hostname
+    counts = table_counts(warehouse_url, "tenant_t5")
+    assert (counts["placeholder_users"], counts["placeholder_posts"], counts["records"]) == (
+        len(USERS), len(POSTS), RECORDS), counts
+    print(f"2. {victim.hostname} powered off mid-run: FAILURE after {detected:.1f}s, "
+          f"retry succeeded on {survivor.hostname} after {time.monotonic() - killed_at:.1f}s")
+
+    # --- 3. nothing left queued, starting or started ------------------------------------------------------
+    left = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED,
+                                                  DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
+    assert not left, [(r.run_id, r.status) for r in left]
+    # the task states this test left in Redis
+    app.backend.client.delete(*[f"celery-task-meta-{r.tags['dagster-celery/task_id']}"
+                                for r in instance.get_runs() if "dagster-celery/task_id" in r.tags])
+    app.close()
+    return instance
+
