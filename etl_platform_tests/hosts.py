@@ -6,7 +6,8 @@ machine), `add_host()` a namespace `k8s-<tag>-<name>` joined to it by a veth pai
 `forward(port)` a TCP forwarder (socat) from the gateway's address to 127.0.0.1: PostgreSQL,
 RabbitMQ and Redis listen on loopback only, and RabbitMQ's guest user may only connect from
 there, so the hosts reach them through it. The machine's services are not reconfigured.
-`Host.spawn()` starts a process inside a host, under a hostname of its own (a UTS namespace),
+`Host.spawn()` starts a process inside a host, under a hostname of its own (a UTS namespace;
+`Host.run()` runs one to its end),
 `Host.power_off()` kills every process of the host at once and takes its link down. `close()`
 removes everything this Network made (root only: `ip netns`, `unshare`).
 """
@@ -73,12 +74,20 @@ class Host:
         self.procs.append(proc)
         return proc
 
+    def run(self, cmd: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run `cmd` on this host to its end."""
+        return subprocess.run(["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
+                               f'hostname {self.hostname} && exec "$@"', "sh", *cmd],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
     def pids(self) -> list[int]:
         done = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True, timeout=30)
         return [int(p) for p in done.stdout.split()]
 
     def power_off(self) -> None:
-        """Every process of the host killed at once (SIGKILL), then its network link down."""
+        """A power cut: the host's link goes down first (nothing it sends gets out, not even its
+        sockets' closing), then every process of the host is killed (SIGKILL)."""
+        _ip("link", "set", self.veth, "down", check=False)
         for pid in self.pids():
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -89,7 +98,6 @@ class Host:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        _ip("link", "set", self.veth, "down", check=False)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -135,9 +143,13 @@ class Network:
         return host
 
     def forward(self, port: int) -> None:
-        """The gateway's `port` forwarded to 127.0.0.1:`port` (a service on this machine's loopback)."""
+        """The gateway's `port` forwarded to 127.0.0.1:`port` (a service on this machine's loopback).
+        TCP keepalive toward the hosts (probes after 5 s idle, 3 more 2 s apart) closes a dead host's
+        connections within about 11 s, as PostgreSQL's tcp_keepalives_* settings would on a real
+        network (README, "Worker machines"): the service then ends those sessions and their locks."""
+        listen = f"TCP-LISTEN:{port},bind={self.gateway},reuseaddr,fork,keepalive,keepidle=5,keepintvl=2,keepcnt=3"
         self.forwarders.append(subprocess.Popen(
-            ["socat", f"TCP-LISTEN:{port},bind={self.gateway},reuseaddr,fork", f"TCP:127.0.0.1:{port}"],
+            ["socat", listen, f"TCP:127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         ))
 
