@@ -131,11 +131,45 @@ def _host_of(run) -> str | None:
     return worker.rsplit(":", 2)[0] if worker else None
 
 
-def _connections(port: int, address: str) -> int:
-    """Established TCP connections from `address` to this machine's forwarder on `port`."""
-    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True, timeout=30).stdout
-    return sum(1 for line in out.splitlines() if line.split()[-1].rsplit(":", 1)[0] == address)
+class ConnectionSampler(threading.Thread):
+    """Peak established TCP connections from each worker host to the forwarders (PostgreSQL, the
+    broker, the results backend), sampled every 0.2 s until stopped."""
+
+    PORTS = {5432: "postgres", 5672: "broker", 6379: "results"}
+
+    def __init__(self, addresses: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.addresses = addresses  # address -> hostname
+        self.peak = {host: dict.fromkeys(self.PORTS.values(), 0) for host in addresses.values()}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            out = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True,
+                                 timeout=30).stdout
+            now: dict[tuple[str, str], int] = {}
+            for line in out.splitlines():
+                local, peer = line.split()[-2:]
+                port, address = int(local.rsplit(":", 1)[1]), peer.rsplit(":", 1)[0]
+                if port in self.PORTS and address in self.addresses:
+                    key = (self.addresses[address], self.PORTS[port])
+                    now[key] = now.get(key, 0) + 1
+            for (host, service), count in now.items():
+                self.peak[host][service] = max(self.peak[host][service], count)
+
+
+def _sessions(*databases: str, column: str = "sessions") -> dict[str, int]:
+    """Sessions ever opened to each database (PostgreSQL's pg_stat_database.sessions), or another
+    of its columns (numbackends: sessions open now)."""
+    import psycopg
+
+    from etl_platform_tests.conftest import PG_ADMIN_URL
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        rows = conn.execute(f"SELECT datname, {column} FROM pg_stat_database WHERE datname = ANY(%s)",
+                            [list(databases)]).fetchall()
+    return dict(rows)
 
 
 def _rss_mb(pids: list[int]) -> float:
@@ -293,17 +327,23 @@ def _scenarios(tmp_path, monkeypatch, network, server, sources, dagster_url, war
                                str(DEPLOY / "workspace.yaml"), "--tags", json.dumps(tags)],
                               env=control, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert launched.returncode == 0, launched.stdout + launched.stderr
-    peak = {h.hostname: {"postgres": 0, "broker": 0, "results": 0, "rss_mb": 0.0} for h in hosts}
+    databases = (dagster_url.rsplit("/", 1)[1], wh_db)
+    sessions_before = _sessions(*databases)
+    sampler = ConnectionSampler({h.address: h.hostname for h in hosts})
+    sampler.start()
+    rss = dict.fromkeys(hostnames, 0)
 
     def all_finished() -> bool:
-        for h in hosts:  # connections and memory of each worker host while runs execute
-            for name, port in (("postgres", 5432), ("broker", 5672), ("results", 6379)):
-                peak[h.hostname][name] = max(peak[h.hostname][name], _connections(port, h.address))
-            peak[h.hostname]["rss_mb"] = round(max(peak[h.hostname]["rss_mb"], _rss_mb(h.pids())))
+        for h in hosts:  # memory of each worker host while runs execute
+            rss[h.hostname] = round(max(rss[h.hostname], _rss_mb(h.pids())))
         runs = instance.get_runs(RunsFilter(job_name="ingest"))
         return len(runs) >= len(TENANTS) + 1 and all(r.status.value in FINISHED for r in runs)
 
     wait_for("the scheduled runs and t1's second run to finish", all_finished, 240, interval=0.5)
+    sampler.done.set()
+    time.sleep(1)  # sessions are counted when they end
+    sessions = {db: n - sessions_before[db] for db, n in _sessions(*databases).items()}
+    open_now = _sessions(*databases, column="numbackends")  # between runs: the workers' kept connections
     runs = instance.get_runs(RunsFilter(job_name="ingest"))
     for run in runs:
         assert run.status == DagsterRunStatus.SUCCESS, run_messages(instance, run.run_id)[-3000:]
@@ -332,8 +372,13 @@ def _scenarios(tmp_path, monkeypatch, network, server, sources, dagster_url, war
         durations.setdefault(_host_of(run), []).append(end_time - start_time)
     print("1. runs per worker host (seconds each): "
           + "; ".join(f"{h}: {', '.join(f'{d:.1f}' for d in sorted(ds))}" for h, ds in sorted(durations.items())))
-    print(f"   peak connections and memory (RSS, all processes) per worker host, 1 worker process each: {peak}")
+    print(f"   per worker host (1 worker process each), peak connections: {sampler.peak}; "
+          f"peak memory (RSS of all its processes, MB): {rss}")
     vhost_connections = len(_rabbitmqctl("list_connections", "-q", "-p", vhost, "name").split("\n")) - 2
+    per_run = {("dagster" if db == databases[0] else "warehouse"): round(n / len(runs)) for db, n in sessions.items()}
+    print(f"   PostgreSQL sessions opened per run (all processes, the daemon's included): {per_run}; open "
+          f"between runs (2 worker processes, the daemon, the code server): dagster {open_now[databases[0]]}, "
+          f"warehouse {open_now[wh_db]}")
     print(f"   broker connections of the test's vhost (control host and workers): {vhost_connections}")
     print(f"   scheduled runs and t1's second run done after {time.monotonic() - started:.0f}s")
 
@@ -349,6 +394,13 @@ def _scenarios(tmp_path, monkeypatch, network, server, sources, dagster_url, war
     doomed = wait_for("t5's hanging run and its worker", lambda: [
         r for r in instance.get_runs(RunsFilter(tags={"etl/tenant": "t5"}, statuses=[DagsterRunStatus.STARTED]))
         if _host_of(r)], 30)[0]
+    # the launcher's health check of a run whose worker is alive: RUNNING, and how long it takes
+    from dagster._core.launcher.base import WorkerStatus
+
+    checked_at = time.monotonic()
+    health = instance.run_launcher.check_run_worker_health(instance.get_run_by_id(doomed.run_id))
+    check_ms = (time.monotonic() - checked_at) * 1000
+    assert health.status == WorkerStatus.RUNNING, health
     (victim,) = [h for h in hosts if h.hostname == _host_of(doomed)]
     (survivor,) = [h for h in hosts if h is not victim]
     killed_at = time.monotonic()
@@ -370,7 +422,8 @@ def _scenarios(tmp_path, monkeypatch, network, server, sources, dagster_url, war
     counts = table_counts(warehouse_url, "tenant_t5")
     assert (counts["placeholder_users"], counts["placeholder_posts"], counts["records"]) == (
         len(USERS), len(POSTS), RECORDS), counts
-    print(f"2. {victim.hostname} powered off mid-run: FAILURE after {detected:.1f}s, "
+    print(f"2. health check of a live run: {check_ms:.0f} ms; {victim.hostname} powered off mid-run: "
+          f"FAILURE after {detected:.1f}s, "
           f"retry succeeded on {survivor.hostname} after {time.monotonic() - killed_at:.1f}s")
 
     # --- 3. nothing left queued, starting or started ------------------------------------------------------
