@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for every process of the platform (docker-compose.yml): the gRPC code server
 # (user code; it also runs the run workers), dagster-webserver, dagster-daemon, the read API
-# (etl-platform serve) and the one-shot init step. The command picks the process.
+# (etl-platform serve), the one-shot init step and Celery workers (deploy/compose.celery.yaml).
+# The command picks the process.
 #
 #   docker build -t etl-platform:latest .
 #   docker build --build-arg ETL_EXTRAS=k8s -t REGISTRY/etl-platform:TAG .   (Kubernetes: deploy/helm)
