@@ -63,7 +63,7 @@ class Sources:
     """Each tenant's json-server routes; a tenant's page 2 of posts hangs while it is held."""
 
     def __init__(self, server: LocalServer) -> None:
-        self.held: dict[str, threading.Event] = {}
+        self.held: set[str] = set()
         self.hanging = threading.Event()
         self.release = threading.Event()
         for tenant in TENANTS:
@@ -82,7 +82,7 @@ class Sources:
     def hold(self, tenant: str) -> None:
         self.release.clear()
         self.hanging.clear()
-        self.held[tenant] = threading.Event()
+        self.held.add(tenant)
 
     def let_go(self) -> None:
         self.held.clear()

@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from etl_platform_tests import helm
-from etl_platform_tests.compose import docker
+from etl_platform_tests.compose import DOCKER, docker
 from etl_platform_tests.conftest import create_pg_database, drop_pg_database
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.timeout(2400)]
@@ -188,7 +188,7 @@ def test_rendered_run_job_runs_a_partition_in_docker(engine, tmp_path: Path, mon
             assert command[command.index(IMAGE) + 1:][:5] == [python, "-m", "dagster", "api", "execute_run"]
             deadline = job.spec.active_deadline_seconds
             launched = time.monotonic()
-            finished = subprocess.run(["docker", *command], capture_output=True, text=True, timeout=deadline)
+            finished = subprocess.run([DOCKER, *command], capture_output=True, text=True, timeout=deadline)
             ran = time.monotonic()
             logs = (finished.stdout + finished.stderr)[-6000:]
             assert finished.returncode == 0, f"the run's container exited {finished.returncode}:\n{logs}"

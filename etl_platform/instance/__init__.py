@@ -1,1 +1,1 @@
-"""What the Dagster instance's dagster.yaml plugs in."""
+"""What the Dagster instance (dagster.yaml) plugs in: the run coordinator and the run launchers."""
