@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for every process of the platform (docker-compose.yml): the gRPC code server
 # (user code; it also runs the run workers), dagster-webserver, dagster-daemon, the read API
-# (etl-platform serve) and the one-shot init step. The command picks the process.
+# (etl-platform serve), the one-shot init step and Celery workers (deploy/compose.celery.yaml).
+# The command picks the process.
 #
 #   docker build -t etl-platform:latest .
 #   docker build --build-arg ETL_EXTRAS=k8s -t REGISTRY/etl-platform:TAG .   (Kubernetes: deploy/helm)
@@ -26,11 +27,15 @@ WORKDIR /opt/dagster/app
 # Dependencies alone, from pyproject.toml: this layer is rebuilt only when pyproject.toml
 # changes, not when the platform's code does. Every dependency ships manylinux wheels for
 # Python 3.11 (psycopg[binary], psycopg2-binary, duckdb, pyarrow, grpcio): no compiler needed.
-# ETL_EXTRAS adds optional dependencies: `--build-arg ETL_EXTRAS=k8s` for Kubernetes (dagster-k8s).
-ARG ETL_EXTRAS=""
 COPY pyproject.toml ./
-RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + [d for e in os.environ['ETL_EXTRAS'].split(',') if e for d in p['optional-dependencies'][e]]; open('/tmp/requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; open('/tmp/requirements.txt', 'w').write(chr(10).join(p['dependencies']) + chr(10))" \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+# ETL_EXTRAS adds optional dependencies in a layer of their own (so images with and without
+# them share the one above): `--build-arg ETL_EXTRAS=k8s` for Kubernetes (dagster-k8s).
+ARG ETL_EXTRAS=""
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = [d for e in os.environ['ETL_EXTRAS'].split(',') if e for d in p['optional-dependencies'][e]]; open('/tmp/requirements.txt', 'w').write(''.join(d + chr(10) for d in deps))" \
+    && if [ -s /tmp/requirements.txt ]; then pip install --no-cache-dir -r /tmp/requirements.txt; fi \
     && rm /tmp/requirements.txt
 
 # The platform (editable, so that the tenants file's relative paths, e.g. the demo's

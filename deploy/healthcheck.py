@@ -10,6 +10,8 @@ docker-compose.yml), else guessed from the running commands:
   init         a one-shot job: always healthy
   run          a run's own container (DockerRunLauncher): Dagster's run monitoring watches it,
                so healthy while it runs
+  celery-worker  a Celery worker (`dagster-celery worker start`) of this container answers a
+               ping through the broker (deploy/celery/worker.yaml)
 
 Usage: python deploy/healthcheck.py [ROLE]
 """
@@ -32,6 +34,7 @@ MARKERS = {  # command-line fragments -> role, for containers started without ET
     "etl-platform serve": "api",
     "api execute_run": "run",
     "api resume_run": "run",
+    "dagster_celery.app worker": "celery-worker",
 }
 
 
@@ -83,7 +86,27 @@ def check(role: str) -> tuple[bool, str]:
         return True, "one-shot job"
     if role == "run":
         return True, "run worker (watched by Dagster's run monitoring)"
-    return False, f"unknown role {role!r} (expected code-server, webserver, daemon, api, init or run)"
+    if role == "celery-worker":
+        return celery_worker_ok()
+    return False, f"unknown role {role!r} (expected code-server, webserver, daemon, api, init, run or celery-worker)"
+
+
+def celery_worker_ok() -> tuple[bool, str]:
+    """A worker of this host answers a ping sent through the broker."""
+    import socket
+
+    from dagster_celery.cli import get_validated_config
+    from dagster_celery.make_app import make_app
+
+    config = get_validated_config(str(Path(__file__).resolve().parent / "celery" / "worker.yaml"))
+    app = make_app({"broker": config["broker"], "backend": config["backend"]})
+    host = socket.gethostname()
+    try:
+        replies = app.control.ping(timeout=10)
+    finally:
+        app.close()
+    mine = [name for reply in replies for name in reply if name.endswith(f"@{host}")]
+    return bool(mine), f"Celery workers of {host} answering: {mine or 'none'}"
 
 
 def main(argv: list[str]) -> int:

@@ -1,13 +1,15 @@
-"""deploy/helm/values.yaml (Dagster's Helm chart, dagster/dagster) checked without a cluster.
+"""deploy/helm/values.yaml through Dagster's Helm chart (dagster/dagster), checked without a cluster.
 
-There is no chart and no Kubernetes here, so `helm template` and an install are not run. What is
-checked: the values carry the platform's settings (image everywhere, external PostgreSQL, the
-platform's queue with deploy/dagster.yaml's per-tenant limits, secrets only through Secrets);
-the dagster.yaml the chart renders from them (etl_platform_tests/support/helm_chart.py follows the chart's
-templates) loads as a real Dagster instance with dagster-k8s's K8sRunLauncher (pointed at a
-kubeconfig file instead of the in-cluster one) on a PostgreSQL test database; and the Kubernetes
-Job that launcher builds for a run of the code location carries the image, the Secrets, the
-tenants file, the limits and the deadline.
+deploy/helm/rendered.yaml is the chart's rendering of the values (.ci/check-helm makes and checks
+it with helm, and validates every manifest with kubernetes-validate). Here: the values carry the
+platform's settings (image everywhere, external PostgreSQL, the platform's queue with
+deploy/dagster.yaml's per-tenant limits, secrets only through Secrets) and the rendering is of
+these values; the instance dagster.yaml of the rendered ConfigMap is the platform's, and loads as
+a real Dagster instance with dagster-k8s's K8sRunLauncher (given a kubeconfig file instead of the
+in-cluster account) on a PostgreSQL test database; and the Kubernetes Job that launcher creates
+for a run of the code location (its launch_run, the API call recorded) carries the image, the
+Secrets, the tenants file, the limits, the security context and the deadline.
+test_k8s_job.py runs that Job's container in Docker.
 """
 
 from __future__ import annotations
@@ -19,23 +21,15 @@ from typing import Any
 import pytest
 import yaml
 
-from etl_platform_tests.support import helm_chart
+from etl_platform_tests.support import helm_chart as helm
 
 ROOT = Path(__file__).resolve().parents[2]
-VALUES = ROOT / "deploy" / "helm" / "values.yaml"
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|WAREHOUSE_URL", re.I)
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: test, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: test, user: {token: not-a-token}}]
-contexts: [{name: test, context: {cluster: test, user: test}}]
-current-context: test
-"""
 
 
 @pytest.fixture(scope="module")
 def values() -> dict[str, Any]:
-    return yaml.safe_load(VALUES.read_text())
+    return yaml.safe_load(helm.VALUES.read_text())
 
 
 def _deployment(values: dict[str, Any]) -> dict[str, Any]:
@@ -45,10 +39,11 @@ def _deployment(values: dict[str, Any]) -> dict[str, Any]:
 
 def test_values_carry_the_platform(values: dict[str, Any]) -> None:
     deployment = _deployment(values)
-    image = helm_chart.image_name(deployment["image"])
+    assert deployment["name"] == helm.LOCATION
+    image = helm.image_name(deployment["image"])
     # the webserver and the daemon run the platform's image: its queue class is the platform's
     for part in ("dagsterWebserver", "dagsterDaemon"):
-        assert helm_chart.image_name(values[part]["image"]) == image, part
+        assert helm.image_name(values[part]["image"]) == image, part
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "etl_platform.definitions"]
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
@@ -73,6 +68,46 @@ def test_values_carry_the_platform(values: dict[str, Any]) -> None:
     assert "resources" not in deployment
 
 
+def test_rendering_is_of_these_values(values: dict[str, Any]) -> None:
+    assert helm.rendered_values_digest() == helm.values_digest(values), (
+        "deploy/helm/values.yaml changed since deploy/helm/rendered.yaml was rendered: run .ci/check-helm --write"
+    )
+    kinds = sorted({m["kind"] for m in helm.manifests()})
+    assert kinds == ["ConfigMap", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"], kinds
+    # no Secret is rendered: the operator creates them (values.yaml's header); no bundled database
+    assert not any("postgresql" in m["metadata"]["name"] for m in helm.manifests())
+
+
+def test_rendered_instance_is_the_platforms(values: dict[str, Any]) -> None:
+    """What matters in the chart's dagster.yaml, against the values it was rendered from."""
+    config = helm.instance_config()
+    pg = values["postgresql"]
+    storage = {"username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"},
+               "hostname": pg["postgresqlHost"], "db_name": pg["postgresqlDatabase"], "port": pg["service"]["port"],
+               "params": pg["postgresqlParams"], "scheme": pg["postgresqlScheme"]}
+    for key, cls in (("run_storage", "PostgresRunStorage"), ("event_log_storage", "PostgresEventLogStorage"),
+                     ("schedule_storage", "PostgresScheduleStorage")):
+        assert config[key]["class"] == cls and config[key]["config"] == {"postgres_db": storage}, key
+    custom = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]
+    assert config["run_coordinator"] == {
+        "module": custom["module"], "class": custom["class"], "config": custom["config"]}
+    launcher = config["run_launcher"]["config"]
+    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert config["run_launcher"]["class"] == "K8sRunLauncher" and launcher["job_namespace"] == helm.NAMESPACE
+    assert launcher["postgres_password_secret"] == values["global"]["postgresqlSecretName"]
+    assert launcher["instance_config_map"] == f"{helm.RELEASE}-dagster-instance"
+    assert launcher["resources"] == k8s["resources"] and launcher["labels"] == k8s["labels"]
+    assert launcher["run_k8s_config"] == {"pod_spec_config": k8s["runK8sConfig"]["podSpecConfig"],
+                                          "job_spec_config": k8s["runK8sConfig"]["jobSpecConfig"]}
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert config["run_monitoring"]["enabled"] is True
+    assert config["run_monitoring"]["poll_interval_seconds"] == monitoring["pollIntervalSeconds"]
+    assert config["run_monitoring"]["start_timeout_seconds"] == monitoring["startTimeoutSeconds"]
+    assert "run_retries" not in config  # the platform's retry sensor retries, not Dagster
+    assert config["telemetry"] == {"enabled": False}
+    assert config["compute_logs"]["class"] == "NoOpComputeLogManager"  # the chart's default: README says so
+
+
 @pytest.mark.postgres
 def test_rendered_instance_loads_and_builds_a_run_job(values, pg_url, tmp_path, monkeypatch) -> None:
     from urllib.parse import urlsplit
@@ -80,57 +115,54 @@ def test_rendered_instance_loads_and_builds_a_run_job(values, pg_url, tmp_path, 
     from dagster import DagsterInstance, DagsterRun
     from dagster._core.code_pointer import ModuleCodePointer
     from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
-    from dagster_k8s import K8sRunLauncher
-    from dagster_k8s.job import construct_dagster_k8s_job
 
-    config = helm_chart.instance_config(values, release="etl", namespace="etl")
-    # the test's PostgreSQL instead of the values' placeholder host, a kubeconfig file instead of
-    # the in-cluster service account
+    config = helm.instance_config()
+    # the test's PostgreSQL instead of the values' placeholder host
     pg = urlsplit(pg_url)
-    config["run_storage"]["config"]["postgres_db"].update(
-        hostname=pg.hostname, port=pg.port or 5432, username=pg.username or "postgres", db_name=pg.path.lstrip("/"),
-        params={},
-    )
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
-    config["run_launcher"]["config"].update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
+    for key in ("run_storage", "event_log_storage", "schedule_storage"):
+        config[key]["config"]["postgres_db"].update(
+            hostname=pg.hostname, port=pg.port or 5432, username=pg.username or "postgres",
+            db_name=pg.path.lstrip("/"), params={},
+        )
+    launcher_config = helm.run_launcher_config(config, tmp_path / "kubeconfig")
+    config["run_launcher"]["config"] = launcher_config
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", pg.password or "unused")
 
+    image = helm.image_name(_deployment(values)["image"])
     with DagsterInstance.from_config(str(home)) as instance:
-        launcher = instance.run_launcher
-        assert isinstance(launcher, K8sRunLauncher)
+        assert type(instance.run_launcher).__name__ == "K8sRunLauncher"
         assert type(instance.run_coordinator).__name__ == "PlatformRunCoordinator"
         assert instance.run_monitoring_enabled and instance.run_monitoring_settings["poll_interval_seconds"] == 30
-        assert launcher.job_namespace == "etl" and launcher.instance_config_map == "etl-dagster-instance"
-
-        # a run of the code location, as the user deployment's gRPC server describes it
-        deployment = _deployment(values)
-        image = helm_chart.image_name(deployment["image"])
+        # a run of the code location, as its gRPC server describes it (the rendered container context)
         origin = JobPythonOrigin("ingest", RepositoryPythonOrigin(
             executable_path="python", code_pointer=ModuleCodePointer("etl_platform.definitions", "defs", None),
-            container_image=image, container_context=helm_chart.user_container_context(values, deployment),
+            container_image=image, container_context=helm.container_context(),
         ))
-        run = DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000000", job_code_origin=origin)
-        context = launcher.get_container_context_for_run(run)
-        job = construct_dagster_k8s_job(
-            job_config=context.get_k8s_job_config(job_image=image, run_launcher=launcher),
-            args=["dagster", "api", "execute_run", "{}"], job_name="dagster-run-0123abcd",
-            pod_name="dagster-run-0123abcd", component="run_worker", user_defined_k8s_config=context.run_k8s_config,
-        )
+        run = instance.add_run(DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000000",
+                                          job_code_origin=origin))
+        namespace, job = helm.launch_job(instance, run, launcher_config)
+        assert instance.get_run_by_id(run.run_id).tags["dagster/image"] == image
+    assert namespace == helm.NAMESPACE and job.metadata.name == "dagster-run-0123abcd-0000-4000-8000-000000000000"
     spec = job.spec.template.spec
     (container,) = spec.containers
     assert container.image == image
+    assert container.args[:5] == ["python", "-m", "dagster", "api", "execute_run"]  # the origin's executable
     assert container.resources.limits == {"cpu": "2", "memory": "4Gi"}
     assert container.resources.requests == {"cpu": "1", "memory": "2Gi"}
-    env_from = {(e.secret_ref or e.config_map_ref).name for e in container.env_from}
-    assert {"etl-platform", "etl-tenant-secrets", "etl-dagster-user-deployments-etl-platform-user-env"} <= env_from
-    assert {"DAGSTER_PG_PASSWORD", "DAGSTER_HOME"} <= {e.name for e in container.env}
+    env_from = [(e.secret_ref or e.config_map_ref).name for e in container.env_from]
+    assert env_from == ["etl-dagster-user-deployments-etl-platform-user-env", "etl-platform", "etl-tenant-secrets"]
+    env = {e.name: e for e in container.env}
+    assert env["DAGSTER_HOME"].value == values["global"]["dagsterHome"]
+    assert env["DAGSTER_PG_PASSWORD"].value_from.secret_key_ref.name == values["global"]["postgresqlSecretName"]
     assert any(m.mount_path == "/opt/dagster/app/tenants.yaml" and m.sub_path == "tenants.yaml"
                for m in container.volume_mounts)
-    assert any(v.config_map and v.config_map.name == "etl-tenants" for v in spec.volumes)
+    # no instance ConfigMap in the run's pod: the run loads the launching instance from its args
+    assert [v.config_map.name for v in spec.volumes] == ["etl-tenants"]
+    assert '"InstanceRef"' in container.args[-1]
     assert spec.security_context.run_as_user == 10001 and spec.security_context.run_as_non_root is True
+    assert spec.service_account_name == "etl-dagster-user-deployments-user-deployments"
     assert job.spec.active_deadline_seconds == 21600
     assert job.metadata.labels["app.kubernetes.io/part-of"] == "etl-platform"

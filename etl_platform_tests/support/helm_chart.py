@@ -1,130 +1,119 @@
-"""What Dagster's Helm chart (dagster/dagster) makes of deploy/helm/values.yaml, for tests that
-cannot run `helm template` (no chart and no cluster here).
+"""What Dagster's Helm chart (dagster/dagster) renders from deploy/helm/values.yaml, for the tests.
 
-`instance_config` builds the `dagster.yaml` of the chart's instance ConfigMap from the values, as
-the chart's templates/configmap-instance.yaml and templates/helpers/instance/*.tpl do for the
-parts the values set (storage on an external PostgreSQL, the K8sRunLauncher, a custom run
-coordinator, run monitoring, sensors, schedules, telemetry). `user_container_context` builds the
-container context the chart's user-deployments subchart gives a code location with
-`includeConfigInLaunchedRuns` (its `dagsterUserDeployments.k8sContainerContext` helper). Both
-follow the templates of dagster-io/dagster at commit a07d616 (run launcher) and 031a3e8
-(user deployments); keys the chart does not render are not rendered here either.
+The rendering is deploy/helm/rendered.yaml: `.ci/check-helm --write` makes it with helm and the
+chart, and `.ci/check-helm` checks it against the chart (where the chart is at hand) and
+validates every manifest. Here: the manifests, the instance's dagster.yaml (its ConfigMap), the
+code location's container context, and the Kubernetes Job that dagster-k8s's K8sRunLauncher
+creates for a run (its real `launch_run`, with the cluster's batch API replaced by one that keeps
+the Job instead of sending it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-CHART = "dagster"
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VALUES = ROOT / "deploy" / "helm" / "values.yaml"
+RENDERED = ROOT / "deploy" / "helm" / "rendered.yaml"
+RELEASE = "etl"
+NAMESPACE = "etl"
+LOCATION = "etl-platform"  # the user deployment's name in values.yaml
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: test, user: {token: not-a-token}}]
+contexts: [{name: test, context: {cluster: test, user: test}}]
+current-context: test
+"""
 
 
-def fullname(release: str, chart: str = CHART) -> str:
-    return release if chart in release else f"{release}-{chart}"
+def values_digest(values: dict[str, Any]) -> str:
+    """What the rendering's header records of the values it was made from (comments do not count)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-def _names(items: list[dict[str, Any]] | None) -> list[str]:
-    return [item["name"] for item in items or [] if "name" in item]
+def rendered_values_digest() -> str:
+    match = re.search(r"^# values-sha256: (\w+)$", RENDERED.read_text(), re.M)
+    assert match, f"{RENDERED} has no values-sha256 header: render it with .ci/check-helm --write"
+    return match.group(1)
 
 
-def postgres_config(values: dict[str, Any]) -> dict[str, Any]:
-    pg = values["postgresql"]
-    config = {
-        "username": pg["postgresqlUsername"],
-        "password": {"env": "DAGSTER_PG_PASSWORD"},
-        "hostname": pg["postgresqlHost"],
-        "db_name": pg["postgresqlDatabase"],
-        "port": pg["service"]["port"],
-        "params": pg.get("postgresqlParams") or {},
-    }
-    if pg.get("postgresqlScheme"):
-        config["scheme"] = pg["postgresqlScheme"]
-    return {"postgres_db": config}
+@cache
+def manifests() -> tuple[dict[str, Any], ...]:
+    return tuple(doc for doc in yaml.safe_load_all(RENDERED.read_text()) if doc)
 
 
-def k8s_run_launcher(values: dict[str, Any], release: str, namespace: str) -> dict[str, Any]:
-    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
-    config: dict[str, Any] = {
-        "load_incluster_config": k8s["loadInclusterConfig"],
-        "job_namespace": k8s.get("jobNamespace") or namespace,
-        "image_pull_policy": k8s["imagePullPolicy"],
-        "service_account_name": fullname(release),
-        "dagster_home": values["global"]["dagsterHome"],
-        "instance_config_map": f"{fullname(release)}-instance",
-        "postgres_password_secret": values["global"]["postgresqlSecretName"],
-    }
-    if k8s.get("kubeconfigFile"):
-        config["kubeconfig_file"] = k8s["kubeconfigFile"]
-    renames = {"envVars": "env_vars", "volumeMounts": "volume_mounts", "volumes": "volumes", "labels": "labels",
-               "resources": "resources", "securityContext": "security_context", "schedulerName": "scheduler_name"}
-    if _names(k8s.get("envConfigMaps")):
-        config["env_config_maps"] = _names(k8s["envConfigMaps"])
-    if _names(k8s.get("envSecrets")):
-        config["env_secrets"] = _names(k8s["envSecrets"])
-    for key, name in renames.items():
-        if k8s.get(key):
-            config[name] = k8s[key]
-    if k8s.get("failPodOnRunFailure"):
-        config["fail_pod_on_run_failure"] = True
-    run_k8s = k8s.get("runK8sConfig") or {}
-    parts = {"containerConfig": "container_config", "podSpecConfig": "pod_spec_config",
-             "podTemplateSpecMetadata": "pod_template_spec_metadata", "jobSpecConfig": "job_spec_config",
-             "jobMetadata": "job_metadata"}
-    if run_k8s:
-        config["run_k8s_config"] = {name: run_k8s[key] for key, name in parts.items() if run_k8s.get(key)}
-    return {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": config}
+def manifest(kind: str, name: str) -> dict[str, Any]:
+    found = [m for m in manifests() if m["kind"] == kind and m["metadata"]["name"] == name]
+    assert len(found) == 1, f"{RENDERED}: {len(found)} {kind} named {name}"
+    return found[0]
 
 
-def instance_config(values: dict[str, Any], release: str = "etl", namespace: str = "etl") -> dict[str, Any]:
-    """The chart's dagster.yaml for these values (the parts they set)."""
-    storage = postgres_config(values)
-    daemon = values["dagsterDaemon"]
-    out: dict[str, Any] = {
-        "schedule_storage": {"module": "dagster_postgres.schedule_storage", "class": "PostgresScheduleStorage",
-                             "config": storage},
-        "run_storage": {"module": "dagster_postgres.run_storage", "class": "PostgresRunStorage", "config": storage},
-        "event_log_storage": {"module": "dagster_postgres.event_log", "class": "PostgresEventLogStorage",
-                              "config": storage},
-    }
-    if values["runLauncher"]["type"] == "K8sRunLauncher":
-        out["run_launcher"] = k8s_run_launcher(values, release, namespace)
-    coordinator = daemon["runCoordinator"]
-    if coordinator["enabled"] and coordinator["type"] == "CustomRunCoordinator":
-        custom = coordinator["config"]["customRunCoordinator"]
-        out["run_coordinator"] = {"module": custom["module"], "class": custom["class"], "config": custom["config"]}
-    monitoring = daemon.get("runMonitoring") or {}
-    if monitoring.get("enabled"):
-        out["run_monitoring"] = {"enabled": True, "start_timeout_seconds": monitoring["startTimeoutSeconds"],
-                                 "poll_interval_seconds": monitoring["pollIntervalSeconds"]}
-        if monitoring.get("maxResumeRunAttempts"):
-            out["run_monitoring"]["max_resume_run_attempts"] = monitoring["maxResumeRunAttempts"]
-    if (daemon.get("runRetries") or {}).get("enabled"):
-        out["run_retries"] = {"enabled": True}
-    for key in ("sensors", "schedules"):
-        if (daemon.get(key) or {}).get("useThreads"):
-            out[key] = {"use_threads": True, "num_workers": daemon[key]["numWorkers"]}
-    out["telemetry"] = {"enabled": values.get("telemetry", {}).get("enabled", True)}
-    return out
+def config_map(name: str) -> dict[str, str]:
+    return manifest("ConfigMap", name).get("data") or {}
 
 
-def user_container_context(values: dict[str, Any], deployment: dict[str, Any], release: str = "etl",
-                           namespace: str = "etl") -> dict[str, Any]:
-    """The container context a user deployment with includeConfigInLaunchedRuns gives its runs."""
-    k8s: dict[str, Any] = {
-        "image_pull_policy": deployment["image"]["pullPolicy"],
-        "env_config_maps": [f"{fullname(release, 'dagster-user-deployments')}-{deployment['name']}-user-env",
-                            *_names(deployment.get("envConfigMaps"))],
-        "namespace": namespace,
-        "service_account_name": f"{fullname(release, 'dagster-user-deployments')}-user-deployments",
-    }
-    for key, name in (("envSecrets", "env_secrets"),):
-        if _names(deployment.get(key)):
-            k8s[name] = _names(deployment[key])
-    for key, name in (("volumeMounts", "volume_mounts"), ("volumes", "volumes"), ("labels", "labels"),
-                      ("resources", "resources"), ("schedulerName", "scheduler_name")):
-        if deployment.get(key):
-            k8s[name] = deployment[key]
-    return {"k8s": k8s}
+def instance_config() -> dict[str, Any]:
+    """The dagster.yaml of the chart's instance ConfigMap."""
+    return yaml.safe_load(config_map(f"{RELEASE}-dagster-instance")["dagster.yaml"])
+
+
+def code_location_container() -> dict[str, Any]:
+    """The code location's container (`dagster api grpc`) in the user deployment's Deployment."""
+    deployment = manifest("Deployment", f"{RELEASE}-dagster-user-deployments-{LOCATION}")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def container_context() -> dict[str, Any]:
+    """The container context the code location gives its runs (includeConfigInLaunchedRuns): the
+    chart passes it to `dagster api grpc` in an environment variable."""
+    env = {e["name"]: e.get("value") for e in code_location_container()["env"]}
+    raw = env.get("DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT") or env.get("DAGSTER_CONTAINER_CONTEXT")
+    assert raw, "the code location passes no container context to its runs"
+    return json.loads(raw)
 
 
 def image_name(image: dict[str, Any]) -> str:
     return f"{image['repository']}:{image['tag']}"
+
+
+class RecordingBatchApi:
+    """Stands in for the cluster's batch API: keeps the Jobs it is asked to create."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, Any]] = []
+
+    def create_namespaced_job(self, body: Any, namespace: str, **_: Any) -> Any:
+        self.jobs.append((namespace, body))
+        return body
+
+
+def run_launcher_config(instance_yaml: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
+    """The rendered K8sRunLauncher config, pointed at a kubeconfig file instead of the in-cluster
+    service account (there is no cluster here)."""
+    launcher = instance_yaml["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher"), launcher
+    kubeconfig.write_text(KUBECONFIG)
+    return {**launcher["config"], "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
+
+
+def launch_job(instance: Any, run: Any, launcher_config: dict[str, Any]) -> tuple[str, Any]:
+    """(namespace, V1Job) that K8sRunLauncher.launch_run creates for `run` (a run of the code
+    location: its origin carries the image and the container context)."""
+    from dagster._core.launcher import LaunchRunContext
+    from dagster_k8s import K8sRunLauncher
+
+    batch = RecordingBatchApi()
+    launcher = K8sRunLauncher(**launcher_config, k8s_client_batch_api=batch)
+    launcher.register_instance(instance)
+    launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+    (job,) = batch.jobs
+    return job
