@@ -22,6 +22,9 @@ from typing import Any
 
 from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, AssetMaterialization
 
+# no public API writes a planned event (failure_marks)
+from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+
 from etl_platform.runs.partitions import DATE_DIMENSION, TENANT_DIMENSION, partition_key
 
 # Dagster's data-version tags (dagster._core.definitions.data_version), spelled out: its public
@@ -93,10 +96,7 @@ def check_result(
 
 def failure_marks(context: Any, keys: Iterable[AssetKey], tenant: str, days: Iterable[dt.date]) -> int:
     """Mark (asset, partition) pairs as planned by this run, partition by partition, so that
-    Dagster reads them as Failed once the run fails. No public API writes a planned event: the
-    event is Dagster's own (`DagsterEvent.build_asset_materialization_planned_event`)."""
-    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
-
+    Dagster reads them as Failed once the run fails (Dagster's own event builder)."""
     run = context.run
     written = 0
     for key in keys:
