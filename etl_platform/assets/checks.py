@@ -36,6 +36,13 @@ class Verdict:
     severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
     description: str | None = None
 
+    def outcome(self) -> str:
+        """The verdict in a few words (kept in the judged asset's materialization, so that a
+        reload writes a new result only when the verdict changes)."""
+        if self.passed:
+            return "passed"
+        return f"{self.severity.value.lower()}: {(self.description or '')[:120]}"
+
 
 def record_verdicts(figures: DayChecks) -> list[Verdict]:
     """The three checks of `normalized/records` for one partition, on what normalization staged."""

@@ -415,15 +415,29 @@ class TenantEvents:
                     metadata["dagster/column_schema"] = MetadataValue.table_schema(
                         TableSchema(columns=[TableColumn(name=n, type=t) for n, t in res.columns.items()])
                     )
-                yield self._emit(key, day, metadata, res.versions[day])
-                if res.drift is not None and self._check_wanted(key, DRIFT_CHECK, changed=True):
+                verdicts = []
+                if res.drift is not None:
                     discarded = int(load.summary.get("contract_rows_discarded", 0) or 0)
-                    yield from self._verdict(key, day, drift_verdict(DRIFT_CHECK, self.tenant_id, res.drift, discarded))
+                    verdicts.append(drift_verdict(DRIFT_CHECK, self.tenant_id, res.drift, discarded))
+                yield from self._judged(key, day, metadata, res.versions[day], verdicts)
 
-    def _check_wanted(self, key: AssetKey, name: str, *, changed: bool) -> bool:
-        if self.scope.check_selected(key, name):
-            return True
-        return self.run.checks_on_change and changed
+    def _judged(
+        self, key: AssetKey, day: dt.date, metadata: dict[str, Any], version: str | None,
+        verdicts: list[Verdict], **kwargs: Any,
+    ) -> Iterator[Any]:
+        """A partition's materialization, then the results of its checks. The verdicts are kept in
+        the materialization (`checks`); a reload that did not change a verdict writes no new result
+        for it (unless the run was asked for the check), so the latest result stands."""
+        before = self.previous.metadata.get(key, {}).get((self.tenant_id, day), {}).get("checks")
+        before = getattr(before, "value", None) or {}
+        if verdicts:
+            metadata = {**metadata, "checks": MetadataValue.json({v.check: v.outcome() for v in verdicts})}
+        yield self._emit(key, day, metadata, version, **kwargs)
+        for verdict in verdicts:
+            if self.scope.check_selected(key, verdict.check) or (
+                self.run.checks_on_change and before.get(verdict.check) != verdict.outcome()
+            ):
+                yield from self._verdict(key, day, verdict)
 
     def _verdict(self, key: AssetKey, day: dt.date, verdict: Verdict) -> Iterator[Any]:
         check = AssetCheckKey(key, verdict.check)
@@ -462,11 +476,8 @@ class TenantEvents:
                 "sources": MetadataValue.json({"current": current, "failed": list(result.failed_sources)}),
                 "seconds": MetadataValue.json({"normalize": result.normalize_s, "checks": result.checks_s}),
             }
-            yield self._emit(RECORDS_KEY, day, metadata, figures.version,
-                             provenance=provenance(NORMALIZE_RULES, day_inputs, pointer))
-            for verdict in record_verdicts(figures.checks):
-                if self._check_wanted(RECORDS_KEY, verdict.check, changed=True):
-                    yield from self._verdict(RECORDS_KEY, day, verdict)
+            yield from self._judged(RECORDS_KEY, day, metadata, figures.version, record_verdicts(figures.checks),
+                                    provenance=provenance(NORMALIZE_RULES, day_inputs, pointer))
         if result.failed_sources:
             self.context.log.warning(
                 f"tenant {self.tenant_id}: normalized with the last successful load of {list(result.failed_sources)}"
@@ -484,10 +495,9 @@ class TenantEvents:
                 "dagster/table_name": MetadataValue.text(result.table),
                 "values": MetadataValue.json(figures.values),
             }
-            yield self._emit(ENGINEERING_KEY, day, metadata, figures.version,
-                             provenance=provenance(METRICS_RULES, {RECORDS_KEY: "current"}, pointer))
-            if self._check_wanted(ENGINEERING_KEY, "unmapped_jira_statuses", changed=True):
-                yield from self._verdict(ENGINEERING_KEY, day, unmapped_verdict(result.unmapped_statuses))
+            yield from self._judged(ENGINEERING_KEY, day, metadata, figures.version,
+                                    [unmapped_verdict(result.unmapped_statuses)],
+                                    provenance=provenance(METRICS_RULES, {RECORDS_KEY: "current"}, pointer))
 
     # --- the tenant's end ----------------------------------------------------------------------
 

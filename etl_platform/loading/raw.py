@@ -239,6 +239,9 @@ def _summary(stats: Any) -> dict[str, Any]:
     for name in SUMMARY_FIELDS:
         if name not in data and hasattr(stats, name):
             data[name] = getattr(stats, name)
+    if data.get("encoding_source") == "utf-8 (valid)":  # the usual case: nothing to tell
+        data.pop("encoding", None)
+        data.pop("encoding_source", None)
     return {k: v for k, v in data.items() if k in SUMMARY_FIELDS and v not in (None, 0, {}, [], "")}
 
 

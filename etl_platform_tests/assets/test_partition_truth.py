@@ -156,17 +156,26 @@ def test_a_reload_that_changes_nothing_writes_nothing(
     assert again.success
     assert _written(instance, again.run_id) == {"materialized": [], "checked": []}
     _no_false_outputs(instance, again.run_id)
-    # one source changes: its partition, the records and the checks of both are written, nothing else
+    # a row changes in one source: its partition and the records are written; the checks' verdicts
+    # did not change (still passing), so their earlier results stand and no new one is written
     path = Path(tenant["sources"][1]["location"])
     path.write_text(path.read_text() + "delta-s9,new item,9.5\n")
     third = launch(instance, _scheduled(["delta"], keys))
     assert third.success
     assert _written(instance, third.run_id) == {
         "materialized": [f"normalized/records|{DAY}|delta", f"raw/catalog/catalog_rows|{DAY}|delta"],
-        "checked": ["normalized/records:raw_reconciles_with_records_and_rejects",
-                    "normalized/records:required_columns_not_null", "normalized/records:unique_upsert_key",
-                    "raw/catalog/catalog_rows:schema_drift"],
+        "checked": [],
     }
+    # a field appears in that source: the drift check's verdict changes, and only it is written
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0] + ",color", *(line + ",red" for line in lines[1:])]) + "\n")
+    fourth = launch(instance, _scheduled(["delta"], keys))
+    assert fourth.success
+    written = _written(instance, fourth.run_id)
+    assert written["checked"] == ["raw/catalog/catalog_rows:schema_drift"], written
+    drift = [e.dagster_event.event_specific_data for e in instance.all_logs(fourth.run_id)
+             if e.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION][0]
+    assert drift.metadata["columns_added"].value == ["color"] and not drift.passed
     # what the UI reads: every partition still materialized, none failed or out of date
     assert set(statuses(instance, keys, ["delta"])[RECORDS_KEY.to_user_string()].values()) == {"MATERIALIZED"}
     assert _stale(instance, RECORDS_KEY, "delta") == []
