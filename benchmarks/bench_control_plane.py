@@ -137,6 +137,13 @@ class Home:
             {"load_from": [{"python_module": {"module_name": "etl_platform.definitions", "location_name": "etl"}}]}
         ))  # fmt: skip
         demo = demo_tenant()
+        samples = self.path / "samples"  # this home's copy: a load that changes data edits it
+        samples.mkdir()
+        for source in demo["sources"]:
+            key = "location" if "location" in source else "url"
+            copy = samples / Path(source[key]).name
+            copy.write_bytes(Path(source[key]).read_bytes())
+            source[key] = str(copy)
         rows = []
         for n in range(tenants):
             tenant = json.loads(json.dumps(demo))
@@ -190,6 +197,9 @@ def database_bytes(conn: psycopg.Connection) -> int:
 # --- 1. real runs -------------------------------------------------------------------------------
 
 
+KINDS = ("first load", "reload, unchanged", "reload, one source changed")
+
+
 @dataclass
 class Load:
     """What one real run stored, per table, and the rows to clone it from."""
@@ -205,6 +215,7 @@ class Load:
     checks: list[tuple] = field(default_factory=list)
     run_row: tuple = ()
     run_tags: list[tuple] = field(default_factory=list)
+    kind: str = "first load"  # first load | reload, unchanged | reload, one source changed
 
     @property
     def tenant_days(self) -> int:
@@ -270,7 +281,8 @@ def real_loads(home: Home, day: dt.date) -> tuple[list[Load], float, float]:
         )  # fmt: skip
         seconds = time.perf_counter() - started
         tenants = (request.tags.get("etl/tenants") or request.tags.get("etl/tenant") or "").split(",")
-        load = Load(result.run_id, tenants, when, seconds, result.success, sum(table_bytes(conn).values()) - before)
+        load = Load(result.run_id, tenants, when, seconds, result.success, sum(table_bytes(conn).values()) - before,
+                    kind=what)
         read_load(conn, load)
         log(f"{what}: run {load.run_id[:8]} of {len(tenants)} tenants on {when}, {seconds:.1f}s, "
             f"{'success' if result.success else 'FAILURE'}")  # fmt: skip
@@ -279,8 +291,12 @@ def real_loads(home: Home, day: dt.date) -> tuple[list[Load], float, float]:
     with DagsterInstance.get() as instance, home.sql() as conn:
         sync_tenants(instance, load_registry())
         requests = tick(day)
-        for what in ("first load", "reload, nothing changed"):
+        for what in ("first load", "reload, unchanged"):
             loads.extend(execute(request, day, what) for request in requests)
+        tickets = home.path / "samples" / "support_tickets.csv"  # every tenant's: one row more
+        tickets.write_text(tickets.read_text().rstrip("\n") + "\n" + tickets.read_text().splitlines()[-1]
+                           .replace(",", "-changed,", 1) + "\n")
+        loads.extend(execute(request, day, "reload, one source changed") for request in requests)
         first_day, rows_before = warehouse_bytes(home), warehouse_bytes(home, rows_only=True)
         previous = day - dt.timedelta(days=1)
         for request in tick(previous):
@@ -315,8 +331,8 @@ def event_kind(row: tuple) -> str:
 def footprint(loads: list[Load]) -> dict[str, dict]:
     """Per kind of load: rows and bytes per tenant-day, by event type and table."""
     out: dict[str, dict] = {}
-    half = len(loads) // 2
-    for name, group in (("first load", loads[:half]), ("reload, unchanged", loads[half:])):
+    for name in KINDS:
+        group = [g for g in loads if g.kind == name]
         tenant_days = sum(g.tenant_days for g in group)
         rows, size = Counter(), Counter()
         for g in group:
@@ -339,27 +355,29 @@ def footprint(loads: list[Load]) -> dict[str, dict]:
 
 
 def print_footprint(figures: dict[str, dict], warehouse_first: float, warehouse_next: float) -> None:
-    first, again = figures["first load"], figures["reload, unchanged"]
-    kinds = sorted(set(first["rows"]) | set(again["rows"]), key=lambda k: -first["kib"].get(k, 0))
+    columns = [figures[k] for k in KINDS]
+    kinds = sorted({k for c in columns for k in c["rows"]}, key=lambda k: -columns[0]["kib"].get(k, 0))
     print("\nPer tenant-day load (real runs; KiB = the stored JSON's length)\n")
-    print(f"| {'event_logs rows by type':<34} | first load: rows | KiB | reload, unchanged: rows | KiB |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"| {'event_logs rows by type':<34} | " + " | ".join(f"{k}: rows | KiB" for k in KINDS) + " |")
+    print("|---|" + "---:|---:|" * len(KINDS))
+
+    def cells(values: list[tuple[float, float]], fmt: str = "{:.2f}") -> str:
+        return " | ".join(f"{fmt.format(a)} | {fmt.format(b)}" for a, b in values)
+
     for kind in kinds:
-        print(f"| {kind:<34} | {first['rows'].get(kind, 0):.2f} | {first['kib'].get(kind, 0):.2f} | "
-              f"{again['rows'].get(kind, 0):.2f} | {again['kib'].get(kind, 0):.2f} |")  # fmt: skip
-    print(f"| **event_logs, all** | **{sum(first['rows'].values()):.2f}** | **{sum(first['kib'].values()):.2f}** | "
-          f"**{sum(again['rows'].values()):.2f}** | **{sum(again['kib'].values()):.2f}** |")  # fmt: skip
-    print(f"| asset_check_executions | {first['check_rows']:.2f} | {first['check_kib']:.2f} | "
-          f"{again['check_rows']:.2f} | {again['check_kib']:.2f} |")  # fmt: skip
-    print(f"| asset_event_tags | {first['tag_rows']:.2f} | – | {again['tag_rows']:.2f} | – |")
-    print(f"| runs + run_tags (share of the run) | – | {first['run_kib']:.2f} | – | {again['run_kib']:.2f} |")
-    print(f"| **on disk: Dagster's tables grew** (tables, indexes, TOAST) | – | **{first['disk_kib']:.1f}** | – | "
-          f"**{again['disk_kib']:.1f}** |")  # fmt: skip
+        print(f"| {kind:<34} | " + cells([(c["rows"].get(kind, 0), c["kib"].get(kind, 0)) for c in columns]) + " |")
+    print("| **event_logs, all** | " + cells([(sum(c["rows"].values()), sum(c["kib"].values())) for c in columns],
+                                          "**{:.2f}**") + " |")  # fmt: skip
+    print("| asset_check_executions | " + cells([(c["check_rows"], c["check_kib"]) for c in columns]) + " |")
+    print("| asset_event_tags | " + " | ".join(f"{c['tag_rows']:.2f} | –" for c in columns) + " |")
+    print("| runs + run_tags (share of the run) | " + " | ".join(f"– | {c['run_kib']:.2f}" for c in columns) + " |")
+    print("| **on disk: Dagster's tables grew** (tables, indexes, TOAST) | "
+          + " | ".join(f"– | **{c['disk_kib']:.1f}**" for c in columns) + " |")  # fmt: skip
     print(f"\nwarehouse (PostgreSQL; the demo tenant: 3 sources, 15 rows a day): its schema after the first day "
           f"{warehouse_first:.0f} KiB per tenant (tables and indexes), then {warehouse_next:.1f} KiB of rows per "
           f"further tenant-day")  # fmt: skip
-    print(f"run time: first load {first['seconds']:.1f}s for {first['tenant_days']} tenant-days, "
-          f"reload {again['seconds']:.1f}s")  # fmt: skip
+    print("run time: " + ", ".join(f"{k} {c['seconds']:.1f}s" for k, c in zip(KINDS, columns))
+          + f" (each {columns[0]['tenant_days']} tenant-days)")
 
 
 # --- bulk writes cloned from the real runs ------------------------------------------------------
@@ -918,7 +936,8 @@ def main() -> None:
         today = dt.datetime.now(dt.timezone.utc).date()
         loads, warehouse_first, warehouse_next = real_loads(sample, today)
         print_footprint(footprint(loads), warehouse_first, warehouse_next)
-        first, again = Template.of(loads[0]), Template.of(loads[len(loads) // 2])
+        first = Template.of(next(g for g in loads if g.kind == "first load"))
+        again = Template.of(next(g for g in loads if g.kind == "reload, one source changed"))
         if "year" not in skip:
             year_home = Home(work, "year", args.sample, args.keep)
             homes.append(year_home)

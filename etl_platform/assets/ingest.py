@@ -410,8 +410,9 @@ class TenantEvents:
                         {**summary, "pages": pages[res.resource]} if res.resource in pages else summary
                     ),
                 }
-                if res.columns_added or self.previous.version(key, self.tenant_id, day) is None:
-                    # the columns only when they change (the UI shows the latest ones it was given)
+                if res.columns_added:
+                    # the columns when this load added some (a new table, a new field): the UI shows
+                    # the latest ones it was given, the warehouse has them all
                     metadata["dagster/column_schema"] = MetadataValue.table_schema(
                         TableSchema(columns=[TableColumn(name=n, type=t) for n, t in res.columns.items()])
                     )
