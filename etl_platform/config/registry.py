@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from etl_platform.config import locations
 from etl_platform.config.credentials import env_conflicts
 from etl_platform.config.models import (
     SOURCE_KINDS,
@@ -146,11 +147,18 @@ class Registry:
         return _SOURCE.validate_python(self.shape.templates[source_name])
 
     def resolve(self, location: str) -> str:
-        """A source location: URLs as-is, relative paths against the tenants file's folder."""
-        if re.match(r"^[a-z][a-z0-9+.-]*://", location):
-            return location
-        path = Path(os.path.expandvars(location)).expanduser()
-        return str(path if path.is_absolute() else (self.path.parent / path).resolve())
+        """A source location: URLs as-is, relative paths against the tenants file's folder. Never
+        expanded (`$VAR`, `~`): a location is data (`locations`); the source confines the path to
+        the data root when it opens it."""
+        return resolve_location(location, self.path.parent)
+
+
+def resolve_location(location: str, base: Path) -> str:
+    """`location` as a source reads it: URLs as-is, a relative path joined to `base`."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
+        return location
+    path = Path(location)
+    return str(path if path.is_absolute() else base / path)
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -202,7 +210,21 @@ def _validate_tenant(raw: dict[str, Any], label: str) -> tuple[TenantConfig | No
     return (None if errors else tenant), errors
 
 
-def _validate(data: Any, where: str) -> list[TenantConfig]:
+def _location_errors(tenant: TenantConfig, label: str, base: Path) -> list[str]:
+    """A local CSV or feed location that leaves the data root (resolved, symlinks followed)."""
+    errors = []
+    for source in tenant.sources:
+        field, location = next(((f, getattr(source, f)) for f in ("location", "url") if hasattr(source, f)), ("", None))
+        if not isinstance(location, str) or not locations.is_local(location):
+            continue
+        try:
+            locations.confine(resolve_location(locations.local_path(location), base))
+        except locations.LocationError as exc:
+            errors.append(f"{label}, source {source.name!r}, field {field!r}: {exc}")
+    return errors
+
+
+def _validate(data: Any, where: str, base: Path | None = None) -> list[TenantConfig]:
     """Every tenant of parsed YAML, or TenantsFileError listing every problem of the file."""
     if not isinstance(data, dict) or not isinstance(data.get("tenants"), list):
         raise TenantsFileError(f"{where}: expected a mapping with a 'tenants' list")
@@ -227,6 +249,8 @@ def _validate(data: Any, where: str) -> list[TenantConfig]:
             errors.append(f"{label}: duplicate tenant id")
             continue
         seen.add(tenant.id)
+        if base is not None:
+            errors.extend(_location_errors(tenant, label, base))
         for source in tenant.sources:
             first = kinds.setdefault(source.name, (source.kind, tenant.id))
             if first[0] != source.kind:
@@ -268,7 +292,7 @@ def _entry(tenant: TenantConfig) -> TenantEntry:
 
 def parse_registry(data: Any, path: Path) -> Registry:
     """Validate parsed YAML into an in-memory Registry (errors name tenant, source and field)."""
-    tenants = _validate(data, str(path))
+    tenants = _validate(data, str(path), Path(path).absolute().parent)
     by_id = {t.id: t for t in tenants}
     return Registry(Path(path), [_entry(t) for t in tenants], _shape(tenants), by_id.__getitem__)
 

@@ -1,0 +1,156 @@
+"""Bounded input: what one source may send, checked before the expensive step.
+
+Each limit is a setting (`config.settings.InputLimits`); each refusal is an `InputLimitError`
+(permanent) whose message names the setting and its value, the source and the position:
+
+- `CappedStream`: the bytes of a file or feed after decompression, counted as they are read;
+- `DepthScan`: the nesting of a JSON page ([ and { outside strings), counted on its bytes as
+  they arrive, so that no page nested deeper than the limit reaches a parser;
+- `Deadline` and `response_chunks`: one HTTP request's total time, checked at every chunk of its
+  body (read with `read1`: a server that sends a byte at a time cannot hold a read forever);
+- `open_local`: a local file opened only inside the data root (`config.locations.confine`),
+  checked again at open time (a symlink may have changed since the tenants file was loaded).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from etl_platform.config import locations
+from etl_platform.config.settings import InputLimits
+from etl_platform.sources.errors import PermanentSourceError
+
+CHUNK_BYTES = 1 << 16
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a complete JSON string
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENERS = np.zeros(256, np.int64)
+_OPENERS[[ord("["), ord("{")]] = 1
+_OPENERS[[ord("]"), ord("}")]] = -1
+
+
+class InputLimitError(PermanentSourceError):
+    """A source sent more than a limit allows (size, nesting, time): the same input fails again."""
+
+
+class LocationRefused(PermanentSourceError):
+    """A local location outside the data root, or into /proc, /sys or /dev."""
+
+
+def size(value: float) -> str:
+    """Bytes for people: 64 MiB, 1 GiB, 512 bytes."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= scale:
+            return f"{value / scale:g} {unit}"
+    return f"{int(value)} bytes"
+
+
+def limits() -> InputLimits:
+    return InputLimits.from_env()
+
+
+class CappedStream(io.RawIOBase):
+    """`binary`, refused (`InputLimitError`) once more than `cap` bytes were read from it."""
+
+    def __init__(self, binary: IO[bytes], cap: int, setting: str, where: str) -> None:
+        self._read = binary.read
+        self.cap, self.setting, self.where = cap, setting, where
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._read(min(len(buffer), self.cap + 1 - self.count) or 1)
+        self.count += len(data)
+        if self.count > self.cap:
+            raise InputLimitError(
+                f"{self.where}: more than {self.setting} = {size(self.cap)} after decompression: refused"
+            )
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def capped(binary: IO[bytes], cap: int, setting: str, where: str) -> IO[bytes]:
+    return io.BufferedReader(CappedStream(binary, cap, setting, where), CHUNK_BYTES)
+
+
+class DepthScan:
+    """The nesting depth of a JSON text fed in chunks (strings and their escapes skipped);
+    `feed` raises InputLimitError once it goes deeper than `limit`."""
+
+    def __init__(self, limit: int, where: str) -> None:
+        self.limit, self.where = limit, where
+        self.depth = self.peak = 0
+        self._carry = b""  # an open string: its quote, and a backslash when one is pending
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._carry + chunk
+        stripped = _STRING.sub(b"", data)  # every complete string
+        self._carry = b""
+        quote = stripped.find(b'"')
+        if quote >= 0:  # a string still open: nothing after its quote is structure
+            tail = stripped[quote + 1 :]
+            pending = len(tail) - len(tail.rstrip(b"\\"))
+            self._carry = b'"' + b"\\" * (pending % 2)
+            stripped = stripped[:quote]
+        brackets = stripped.translate(None, _NOT_BRACKETS)
+        if not brackets:
+            return
+        depths = self.depth + np.cumsum(_OPENERS[np.frombuffer(brackets, np.uint8)])
+        self.peak = max(self.peak, int(depths.max()))
+        self.depth = int(depths[-1])
+        if self.peak > self.limit:
+            raise InputLimitError(
+                f"{self.where}: JSON nested deeper than ETL_MAX_JSON_DEPTH = {self.limit} levels: refused "
+                "before parsing"
+            )
+
+
+class Deadline:
+    """One HTTP request's total time (`check` raises InputLimitError once it is over)."""
+
+    def __init__(self, seconds: float, where: str) -> None:
+        self.seconds, self.where = seconds, where
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        if time.monotonic() - self.started > self.seconds:
+            raise InputLimitError(
+                f"{self.where}: the request took more than ETL_HTTP_REQUEST_DEADLINE_S = {self.seconds:g} s: refused"
+            )
+
+
+def response_chunks(response: Any, deadline: Deadline, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The decoded body of a streamed `requests` response, a chunk at a time as it arrives
+    (`read1`: whatever one read returns), the deadline checked at each; closed at the end."""
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    try:
+        deadline.check()
+        if read1 is None or response._content_consumed:  # not urllib3's, or already read: requests' chunks
+            for data in response.iter_content(chunk):
+                deadline.check()
+                yield data
+        else:
+            while data := read1(chunk, decode_content=True):
+                deadline.check()
+                yield data
+            deadline.check()
+            response._content_consumed = True  # read to its end: the connection goes back to the pool
+    finally:
+        response.close()  # not read to its end: the connection is closed
+
+
+def open_local(path: str | Path, where: str) -> Path:
+    """The resolved path of a local file a source may open, or LocationRefused."""
+    try:
+        return locations.confine(path)
+    except locations.LocationError as exc:
+        raise LocationRefused(f"{where}: {exc}") from None
