@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import requests
+from urllib3 import exceptions as urllib3_errors
 
 from etl_platform.config import locations
 from etl_platform.config.settings import InputLimits
@@ -139,13 +141,27 @@ def response_chunks(response: Any, deadline: Deadline, chunk: int = CHUNK_BYTES)
                 deadline.check()
                 yield data
         else:
-            while data := read1(chunk, decode_content=True):
+            while data := _read1(read1, chunk):
                 deadline.check()
                 yield data
             deadline.check()
             response._content_consumed = True  # read to its end: the connection goes back to the pool
     finally:
         response.close()  # not read to its end: the connection is closed
+
+
+def _read1(read1: Any, chunk: int) -> bytes:
+    """One read, its errors as `requests` raises them from `iter_content` (callers catch those)."""
+    try:
+        return read1(chunk, decode_content=True)
+    except urllib3_errors.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3_errors.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3_errors.ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3_errors.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
 
 
 def open_local(path: str | Path, where: str) -> Path:
