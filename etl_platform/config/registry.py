@@ -210,17 +210,21 @@ def _validate_tenant(raw: dict[str, Any], label: str) -> tuple[TenantConfig | No
     return (None if errors else tenant), errors
 
 
-def _location_errors(tenant: TenantConfig, label: str, base: Path) -> list[str]:
-    """A local CSV or feed location that leaves the data root (resolved, symlinks followed)."""
+def _location_errors(raw: dict[str, Any], label: str, base: Path) -> list[str]:
+    """Local CSV and feed locations that leave the data root (resolved, symlinks followed); read
+    from the raw tenant, so that they are named even when another field of it is invalid."""
     errors = []
-    for source in tenant.sources:
-        field, location = next(((f, getattr(source, f)) for f in ("location", "url") if hasattr(source, f)), ("", None))
-        if not isinstance(location, str) or not locations.is_local(location):
+    for source in raw.get("sources") or []:
+        if not isinstance(source, dict):
             continue
+        field = {"csv": "location", "rss": "url"}.get(str(source.get("kind")))
+        location = source.get(field) if field else None
+        if not isinstance(location, str) or not locations.is_local(location) or locations.text_problem(location):
+            continue  # URLs are not files; a text problem is the model's error already
         try:
             locations.confine(resolve_location(locations.local_path(location), base))
         except locations.LocationError as exc:
-            errors.append(f"{label}, source {source.name!r}, field {field!r}: {exc}")
+            errors.append(f"{label}, source {source.get('name')!r}, field {field!r}: {exc}")
     return errors
 
 
@@ -243,14 +247,14 @@ def _validate(data: Any, where: str, base: Path | None = None) -> list[TenantCon
             continue
         tenant, tenant_errors = _validate_tenant(raw, label)
         errors.extend(tenant_errors)
+        if base is not None:
+            errors.extend(_location_errors(raw, label, base))
         if tenant is None:
             continue
         if tenant.id in seen:
             errors.append(f"{label}: duplicate tenant id")
             continue
         seen.add(tenant.id)
-        if base is not None:
-            errors.extend(_location_errors(tenant, label, base))
         for source in tenant.sources:
             first = kinds.setdefault(source.name, (source.kind, tenant.id))
             if first[0] != source.kind:
