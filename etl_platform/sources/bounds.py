@@ -15,7 +15,6 @@ Each limit is a setting (`config.settings.InputLimits`); each refusal is an `Inp
 from __future__ import annotations
 
 import io
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +29,6 @@ from etl_platform.config.settings import InputLimits
 from etl_platform.sources.errors import PermanentSourceError
 
 CHUNK_BYTES = 1 << 16
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a complete JSON string
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _OPENERS = np.zeros(256, np.int64)
 _OPENERS[[ord("["), ord("{")]] = 1
 _OPENERS[[ord("]"), ord("}")]] = -1
@@ -85,27 +82,30 @@ def capped(binary: IO[bytes], cap: int, setting: str, where: str) -> IO[bytes]:
 
 class DepthScan:
     """The nesting depth of a JSON text fed in chunks (strings and their escapes skipped);
-    `feed` raises InputLimitError once it goes deeper than `limit`."""
+    `feed` raises InputLimitError once it goes deeper than `limit`. Vectorized over the positions
+    of quotes, backslashes and brackets (numpy): a quote after an odd run of backslashes is
+    escaped, the others open or close strings, and [ { ] } count outside strings only."""
 
     def __init__(self, limit: int, where: str) -> None:
         self.limit, self.where = limit, where
         self.depth = self.peak = 0
-        self._carry = b""  # an open string: its quote, and a backslash when one is pending
+        self._inside = 0  # 1 while a string is open at the end of the last chunk
+        self._pending = 0  # backslashes at the end of the last chunk
 
     def feed(self, chunk: bytes) -> None:
-        data = self._carry + chunk
-        stripped = _STRING.sub(b"", data)  # every complete string
-        self._carry = b""
-        quote = stripped.find(b'"')
-        if quote >= 0:  # a string still open: nothing after its quote is structure
-            tail = stripped[quote + 1 :]
-            pending = len(tail) - len(tail.rstrip(b"\\"))
-            self._carry = b'"' + b"\\" * (pending % 2)
-            stripped = stripped[:quote]
-        brackets = stripped.translate(None, _NOT_BRACKETS)
-        if not brackets:
+        data = np.frombuffer(chunk, np.uint8)
+        if not len(data):
             return
-        depths = self.depth + np.cumsum(_OPENERS[np.frombuffer(brackets, np.uint8)])
+        quotes = np.flatnonzero(data == 0x22)
+        slashes = np.flatnonzero(data == 0x5C)
+        if len(slashes) or self._pending:
+            quotes = self._unescaped(quotes, slashes, len(data))
+        brackets = np.flatnonzero((data == 0x5B) | (data == 0x5D) | (data == 0x7B) | (data == 0x7D))
+        outside = brackets[(np.searchsorted(quotes, brackets) + self._inside) % 2 == 0]
+        self._inside = (self._inside + len(quotes)) % 2
+        if not len(outside):
+            return
+        depths = self.depth + np.cumsum(_OPENERS[data[outside]])
         self.peak = max(self.peak, int(depths.max()))
         self.depth = int(depths[-1])
         if self.peak > self.limit:
@@ -113,6 +113,22 @@ class DepthScan:
                 f"{self.where}: JSON nested deeper than ETL_MAX_JSON_DEPTH = {self.limit} levels: refused "
                 "before parsing"
             )
+
+    def _unescaped(self, quotes: np.ndarray, slashes: np.ndarray, count: int) -> np.ndarray:
+        """The quotes not escaped (after an even run of backslashes, the last chunk's included)."""
+        if self._pending:
+            slashes = np.concatenate([np.arange(-self._pending, 0), slashes])
+        index = np.arange(len(slashes))
+        starts = np.r_[True, np.diff(slashes) != 1]  # where a run of consecutive backslashes starts
+        first = np.maximum.accumulate(np.where(starts, index, 0))  # the run's first backslash, per backslash
+        self._pending = int(len(slashes) - first[-1]) if len(slashes) and slashes[-1] == count - 1 else 0
+        if not len(quotes) or not len(slashes):
+            return quotes
+        before = np.searchsorted(slashes, quotes)  # backslashes before each quote
+        last = np.maximum(before - 1, 0)
+        touching = (before > 0) & (slashes[last] == quotes - 1)
+        run = np.where(touching, before - first[last], 0)
+        return quotes[run % 2 == 0]
 
 
 class Deadline:
