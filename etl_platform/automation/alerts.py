@@ -53,7 +53,7 @@ from etl_platform.observability.channels import (
 from etl_platform.runs.facts import RunFacts
 from etl_platform.runs.failures import run_failures
 from etl_platform.runs.history import failure_reason
-from etl_platform.security.redaction import excerpt, redact_text
+from etl_platform.security.redaction import excerpt
 
 SENSOR_NAME = "failure_alerts"
 ALL = "*"  # a failure of the tenant as a whole, or a run loading every source

@@ -15,8 +15,8 @@ from __future__ import annotations
 import csv
 import re
 from collections import deque
-from dataclasses import dataclass, fields
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from typing import IO, Any
 
 from dlt.common.normalizers.naming.snake_case import NamingConvention
