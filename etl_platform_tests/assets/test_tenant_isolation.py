@@ -109,7 +109,7 @@ def test_hostile_tenants_fail_alone_with_named_limits_and_the_normal_one_loads(
         assert "memory limit" not in reason, (tenant, reason)
         assert partition_materialization(instance, RAW, tenant, DAY) is None
     slow = _failure_of(instance, result.run_id, "c_slow")
-    assert "deadline of 15 s reached while loading source 'api'" in slow
+    assert "deadline of 15 s reached while loading source 'api' (page 1)" in slow  # the page: a progress note
     # no tenant's text reaches another's failure
     for tenant in ("a_deep", "b_bomb", "c_slow"):
         others = {"a_deep", "b_bomb", "c_slow", "d_good"} - {tenant}
