@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,15 @@ os.environ.setdefault("RUNTIME__REQUEST_MAX_ATTEMPTS", "4")
 os.environ.setdefault("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.05")
 os.environ.setdefault("RUNTIME__REQUEST_MAX_RETRY_DELAY", "2")
 os.environ.setdefault("RUNTIME__REQUEST_TIMEOUT", "5")
+
+# local CSV files and feeds are read inside a data root only (ETL_DATA_ROOT): in tests, the temporary
+# folders, the repository's test data and the third-party fixtures (tests of the confinement set their own)
+os.environ.setdefault(
+    "ETL_DATA_ROOT",
+    os.pathsep.join(
+        filter(None, [tempfile.gettempdir(), str(Path(__file__).parent / "data"), os.environ.get("ETL_FIXTURES")])
+    ),
+)
 
 PG_ADMIN_URL = os.environ.get("ETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -14,14 +14,14 @@ from etl_platform.api.db import Reader
 from etl_platform.api.queries import ping
 from etl_platform.config.settings import ApiSettings
 from etl_platform.runs import history
-from etl_platform.security.redaction import redact
+from etl_platform.security.redaction import excerpt
 
 HEALTH_LOCK_TIMEOUT_S = 2.0
 
 
 def _error(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [""])[0]
-    return redact(f"{type(exc).__name__}: {first}")[:300]
+    return excerpt(f"{type(exc).__name__}: {first}", 300)
 
 
 async def check_warehouse(reader: Reader) -> dict[str, Any]:

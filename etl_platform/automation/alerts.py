@@ -53,7 +53,7 @@ from etl_platform.observability.channels import (
 from etl_platform.runs.facts import RunFacts
 from etl_platform.runs.failures import run_failures
 from etl_platform.runs.history import failure_reason
-from etl_platform.security.redaction import redact_text
+from etl_platform.security.redaction import excerpt
 
 SENSOR_NAME = "failure_alerts"
 ALL = "*"  # a failure of the tenant as a whole, or a run loading every source
@@ -215,7 +215,7 @@ class AlertTick:
                 run_url=run_url(run.run_id),
                 error_class=failure.error,
                 error_kind=failure.kind,
-                message=redact_text(failure.message, self._secrets(failure.tenant))[:2000],
+                message=excerpt(failure.message, 2000, self._secrets(failure.tenant)),
                 http_status=failure.http_status,
                 attempt=run.attempt,
                 note=note,

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from etl_platform.config import credentials, secrets
+from etl_platform.config import credentials, locations, secrets
 from etl_platform.config.names import raw_name, tenant_schema
 from etl_platform.security import redaction
 
@@ -90,6 +90,8 @@ SecretEnv = Annotated[str, AfterValidator(_env_name), AfterValidator(_refused(cr
 ApiKeyEnv = Annotated[str, AfterValidator(_env_name), AfterValidator(_refused(credentials.api_key_env_refusal))]
 # every URL field: no user-info, no secret-looking query parameter
 SafeUrl = Annotated[str, AfterValidator(_refused(credentials.url_credentials))]
+# a CSV or feed location: data, not shell (no `$`, no `..`, nothing in /proc, /sys or /dev)
+Location = Annotated[SafeUrl, AfterValidator(_refused(locations.text_problem))]
 # an origin besides base_url that may receive a source's credential: host, host:port or scheme://host[:port]
 AllowedHost = Annotated[str, AfterValidator(_refused(credentials.allowed_host_refusal))]
 
@@ -251,7 +253,7 @@ class RestApiSource(_SourceBase):
 
 class CsvSource(_SourceBase):
     kind: Literal["csv"]
-    location: SafeUrl  # local path (relative to the tenants file) or http(s) URL; .gz allowed
+    location: Location  # local path (relative to the tenants file) or http(s) URL; .gz allowed
     resource: str = "rows"
     delimiter: str | None = None  # None: sniffed
     encoding: str = "utf-8"
@@ -275,7 +277,7 @@ class CsvSource(_SourceBase):
 
 class FeedSource(_SourceBase):
     kind: Literal["rss"]
-    url: SafeUrl  # http(s) URL or local path (relative to the tenants file)
+    url: Location  # http(s) URL or local path (relative to the tenants file)
 
     @field_validator("url")
     @classmethod

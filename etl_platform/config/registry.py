@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from etl_platform.config import locations
 from etl_platform.config.credentials import env_conflicts
 from etl_platform.config.models import (
     SOURCE_KINDS,
@@ -146,11 +147,18 @@ class Registry:
         return _SOURCE.validate_python(self.shape.templates[source_name])
 
     def resolve(self, location: str) -> str:
-        """A source location: URLs as-is, relative paths against the tenants file's folder."""
-        if re.match(r"^[a-z][a-z0-9+.-]*://", location):
-            return location
-        path = Path(os.path.expandvars(location)).expanduser()
-        return str(path if path.is_absolute() else (self.path.parent / path).resolve())
+        """A source location: URLs as-is, relative paths against the tenants file's folder. Never
+        expanded (`$VAR`, `~`): a location is data (`locations`); the source confines the path to
+        the data root when it opens it."""
+        return resolve_location(location, self.path.parent)
+
+
+def resolve_location(location: str, base: Path) -> str:
+    """`location` as a source reads it: URLs as-is, a relative path joined to `base`."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
+        return location
+    path = Path(location)
+    return str(path if path.is_absolute() else base / path)
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -202,7 +210,25 @@ def _validate_tenant(raw: dict[str, Any], label: str) -> tuple[TenantConfig | No
     return (None if errors else tenant), errors
 
 
-def _validate(data: Any, where: str) -> list[TenantConfig]:
+def _location_errors(raw: dict[str, Any], label: str, base: Path) -> list[str]:
+    """Local CSV and feed locations that leave the data root (resolved, symlinks followed); read
+    from the raw tenant, so that they are named even when another field of it is invalid."""
+    errors = []
+    for source in raw.get("sources") or []:
+        if not isinstance(source, dict):
+            continue
+        field = {"csv": "location", "rss": "url"}.get(str(source.get("kind")))
+        location = source.get(field) if field else None
+        if not isinstance(location, str) or not locations.is_local(location) or locations.text_problem(location):
+            continue  # URLs are not files; a text problem is the model's error already
+        try:
+            locations.confine(resolve_location(locations.local_path(location), base))
+        except locations.LocationError as exc:
+            errors.append(f"{label}, source {source.get('name')!r}, field {field!r}: {exc}")
+    return errors
+
+
+def _validate(data: Any, where: str, base: Path | None = None) -> list[TenantConfig]:
     """Every tenant of parsed YAML, or TenantsFileError listing every problem of the file."""
     if not isinstance(data, dict) or not isinstance(data.get("tenants"), list):
         raise TenantsFileError(f"{where}: expected a mapping with a 'tenants' list")
@@ -221,6 +247,8 @@ def _validate(data: Any, where: str) -> list[TenantConfig]:
             continue
         tenant, tenant_errors = _validate_tenant(raw, label)
         errors.extend(tenant_errors)
+        if base is not None:
+            errors.extend(_location_errors(raw, label, base))
         if tenant is None:
             continue
         if tenant.id in seen:
@@ -268,7 +296,7 @@ def _entry(tenant: TenantConfig) -> TenantEntry:
 
 def parse_registry(data: Any, path: Path) -> Registry:
     """Validate parsed YAML into an in-memory Registry (errors name tenant, source and field)."""
-    tenants = _validate(data, str(path))
+    tenants = _validate(data, str(path), Path(path).absolute().parent)
     by_id = {t.id: t for t in tenants}
     return Registry(Path(path), [_entry(t) for t in tenants], _shape(tenants), by_id.__getitem__)
 

@@ -319,3 +319,41 @@ def apply_dlt_defaults() -> None:
         "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
         f'{{"memory_limit": "{max(128, 64 * (os.cpu_count() or 1))}MB", "preserve_insertion_order": false}}',
     )
+
+
+# --- bounded input (what one source may send) ----------------------------------------------------
+
+MIB = 1 << 20
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"  # the demo's files, shipped in the package
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one source may send before it is refused (a permanent error naming the setting);
+    `from_env()` reads the variables named in the comments."""
+
+    page_bytes: int = 64 * MIB  # ETL_MAX_PAGE_BYTES: one API page, after decompression
+    file_bytes: int = 1024 * MIB  # ETL_MAX_FILE_BYTES: one CSV file, after decompression
+    feed_bytes: int = 64 * MIB  # ETL_MAX_FEED_BYTES: one RSS/Atom document, after decompression
+    csv_field_bytes: int = 16 * MIB  # ETL_MAX_CSV_FIELD_BYTES: one CSV field (and one physical line)
+    json_depth: int = 512  # ETL_MAX_JSON_DEPTH: nesting of an API page ([ and {), counted before any parse
+    request_deadline_s: float = 300.0  # ETL_HTTP_REQUEST_DEADLINE_S: one HTTP request, body included
+
+    @classmethod
+    def from_env(cls) -> InputLimits:
+        return cls(
+            page_bytes=int(_positive("ETL_MAX_PAGE_BYTES", cls.page_bytes)),
+            file_bytes=int(_positive("ETL_MAX_FILE_BYTES", cls.file_bytes)),
+            feed_bytes=int(_positive("ETL_MAX_FEED_BYTES", cls.feed_bytes)),
+            csv_field_bytes=int(_positive("ETL_MAX_CSV_FIELD_BYTES", cls.csv_field_bytes)),
+            json_depth=int(_positive("ETL_MAX_JSON_DEPTH", cls.json_depth)),
+            request_deadline_s=_positive("ETL_HTTP_REQUEST_DEADLINE_S", cls.request_deadline_s),
+        )
+
+
+def data_roots() -> tuple[Path, ...]:
+    """ETL_DATA_ROOT: the folders local CSV files and feeds may be read from, separated by ':'
+    (default `$DAGSTER_HOME/data/files`), resolved; the demo's samples folder is always one."""
+    raw = os.environ.get("ETL_DATA_ROOT", "").strip()
+    roots = [Path(p) for p in raw.split(os.pathsep) if p.strip()] if raw else [project_root() / "data" / "files"]
+    return tuple(dict.fromkeys(p.expanduser().resolve() for p in [*roots, SAMPLES_DIR]))

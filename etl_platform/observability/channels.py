@@ -20,7 +20,7 @@ import requests
 
 from etl_platform.config import secrets
 from etl_platform.config.settings import ALERT_SLACK_ENV, ALERT_SMTP_URL_ENV, ALERT_WEBHOOK_ENV, AlertSettings
-from etl_platform.security.redaction import redact_text
+from etl_platform.security.redaction import excerpt, redact_text
 
 TIMEOUT_S = 5.0
 FAILURE, RESOLVED = "failure", "resolved"
@@ -99,8 +99,8 @@ class Alert:
         return {
             "text": f"{emoji} {self.title()}",
             "blocks": [
-                {"type": "header", "text": {"type": "plain_text", "text": self.title()[:150]}},
-                {"type": "section", "text": {"type": "mrkdwn", "text": body[:2900]}},
+                {"type": "header", "text": {"type": "plain_text", "text": excerpt(self.title(), 150)}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": excerpt(body, 2900)}},
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"<{self.run_url}|Open the run in Dagster>"}},
             ],
         }

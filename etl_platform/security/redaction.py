@@ -163,6 +163,36 @@ def redact(
     return text
 
 
+def mask_tail(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with its end masked when that end (at least `MIN_LENGTH` characters) is the
+    beginning of a remembered or given secret (any form): what a cut made of a secret."""
+    if not text:
+        return text
+    cut = len(text)
+    for form in (*_ORDERED[0], *_ordered(secrets)):
+        head = form[0]
+        start = max(0, len(text) - len(form) + 1)
+        at = text.find(head, start)
+        while at != -1 and len(text) - at >= MIN_LENGTH:
+            if at < cut and form.startswith(text[at:]):
+                cut = at
+                break
+            at = text.find(head, at + 1)
+    return text if cut == len(text) else text[:cut] + MASK
+
+
+def excerpt(text: str | None, limit: int, secrets: Iterable[str | None] = (), *, ellipsis: str = "") -> str:
+    """At most `limit` characters of `text` (then `ellipsis`), redacted before the cut, and with
+    a cut secret's beginning masked (`mask_tail`): redact before you cut."""
+    if not text:
+        return text or ""
+    secrets = tuple(secrets)
+    clean = redact(text, secrets) or ""
+    if len(clean) <= limit:
+        return mask_tail(clean, secrets)
+    return mask_tail(clean[:limit], secrets) + ellipsis
+
+
 def redact_url(url: str, extra_params: Iterable[str] = ()) -> str:
     """The URL without user-info, secret-looking query values and remembered secrets."""
     return redact(url, params=extra_params) or url

@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 from dlt.sources.helpers import requests
 
 from etl_platform.security.redaction import redact_text, redact_url
+from etl_platform.sources import bounds
 from etl_platform.sources.errors import PERMANENT_HTTP_STATUSES, PermanentSourceError
 
 CHUNK_BYTES = 1 << 16
@@ -102,13 +103,18 @@ def open_bytes(
     location: str, where: str, received: Received, *, not_found: type[Exception] = FileNotFoundError
 ) -> Iterator[IO[bytes]]:
     """The decompressed bytes of a path or http(s) URL (see the module docstring). `not_found`
-    is raised for a missing file, HTTP 404 or 410."""
+    is raised for a missing file, HTTP 404 or 410. Bounded (`bounds`): a local path only inside
+    the data root (ETL_DATA_ROOT), at most ETL_MAX_FILE_BYTES after decompression, an http(s)
+    request within ETL_HTTP_REQUEST_DEADLINE_S."""
+    limits = bounds.limits()
     with contextlib.ExitStack() as stack:
         scheme = urlsplit(location).scheme.lower()
         if is_url(location):
-            chunks = _http_chunks(location, where, stack, not_found)
+            deadline = bounds.Deadline(limits.request_deadline_s, f"{where}: GET {shown(location)}")
+            chunks = _http_chunks(location, where, stack, not_found, deadline)
         elif scheme in ("", "file"):
             path = Path(unquote(urlsplit(location).path) if scheme == "file" else location)
+            path = bounds.open_local(path, where)  # again at open time: a symlink may have changed
             try:
                 handle = stack.enter_context(open(path, "rb"))
             except FileNotFoundError as exc:
@@ -119,11 +125,17 @@ def open_bytes(
         else:
             raise ContentError(f"{where}: unsupported location {shown(location)!r} (expected a path or http(s) URL)")
         binary: IO[bytes] = io.BufferedReader(_ChunkStream(chunks, received), CHUNK_BYTES)
-        yield _decompressed(binary, where, shown(location), received, stack)
+        cap = (limits.file_bytes, "ETL_MAX_FILE_BYTES", f"{where}: {shown(location)}")
+        yield bounds.capped(_decompressed(binary, where, shown(location), received, stack, cap), *cap)
 
 
 def _decompressed(
-    binary: io.BufferedReader, where: str, location: str, received: Received, stack: contextlib.ExitStack
+    binary: io.BufferedReader,
+    where: str,
+    location: str,
+    received: Received,
+    stack: contextlib.ExitStack,
+    cap: tuple[int, str, str],
 ) -> IO[bytes]:
     head = binary.peek(262)[:262]
     if head[:2] == b"\x1f\x8b":
@@ -137,7 +149,7 @@ def _decompressed(
         return lzma.LZMAFile(binary, mode="rb")
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         received.compression = "zip"
-        return _zip_member(binary, where, location, received, stack)
+        return _zip_member(bounds.capped(binary, *cap), where, location, received, stack)
     for magic, name in UNSUPPORTED:
         if head.startswith(magic):
             raise UnsupportedCompressionError(
@@ -174,7 +186,9 @@ def _zip_member(
     return stack.enter_context(archive.open(files[0]))
 
 
-def _http_chunks(url: str, where: str, stack: contextlib.ExitStack, not_found: type[Exception]) -> Iterator[bytes]:
+def _http_chunks(
+    url: str, where: str, stack: contextlib.ExitStack, not_found: type[Exception], deadline: bounds.Deadline
+) -> Iterator[bytes]:
     """The body of a GET, streamed (dlt's retrying client); errors name the URL (redacted) and
     the status, kept on the error (`status`) for the failure classification."""
     shown_url = redact_url(url)
@@ -193,7 +207,7 @@ def _http_chunks(url: str, where: str, stack: contextlib.ExitStack, not_found: t
     except requests.RequestException as exc:
         raise HttpReadError(f"{where}: GET {shown_url} failed: {redact_text(str(exc))}", None) from None
     stack.enter_context(response)
-    return response.iter_content(CHUNK_BYTES)
+    return bounds.response_chunks(response, deadline, CHUNK_BYTES)
 
 
 class HttpReadError(RuntimeError):

@@ -29,6 +29,7 @@ import dlt
 from dlt.common.data_types import coerce_value, py_type_to_sc_type
 
 from etl_platform.config.names import REJECTS_TABLE
+from etl_platform.security.redaction import excerpt
 from etl_platform.sources import lineage
 
 
@@ -191,7 +192,7 @@ def rejects_resource(rows: list[dict[str, Any]]) -> Any:
 
 def _short(value: Any) -> str:
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return excerpt(text, 40) if len(text) <= 40 else excerpt(text, 37, ellipsis="...")
 
 
 def install_guards(source: Any, mode: str, schema: Any, table_of: Any, ctx: lineage.RunContext) -> list[ContractGuard]:

@@ -41,7 +41,6 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -53,6 +52,7 @@ from dlt.sources.helpers import requests
 
 from etl_platform.config.models import FeedSource
 from etl_platform.security.redaction import redact_text, redact_url
+from etl_platform.sources import bounds
 from etl_platform.sources.content import bom_encoding, detect_encoding, is_utf8
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import RECORD, RunContext, apply_raw_hints, content_key
@@ -123,25 +123,41 @@ def build_feed_source(config: FeedSource, location: str, ctx: RunContext) -> Dlt
 
 
 def _fetch(location: str, where: str) -> tuple[bytes, dict[str, str]]:
-    """The document's bytes and the HTTP headers feedparser uses (charset, base URL)."""
+    """The document's bytes and the HTTP headers feedparser uses (charset, base URL). Bounded
+    (`bounds`): at most ETL_MAX_FEED_BYTES after decompression, read as it arrives; an http(s)
+    request within ETL_HTTP_REQUEST_DEADLINE_S; a local path only inside the data root."""
+    limits = bounds.limits()
+    cap = limits.feed_bytes
+    too_big = f"{where}: more than ETL_MAX_FEED_BYTES = {bounds.size(cap)} after decompression: refused"
     scheme = urlsplit(location).scheme.lower()
     if scheme in ("http", "https"):
+        deadline = bounds.Deadline(limits.request_deadline_s, where)
         try:
-            response = requests.get(location, headers={"Accept": ACCEPT})
+            response = requests.get(location, headers={"Accept": ACCEPT}, stream=True)
+            headers = {"content-location": redact_url(response.url)}  # the base of relative links
+            if response.headers.get("Content-Type"):
+                headers["content-type"] = response.headers["Content-Type"]
+            data = bytearray()
+            for chunk in bounds.response_chunks(response, deadline):
+                data += chunk
+                if len(data) > cap:
+                    raise bounds.InputLimitError(too_big)
         except requests.RequestException as exc:
             raise FeedError(f"{where}: could not fetch the feed: {redact_text(str(exc))}") from exc
-        headers = {"content-location": redact_url(response.url)}  # the base of relative links
-        if response.headers.get("Content-Type"):
-            headers["content-type"] = response.headers["Content-Type"]
-        return response.content, headers
+        return bytes(data), headers
     if scheme == "file":
         location = url2pathname(urlsplit(location).path)
     elif scheme:
         raise FeedFormatError(f"{where}: unsupported URL scheme {scheme!r} (expected http(s) or a path)")
+    path = bounds.open_local(location, where)  # at open time: a symlink may have changed since the load
     try:
-        return Path(location).read_bytes(), {}
+        with open(path, "rb") as handle:
+            data = handle.read(cap + 1)
     except OSError as exc:
         raise FeedError(f"{where}: could not read the feed file: {exc}") from exc
+    if len(data) > cap:
+        raise bounds.InputLimitError(too_big)
+    return data, {}
 
 
 def _declare_encoding(data: bytes, headers: dict[str, str], stats: FeedStats) -> dict[str, str]:

@@ -157,7 +157,7 @@ class _Repositories:
             auth = HeaderAuth.bearer(token, config.base_url, config.allowed_hosts, what) if token else None
             secrets = (token,) if token else ()
             client = rest_client(
-                config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited, stats=self.stats
+                config.base_url, auth=auth, headers=HEADERS, retryable=is_rate_limited, stats=self.stats, what=what
             )
             hooks = [wait_for_rate_limit, status_hook(what, secrets, retryable=is_rate_limited)]
             self._connected = client, secrets, hooks

@@ -25,6 +25,7 @@ from dlt.common.pendulum import pendulum
 from dlt.sources.helpers.rest_client.auth import APIKeyAuth, BearerTokenAuth, HttpBasicAuth, OAuth2ClientCredentials
 
 from etl_platform.security import redaction
+from etl_platform.sources import bounds
 from etl_platform.sources.errors import PermanentSourceError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -137,7 +138,13 @@ class GuardedOAuth2(_Guarded, OAuth2ClientCredentials):
     the access token granted is remembered as a secret."""
 
     def obtain_token(self) -> None:
-        response = self.session.post(self.access_token_url, allow_redirects=False, **self.build_access_token_request())
+        limits = bounds.limits()
+        endpoint = redaction.redact(self.access_token_url)
+        where = f"{self._guard.what}: the OAuth2 token endpoint {endpoint}"
+        deadline = bounds.Deadline(limits.request_deadline_s, where)
+        response = self.session.post(
+            self.access_token_url, allow_redirects=False, stream=True, **self.build_access_token_request()
+        )
         if 300 <= response.status_code < 400:
             raise PermanentSourceError(
                 f"{self._guard.what}: the OAuth2 token endpoint {redaction.redact(self.access_token_url)} answered "
@@ -146,6 +153,14 @@ class GuardedOAuth2(_Guarded, OAuth2ClientCredentials):
                 status=response.status_code,
             )
         response.raise_for_status()
+        content = bytearray()
+        for chunk in bounds.response_chunks(response, deadline):  # bounded: time and size
+            content += chunk
+            if len(content) > limits.page_bytes:
+                raise bounds.InputLimitError(
+                    f"{deadline.where}: more than ETL_MAX_PAGE_BYTES = {bounds.size(limits.page_bytes)}: refused"
+                )
+        response._content = bytes(content)
         body = response.json()
         self.parse_native_representation(self.parse_access_token(body))
         redaction.remember(self.access_token)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,6 +29,9 @@ from etl_platform.sources.lineage import RECORD, RunContext
 from etl_platform.sources.pages import ApiStats, StreamingClient
 
 ResponseHook = Callable[..., Any]
+EXCERPT_CHARS = 300  # of an error body, in a failure's message
+EXCERPT_READ_BYTES = 4096  # read of an error body (streamed: never the whole of it)
+EXCERPT_READ_SECONDS = 5.0
 
 
 def redact(text: str | None, secrets: Iterable[str | None]) -> str | None:
@@ -78,6 +82,7 @@ def rest_client(
     headers: dict[str, str] | None = None,
     retryable: Callable[[Response], bool] | None = None,
     stats: ApiStats | None = None,
+    what: str = "API source",
 ) -> StreamingClient:
     """A streaming dlt RESTClient on dlt's retrying session (timeouts and attempts from
     RUNTIME__REQUEST_*), counting into `stats`."""
@@ -86,7 +91,9 @@ def rest_client(
         return response is not None and retryable is not None and retryable(response)
 
     session = Client(raise_for_status=False, retry_condition=retry_condition).session
-    return StreamingClient(base_url.rstrip("/"), headers=headers, auth=auth, session=session, stats=stats)
+    return StreamingClient(
+        base_url.rstrip("/"), headers=headers, auth=auth, session=session, stats=stats, what=what
+    )
 
 
 def status_hook(
@@ -108,13 +115,30 @@ def status_hook(
         url = redact(response.url, secrets)
         if status in ignore:
             raise IgnoreResponseException(f"{what}: HTTP {status} for {url}, no rows")
-        body = redact((response.text or "")[:300], secrets)
+        body = redaction.excerpt(error_body(response), EXCERPT_CHARS, secrets)
         message = f"{what}: HTTP {status} {response.reason or ''} for {url}: {body}".strip()
         if status in (408, 429) or status >= 500 or (retryable is not None and retryable(response)):
             raise HTTPError(message, response=response)
         raise PermanentSourceError(message, url=url, status=status)
 
     return hook
+
+
+def error_body(response: Response) -> str:
+    """The beginning of an error answer's body: at most `EXCERPT_READ_BYTES`, read for at most
+    `EXCERPT_READ_SECONDS` (a streamed body is never read whole: it may be huge or trickle)."""
+    if getattr(response, "_content_consumed", True) or not hasattr(response.raw, "read1"):
+        return response.text or ""
+    parts, size, end = [], 0, time.monotonic() + EXCERPT_READ_SECONDS
+    while size < EXCERPT_READ_BYTES and time.monotonic() < end:
+        data = response.raw.read1(EXCERPT_READ_BYTES - size, decode_content=True)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    response._content = b"".join(parts)  # what was read: later readers (dlt's handler) see the same
+    response._content_consumed = True
+    return response.text or ""
 
 
 def pages(

@@ -206,7 +206,8 @@ class _JiraSite:
             else:
                 auth, secrets = None, ()
             headers = {"Accept": "application/json"}
-            self._connected = rest_client(config.base_url, auth=auth, headers=headers, stats=self.stats), secrets
+            client = rest_client(config.base_url, auth=auth, headers=headers, stats=self.stats, what=what)
+            self._connected = client, secrets
         return self._connected
 
     # --- issues --------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ dlt's requests, hooks, auth and paginators, and reads each body differently:
   holds a batch, not the page. Paginators that read the body (`response.json()`) get the page
   without its items (`Body.envelope`); bodies up to `SMALL_BODY` are parsed whole as before.
 - an empty body (204 No Content, or an empty 200) is an empty page, not a failure.
+- bounded input (`bounds`), checked while the body arrives, before any parse: at most
+  ETL_MAX_PAGE_BYTES after decompression, nested at most ETL_MAX_JSON_DEPTH levels (a byte scan),
+  within ETL_HTTP_REQUEST_DEADLINE_S; a refusal names the limit, the source, the page and its URL.
+  Each request first notes its page number (`isolation.progress`), so that a tenant's limit
+  (memory, deadline) names where it was.
 - a record nested deeper than `MAX_DEPTH` keeps everything below that level as JSON text
   (`limit_depth`): the record and its siblings load, nothing of it is lost, and dlt (which
   writes JSON with orjson, limited to 255 levels) never meets the depth.
@@ -35,6 +40,11 @@ from dlt.sources.helpers.rest_client.detector import find_response_page_data
 from dlt.sources.helpers.rest_client.exceptions import IgnoreResponseException
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests import Response
+
+from etl_platform.config.settings import InputLimits
+from etl_platform.isolation import progress
+from etl_platform.security.redaction import redact_url
+from etl_platform.sources import bounds
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +161,34 @@ def _prefix(selector: str) -> str | None:
 class Body:
     """A response body spooled to a temporary file (see the module docstring)."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(
+        self,
+        response: Response,
+        limits: InputLimits | None = None,
+        deadline: bounds.Deadline | None = None,
+        where: str = "API page",
+    ) -> None:
+        limits = limits or InputLimits()
+        deadline = deadline or bounds.Deadline(limits.request_deadline_s, where)
+        depth = bounds.DepthScan(limits.json_depth, where)
         self._file: IO[bytes] = tempfile.TemporaryFile()
         self.size = 0
         first = b""
-        for chunk in response.iter_content(CHUNK_BYTES):
-            if not first:
-                first = chunk.lstrip()[:1]
-            self._file.write(chunk)
-            self.size += len(chunk)
+        try:
+            for chunk in bounds.response_chunks(response, deadline, CHUNK_BYTES):
+                if not first:
+                    first = chunk.lstrip()[:1]
+                self.size += len(chunk)
+                if self.size > limits.page_bytes:
+                    raise bounds.InputLimitError(
+                        f"{where}: more than ETL_MAX_PAGE_BYTES = {bounds.size(limits.page_bytes)} after "
+                        "decompression: refused"
+                    )
+                depth.feed(chunk)
+                self._file.write(chunk)
+        except BaseException:
+            self._file.close()
+            raise
         self.first = first  # the first non-blank byte ("" for an empty body)
         self._whole: Any = None
         self._parsed = False
@@ -292,10 +321,20 @@ def _without(stream: Callable[[], IO[bytes]], skip: str) -> Any:
 class StreamingClient(RESTClient):
     """dlt's RESTClient, with bodies read as a stream (see the module docstring)."""
 
-    def __init__(self, *args: Any, stats: ApiStats | None = None, batch_items: int = BATCH_ITEMS, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        stats: ApiStats | None = None,
+        batch_items: int = BATCH_ITEMS,
+        what: str = "API source",
+        limits: InputLimits | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.stats = stats or ApiStats()
         self.batch_items = batch_items
+        self.what = what  # names the source in a refusal
+        self.limits = limits or InputLimits.from_env()
 
     def paginate(  # type: ignore[override]
         self,
@@ -323,12 +362,17 @@ class StreamingClient(RESTClient):
         )
         if paginator:
             paginator.init_request(request)
+        page = 0
         while True:
+            page += 1
+            progress.note(page=page)
+            deadline = bounds.Deadline(self.limits.request_deadline_s, f"{self.what}, page {page}")
             try:
                 response = self._send_request(request, stream=True, **kwargs)
             except IgnoreResponseException:
                 break
-            body = Body(response)
+            deadline.where = f"{self.what}, page {page} ({redact_url(response.url)})"
+            body = Body(response, self.limits, deadline, deadline.where)
             try:
                 self.stats.pages += 1
                 self.stats.bytes += body.size

@@ -270,6 +270,7 @@ def _build(config: RestApiSource, ctx: lineage.RunContext, *, with_secrets: bool
         headers=dict(config.headers) or None,
         auth=auth,
         stats=stats,
+        what=f"rest_api source {config.name!r}",
     )
     resources = []
     for spec in config.resources:

@@ -152,3 +152,28 @@ def test_dlt_trace_is_redacted(tmp_path: Path) -> None:
     assert hits(trace_file.read_bytes(), forms) == set()
     step = pipeline.last_trace.steps[-1]
     assert "x=***" in step.step_exception and hits(repr(pickle.loads(trace_file.read_bytes())), forms) == set()
+
+
+# --- redact before you cut (issue 22, item 4) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", [295, 300, 305, 320])
+def test_an_excerpt_cut_inside_a_secret_holds_no_prefix_of_it(cut: int) -> None:
+    """The secret straddles the cut in every form it travels in: no 4 characters of it survive."""
+    token = _new_secret() + "0123456789abcdefghij"
+    redaction.remember(token)
+    for form in redaction.forms(token):
+        text = "x" * (cut - len(form) // 2) + form + " and the rest of the body"
+        shown = redaction.excerpt(text, 300)
+        assert len(shown) <= 300 + len(redaction.MASK)
+        assert not any(form[:n] in shown for n in range(4, len(form) + 1)), (form, shown)
+
+
+def test_a_tail_already_cut_upstream_is_masked_and_short_or_unrelated_tails_are_kept() -> None:
+    token = _new_secret()
+    redaction.remember(token)
+    assert redaction.mask_tail("error body: " + token[:6]) == "error body: " + redaction.MASK
+    assert redaction.mask_tail("error body: " + token[:3]) == "error body: " + token[:3]  # < 4 characters
+    assert redaction.mask_tail("error body: nothing secret") == "error body: nothing secret"
+    given = "given-secret-value-42"
+    assert redaction.excerpt("a" * 10 + given, 15, [given]) == "a" * 10 + redaction.MASK

@@ -111,7 +111,7 @@ def test_jira_empty_search_answer_is_no_issues(tmp_path: Path) -> None:
 # --- deep records ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("levels", [500, 20_000])
+@pytest.mark.parametrize("levels", [500])  # deeper than ETL_MAX_JSON_DEPTH: refused (test_bounded_input.py)
 def test_a_deep_record_loads_with_its_siblings_and_loses_nothing(levels: int, tmp_path: Path) -> None:
     body = '[{"id": 1, "name": "before"}, {"id": 2, "tree": ' + deep(levels) + '}, {"id": 3, "name": "after"}]'
     with LocalServer() as server:

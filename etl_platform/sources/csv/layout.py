@@ -15,13 +15,14 @@ from __future__ import annotations
 import csv
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import IO, Any
 
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from etl_platform.config.models import CsvSource
-from etl_platform.sources import content, lineage
+from etl_platform.sources import bounds, content, lineage
 from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import content_key
 
@@ -118,15 +119,33 @@ class Lines:
     """Physical lines of a text stream for `csv.reader` (NUL bytes removed), remembering the
     raw text and first line of each record."""
 
-    def __init__(self, text: IO[str]) -> None:
+    def __init__(self, text: IO[str] | Iterator[str], max_line: int | None = None, where: str = "") -> None:
         self._text = iter(text)
+        # a stream is read a bounded line at a time (a 256 MB line is refused, never held)
+        self._readline = getattr(text, "readline", None) if max_line else None
+        self._max_line, self._where = max_line or 0, where
         self._lookahead: deque[str] = deque()
         self.line = 0
         self._raw: list[str] = []
 
+    def _next(self) -> str:
+        if self._readline is None:
+            return next(self._text)
+        line = self._readline(self._max_line + 1)
+        if not line:
+            raise StopIteration
+        if len(line) > self._max_line:
+            raise bounds.InputLimitError(
+                f"{self._where}: line {self.line + 1} is longer than ETL_MAX_CSV_FIELD_BYTES = "
+                f"{bounds.size(self._max_line)}: refused"
+            )
+        return line
+
     def skip(self, count: int) -> None:
         for _ in range(count):
-            if next(self._text, None) is None:
+            try:
+                self._next()
+            except StopIteration:
                 break
             self.line += 1
 
@@ -134,7 +153,7 @@ class Lines:
         return self
 
     def __next__(self) -> str:
-        line = self._lookahead.popleft() if self._lookahead else next(self._text)
+        line = self._lookahead.popleft() if self._lookahead else self._next()
         self.line += 1
         if "\0" in line:
             line = line.replace("\0", "")
@@ -156,6 +175,8 @@ def read_layout(
     """The file's `Layout` (None for a file without any record), the head read to find it, and
     where the data records start in that head."""
     head = b""
+    limit = bounds.limits().csv_field_bytes
+    csv.field_size_limit(limit)
     while True:
         more = data.read(max(HEAD_BYTES, len(head)))
         head += more
@@ -163,6 +184,11 @@ def read_layout(
         found = _header(config, head, at_end, shown, where, encoding)
         if found is not None or at_end:
             break
+        if len(head) > limit:
+            raise bounds.InputLimitError(
+                f"{where}: {shown}: the first record (line {config.skip_lines + 1}) is longer than "
+                f"ETL_MAX_CSV_FIELD_BYTES = {bounds.size(limit)}: refused"
+            )
     if found is None:
         return None, head, len(head)
     delimiter, fields_, used = found
@@ -201,6 +227,11 @@ def _header(
         except csv.Error as exc:
             if not at_end and feed.line == len(after):
                 return None  # a quoted value open at the end of the head: read more
+            if "field limit" in str(exc):
+                raise bounds.InputLimitError(
+                    f"{where}: {shown}: a field of the first record (line {config.skip_lines + feed.line}) is "
+                    f"longer than ETL_MAX_CSV_FIELD_BYTES = {bounds.size(csv.field_size_limit())}: refused"
+                ) from None
             raise CsvConfigError(
                 f"{where}: cannot read the first record (line {config.skip_lines + feed.line}) of {shown}: "
                 f"{exc}; check the source's delimiter and skip_lines"

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from etl_platform.config.names import REJECTS_TABLE
+from etl_platform.sources.bounds import InputLimitError, size
 from etl_platform.sources.csv.arrow_pass import BLOCK_BYTES, TableBuilder
 from etl_platform.sources.csv.layout import CsvStats, Layout, Lines, printable, undecodable
 from etl_platform.sources.lineage import parse_time
@@ -44,6 +45,8 @@ class RowReader:
     builder: TableBuilder
     stats: CsvStats
     resume_after: int = 0
+    field_limit: int = 16 << 20  # ETL_MAX_CSV_FIELD_BYTES
+    where: str = ""  # tenant and source, for a refusal
     # hash of "<day>|<row key>" -> first line (str hash: 64-bit, stable within one pass)
     seen: dict[int, int] = field(default_factory=dict)
     # the pending batch, one entry per row in parallel lists (no per-row tuple objects)
@@ -57,7 +60,13 @@ class RowReader:
 
     def batches(self, lines: Lines) -> Iterator[Out]:
         lines.skip(self.layout.first_line - 1)
+        csv.field_size_limit(self.field_limit)
         for line, raw, fields, error in self._parsed(lines, csv.reader(lines, delimiter=self.layout.delimiter)):
+            if error and "field limit" in error:  # a field over ETL_MAX_CSV_FIELD_BYTES: the file is refused
+                raise InputLimitError(
+                    f"{self.where}: {self.builder.location}: a field of the record at line {line} is longer than "
+                    f"ETL_MAX_CSV_FIELD_BYTES = {size(self.field_limit)}: refused"
+                )
             self.stats.rows_read += 1
             if fields is None:
                 self._reject(line, raw, error or "unreadable record")

@@ -64,7 +64,7 @@ from dlt.sources.helpers import requests
 from etl_platform.config.models import CsvSource
 from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.security.redaction import redact_text
-from etl_platform.sources import content, lineage
+from etl_platform.sources import bounds, content, lineage
 from etl_platform.sources.csv.arrow_pass import MAX_COLUMNS, ArrowPass, CheckedStream, FallBack, TableBuilder
 from etl_platform.sources.csv.layout import (
     ContentKeys,
@@ -217,9 +217,11 @@ def _slow_path(
     if head:
         data = io.BufferedReader(content.Prefixed(head, data))
     text = io.TextIOWrapper(data, encoding="utf-8", errors="surrogateescape", newline="")
-    lines = Lines(text)
+    limit = bounds.limits().csv_field_bytes
+    lines = Lines(text, max_line=limit, where=f"{where}: {shown}")
+    reader = RowReader(layout, builder, stats, resume_after=resume, field_limit=limit, where=where)
     try:
-        yield from RowReader(layout, builder, stats, resume_after=resume).batches(lines)
+        yield from reader.batches(lines)
     except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
         message = redact_text(str(exc))
         raise CsvSourceError(f"{where}: reading {shown} failed near line {lines.line}: {message}") from None
