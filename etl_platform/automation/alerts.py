@@ -142,12 +142,18 @@ class AlertTick:
         return {r.dagster_run.run_id: RunFacts.of(r) for r in records}
 
     def _failures(self, run: RunFacts) -> list[TenantFailure]:
-        """What the run failed for; a run that failed outside the platform's steps (a crash, a
-        run killed by monitoring) counts as a transient failure of each of its tenants."""
+        """What the run failed for, each tenant's failure from its own entries; a run that failed
+        outside the platform's steps (a crash, a run killed by monitoring) counts as a transient
+        failure of each of its tenants (a shared run's run-level text is shown to none of them)."""
         listed = run_failures(self.instance, run.run_id)
         if listed:
             return listed
-        reason = failure_reason(self.instance, run.run_id) or "the run failed"
+        # the run-level text of a run of several tenants may name any of them: never in one's alert
+        shared = len(run.tenants) > 1
+        reason = (None if shared else failure_reason(self.instance, run.run_id)) or (
+            "the run of several tenants failed before recording this tenant's own failure" if shared
+            else "the run failed"
+        )
         source = run.sources[0] if run.sources and len(run.sources) == 1 else None
         return [TenantFailure(t, source, TRANSIENT, "RunFailure", reason) for t in run.tenants]
 
