@@ -15,6 +15,7 @@ from etl_platform.api import queries
 from etl_platform.api.auth import Principal, admin_principal, optional_principal, tenant_principal
 from etl_platform.api.cursor import CursorError, decode_cursor, encode_cursor
 from etl_platform.api.health import check_health
+from etl_platform.api.ratelimit import retry_after
 from etl_platform.api.models import (
     AdminStatsResponse,
     DataPage,
@@ -202,14 +203,20 @@ async def get_admin_stats(
     },
 )
 async def get_health(request: Request, principal: Principal | None = Depends(optional_principal)) -> Any:
-    """Warehouse and Dagster storage reachable, daemon heartbeat; no key needed. The last run per
-    tenant only with a key: every tenant's with the admin key, the tenant's own with its key."""
+    """Warehouse and Dagster storage reachable, daemon heartbeat; no key needed (then rate-limited
+    per client address, and each component's status without detail: the admin key gets the
+    detail). The last run per tenant only with a key: every tenant's with the admin key, the
+    tenant's own with its key."""
     state = request.app.state
     if principal is None:
         tenants = None
+        wait = state.health_limiter.take(f"ip:{request.client.host if request.client else '-'}")
+        if wait > 0:
+            raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": retry_after(wait)})
     else:
         tenants = state.registry.tenant_ids if principal.is_admin else [principal.tenant_id]
-    code, body = await check_health(state.reader, state.get_instance, tenants, state.settings)
+    code, body = await check_health(state.reader, state.get_instance, tenants, state.settings,
+                                    cache=state.health_cache, detail=principal is not None and principal.is_admin)
     if code != 200:
         return JSONResponse(HealthResponse.model_validate(body).model_dump(mode="json"), status_code=code)
     return body
