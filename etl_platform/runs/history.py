@@ -330,12 +330,14 @@ def _partition_loads(
 
 
 def table_owner(table: str, sources: Iterable[str], tables: Mapping[str, Iterable[str]] | None = None) -> str | None:
-    """The source a raw table belongs to: the source whose configured tables (`tables`) hold it,
-    else the longest source name it is a raw name of (`a_b_rows` is `a_b`'s, never `a`'s)."""
-    for name, owned in (tables or {}).items():
+    """The source a raw table belongs to: the source whose configured tables (`tables`) hold it
+    (exactly); for a source without a list, the longest source name the table is a raw name of
+    (`a_b_rows` is `a_b`'s, never `a`'s)."""
+    tables = tables or {}
+    for name, owned in tables.items():
         if table in set(owned):
             return name
-    candidates = [s for s in sources if is_raw_name_of(s, table)]
+    candidates = [s for s in sources if s not in tables and is_raw_name_of(s, table)]
     return max(candidates, key=len, default=None)
 
 
