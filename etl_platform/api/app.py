@@ -24,8 +24,8 @@ from etl_platform.api.params import timeout_detail
 from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.readers import TenantReaders
 from etl_platform.api.routes import router
-from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config import secrets
+from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import METRICS_TOKEN_ENV, ApiSettings
 from etl_platform.observability import logs
 from etl_platform.observability import warnings as known_warnings

@@ -15,7 +15,6 @@ from etl_platform.api import queries
 from etl_platform.api.auth import Principal, admin_principal, optional_principal, tenant_principal
 from etl_platform.api.cursor import CursorError, decode_cursor, encode_cursor
 from etl_platform.api.health import check_health
-from etl_platform.api.ratelimit import retry_after
 from etl_platform.api.models import (
     AdminStatsResponse,
     DataPage,
@@ -35,6 +34,7 @@ from etl_platform.api.params import (
     reject_unknown_params,
     timestamp,
 )
+from etl_platform.api.ratelimit import retry_after
 from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.runs import history
 from etl_platform.runs.history import DagsterUnavailable

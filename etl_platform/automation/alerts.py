@@ -62,6 +62,19 @@ MAX_PENDING = 1000  # undelivered messages kept in the cursor
 TICK_BUDGET_S = 30.0  # time for deliveries per tick; the rest waits for the next tick
 
 
+def own_partitions(run: RunFacts, tenant: str) -> tuple[str, ...]:
+    """The run's partitions as one tenant is told them: a range over several tenants becomes
+    the tenant's own days, never naming another tenant."""
+    if len(run.tenants) <= 1:
+        return run.partitions
+    out = []
+    for key in run.partitions:
+        start, _, end = key.partition("...")
+        first, last = start.split("|", 1)[0], (end or start).split("|", 1)[0]
+        out.append(f"{first}|{tenant}" if first == last else f"{first}|{tenant}...{last}|{tenant}")
+    return tuple(out)
+
+
 @dataclass
 class AlertState:
     """What the sensor remembers between ticks (its cursor, JSON)."""
@@ -216,7 +229,7 @@ class AlertTick:
                 kind=FAILURE,
                 tenant=failure.tenant,
                 sources=(failure.source or ALL,),
-                partitions=days or run.partitions,
+                partitions=days or own_partitions(run, failure.tenant),
                 run_id=run.run_id,
                 run_url=run_url(run.run_id),
                 error_class=failure.error,
@@ -239,8 +252,8 @@ class AlertTick:
             if sources is not None and source != ALL and source not in sources:
                 continue
             del self.state.open[key]
-            self._enqueue(Alert(RESOLVED, tenant, (source,), run.partitions, run.run_id, run_url(run.run_id),
-                                attempt=run.attempt, at=_iso(run.ended)))
+            self._enqueue(Alert(RESOLVED, tenant, (source,), own_partitions(run, tenant), run.run_id,
+                                run_url(run.run_id), attempt=run.attempt, at=_iso(run.ended)))
 
     def _secrets(self, tenant: str) -> list[str]:
         try:

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
 from dagster import DagsterInstance
@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from etl_platform.config.registry import load_registry
 from etl_platform.config import secrets
+from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import EXPORTER_TOKEN_ENV, exporter_lookback_hours, exporter_refresh_s
 from etl_platform.observability.platform_state import PlatformState
 from etl_platform.security.redaction import remember

@@ -29,8 +29,8 @@ from dagster import (
 )
 
 from etl_platform.config.names import is_raw_name_of
-from etl_platform.runs.coverage import run_coverage
 from etl_platform.loading.failures import TenantFailure
+from etl_platform.runs.coverage import run_coverage
 from etl_platform.runs.failures import FAILED_TENANTS_TAG, run_failures
 from etl_platform.runs.tags import (
     ATTEMPT_TAG,

@@ -62,7 +62,7 @@ def test_two_tenants_failing_in_one_run_each_see_only_their_own_failure(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with LocalServer() as server:
-        for tenant, (_, _, path, marker) in OWN.items():  # 400: permanent, the body quoted in the error
+        for _, _, path, marker in OWN.values():  # 400: permanent, the body quoted in the error
             server.route(path, lambda req, marker=marker: Response(400, f"{marker}: upstream refused the request"))
         tenants = [_tenant("alpha", server), _tenant("bravo", server)]
         monkeypatch.setenv("ETL_TENANTS_FILE", str(write_tenants(tmp_path / "tenants.yaml", tenants)))
