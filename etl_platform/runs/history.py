@@ -51,6 +51,7 @@ LOAD_COUNTS = ("records_written", "rejects", "raw_rows")
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 REASON_MAX_CHARS = 500
 RECENT_SCAN = 200  # a tenant's recent runs scanned for its last success and failure per source
+FAILED_RUNS_READ = 50  # a tenant's newest failed runs whose own entries /stats reads (one query each, cached)
 STATS_MAX_WINDOW_DAYS = 90  # the longest window /stats counts runs over (the purge keeps those run records)
 
 
@@ -369,8 +370,9 @@ def source_stats(
     max_runs: int = 1000,
 ) -> list[dict[str, Any]]:
     """Per source of `tenant` (the given ones, the tenant's configured sources; without any, those
-    seen on its recent runs): last success and last failure for this tenant (any age, the failure
-    described from the tenant's own entries), runs by status and average duration within the last
+    seen on its recent runs): last success and last failure for this tenant (any age; the failure:
+    the newest of its `FAILED_RUNS_READ` newest failed runs whose own entries concern the source,
+    described from those entries), runs by status and average duration within the last
     `window_hours`, and the records/rejects/raw rows of the partitions loaded in the window (each
     partition once, each raw table for its one source: `tables`, source -> its raw tables)."""
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -397,9 +399,8 @@ def source_stats(
         in_window = [r for r in window if touched(r)]
         mine = [r for r in recent if touched(r)]
         success = next((r for r in mine if tenant_status(r, tenant) == "SUCCESS"), None)
-        failure = next(
-            (r for r in mine if tenant_status(r, tenant) == "FAILURE" and _failed_for(own(r), name)), None
-        )
+        failed = [r for r in mine if tenant_status(r, tenant) == "FAILURE"][:FAILED_RUNS_READ]
+        failure = next((r for r in failed if _failed_for(own(r), name)), None)
         durations = [r.end_time - r.start_time for r in in_window if r.start_time is not None and r.end_time]
         share = shares.get(name, Counter())
         last_mat = _utc(newest) if share else (success and _utc(success.end_time))
