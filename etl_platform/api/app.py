@@ -17,18 +17,21 @@ from fastapi_offline import FastAPIOffline
 from etl_platform.api.auth import KeyRing
 from etl_platform.api.db import QueryTimeout, Reader
 from etl_platform.api.fairness import TenantBusy
+from etl_platform.api.health import HealthCache
 from etl_platform.api.limits import HeaderLimitMiddleware
 from etl_platform.api.middleware import RequestContextMiddleware, configure_logging
 from etl_platform.api.params import timeout_detail
 from etl_platform.api.ratelimit import RateLimiter
 from etl_platform.api.readers import TenantReaders
 from etl_platform.api.routes import router
+from etl_platform.config import secrets
 from etl_platform.config.registry import Registry, load_registry
-from etl_platform.config.settings import ApiSettings
+from etl_platform.config.settings import METRICS_TOKEN_ENV, ApiSettings
 from etl_platform.observability import logs
 from etl_platform.observability import warnings as known_warnings
 from etl_platform.observability.api_metrics import instrument
 from etl_platform.runs.history import DagsterUnavailable
+from etl_platform.security.redaction import remember
 from etl_platform.warehouse import Warehouse, WarehouseError, get_warehouse
 
 
@@ -56,9 +59,11 @@ def create_app(
     *,
     settings: ApiSettings | None = None,
     keyring: KeyRing | None = None,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """The read API. Defaults: tenants file (ETL_TENANTS_FILE), ETL_WAREHOUSE_URL, the Dagster
-    instance of DAGSTER_HOME (loaded on first use), settings and keys from the environment."""
+    instance of DAGSTER_HOME (loaded on first use), settings, keys and the /metrics token
+    (ETL_METRICS_TOKEN) from the environment."""
     registry = registry or load_registry()
     settings = settings or ApiSettings.from_env()
 
@@ -92,6 +97,9 @@ def create_app(
     app.state.readers = readers
     app.state.keyring = keyring or KeyRing.from_env(registry)
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    # anonymous /health: per client address, and one components' check per `health_cache_s`
+    app.state.health_limiter = RateLimiter(settings.health_rate_per_s * 60, settings.health_burst)
+    app.state.health_cache = HealthCache(settings.health_cache_s)
     app.state.get_instance = _instance_getter(instance)
     app.include_router(router)
 
@@ -123,7 +131,10 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After"],
             allow_credentials=not any_origin,
         )
-    instrument(app, reader)  # GET /metrics (Prometheus)
+    if metrics_token is None:
+        metrics_token = secrets.value(METRICS_TOKEN_ENV) or None
+        remember(metrics_token)
+    instrument(app, reader, metrics_token)  # GET /metrics (Prometheus; bearer token when set)
     app.add_middleware(RequestContextMiddleware)  # every response gets X-Request-ID
     app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes)  # outermost: 431 before anything
     return app

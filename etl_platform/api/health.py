@@ -1,11 +1,15 @@
 """GET /health: warehouse, Dagster storage, daemon heartbeat; the last run per tenant only for
 a key that may see it (the admin key: every tenant; a tenant's key: its own). Without a key the
-answer is aggregate: it names no tenant."""
+answer is aggregate: it names no tenant, and each component is only ok or not (the detail, which
+may name a host, port, path or database, is the admin key's). One check of the components serves
+every caller for a second or two (`HealthCache`); anonymous callers are rate-limited per client
+address (routes)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -72,38 +76,91 @@ def check_daemon(instance: Any, settings: ApiSettings) -> dict[str, Any]:
     return {**out, "ok": True}
 
 
-def _dagster_checks(
-    get_instance: Callable[[], Any], tenants: list[str] | None, settings: ApiSettings
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    """(dagster, daemon, last run per tenant or None): blocking storage calls, run in a worker thread."""
+def _dagster_checks(get_instance: Callable[[], Any], settings: ApiSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(dagster, daemon): blocking storage calls, run in a worker thread."""
     dagster, instance = check_dagster(get_instance)
-    daemon = check_daemon(instance, settings)
-    if tenants is None:
-        return dagster, daemon, None
+    return dagster, check_daemon(instance, settings)
+
+
+async def check_components(reader: Reader, get_instance: Callable[[], Any], settings: ApiSettings) -> dict[str, Any]:
+    """Warehouse, Dagster storage and daemon, each with its detail (the admin's view)."""
+    warehouse = await check_warehouse(reader)
+    dagster, daemon = await run_in_threadpool(_dagster_checks, get_instance, settings)
+    return {"warehouse": warehouse, "dagster": dagster, "daemon": daemon}
+
+
+class HealthCache:
+    """One check of the components serves every caller for `ttl_s` seconds; callers arriving
+    while it runs wait for that same check. A flood of /health never reaches the databases
+    more than once per `ttl_s`. `checks`: how many checks ran."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self.checks = 0
+        self._value: dict[str, Any] | None = None
+        self._at = 0.0
+        self._locks: dict[Any, asyncio.Lock] = {}  # per event loop (one in production)
+
+    def _fresh(self) -> bool:
+        return self._value is not None and time.monotonic() - self._at < self.ttl_s
+
+    async def get(self, compute: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        if self.ttl_s <= 0:
+            self.checks += 1
+            return await compute()
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            self._locks = {loop: (lock := asyncio.Lock())}
+        if not self._fresh():
+            async with lock:
+                if not self._fresh():
+                    self._value = await compute()
+                    self._at = time.monotonic()
+                    self.checks += 1
+        assert self._value is not None
+        return self._value
+
+
+def _last_runs(get_instance: Callable[[], Any], tenants: list[str], dagster: dict[str, Any]) -> dict[str, Any]:
+    """The last run per tenant (its own outcome of it); `dagster` is marked failing on an error."""
     last_runs: dict[str, Any] = {}
-    if instance is not None:
-        try:
-            for tenant, run in history.last_run_by_tenant(instance, tenants).items():
-                at = run and (run.ended_at or run.started_at or run.created_at)
-                last_runs[tenant] = {"status": run.status, "at": at.isoformat()} if run else None
-        except Exception as exc:
-            dagster.update(ok=False, detail=_error(exc))
-    return dagster, daemon, last_runs
+    if not dagster["ok"]:
+        return last_runs
+    try:
+        for tenant, run in history.last_run_by_tenant(get_instance(), tenants).items():
+            at = run and (run.ended_at or run.started_at or run.created_at)
+            last_runs[tenant] = {"status": run.status, "at": at.isoformat()} if run else None
+    except Exception as exc:
+        dagster.update(ok=False, detail=_error(exc))
+    return last_runs
 
 
 async def check_health(
-    reader: Reader, get_instance: Callable[[], Any], tenants: list[str] | None, settings: ApiSettings
+    reader: Reader,
+    get_instance: Callable[[], Any],
+    tenants: list[str] | None,
+    settings: ApiSettings,
+    *,
+    cache: HealthCache | None = None,
+    detail: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body): 503 when the warehouse, Dagster or a required daemon fails.
-    `tenants`: whose last run to report (None: no per-tenant detail at all)."""
-    warehouse = await check_warehouse(reader)
-    dagster, daemon, last_runs = await run_in_threadpool(_dagster_checks, get_instance, tenants, settings)
-    components = {"warehouse": warehouse, "dagster": dagster, "daemon": daemon}
+    `tenants`: whose last run to report (None: no per-tenant detail at all). `detail` false:
+    each component's status only (ok or not): no host, port, path, role, database or error text.
+    `cache`: the components' check shared with other callers for a second or two."""
+    checked = await (cache or HealthCache(0)).get(lambda: check_components(reader, get_instance, settings))
+    components = {name: dict(value) for name, value in checked.items()}
+    last_runs = None
+    if tenants is not None:
+        last_runs = await run_in_threadpool(_last_runs, get_instance, tenants, components["dagster"])
     failing = [n for n in ("warehouse", "dagster") if not components[n]["ok"]]
     degraded: list[str] = []
-    if not daemon["ok"]:
+    if not components["daemon"]["ok"]:
         (failing if settings.health_require_daemon else degraded).append("daemon")
     status = "unhealthy" if failing else "degraded" if degraded else "ok"
+    if not detail:
+        components = {name: {"ok": value["ok"]} for name, value in components.items()}
     body = {"status": status, "failing": failing, "degraded": degraded, "components": components,
             "last_runs": last_runs}
     return (503 if failing else 200), body

@@ -34,6 +34,8 @@ from etl_platform.api.params import (
     reject_unknown_params,
     timestamp,
 )
+from etl_platform.api.ratelimit import retry_after
+from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.runs import history
 from etl_platform.runs.history import DagsterUnavailable
 
@@ -111,21 +113,38 @@ async def get_record(
     return {"data": row, "metadata": metadata(request)}
 
 
-def _run_stats(state: Any, tenant: str, window_hours: float, sources: list[str], now: dt.datetime) -> list:
+def _run_stats(state: Any, tenant: str, window_hours: float, tables: dict[str, list[str]], now: dt.datetime) -> list:
     instance = state.get_instance()
     try:
-        return history.source_stats(instance, tenant, window_hours, sources=sources, now=now)
+        return history.source_stats(instance, tenant, window_hours, sources=list(tables), tables=tables, now=now)
     except SQLAlchemyError as exc:
         raise DagsterUnavailable(f"Dagster run storage query failed: {exc}") from exc
 
 
-async def tenant_stats(request: Request, tenant: str, window_hours: float) -> dict[str, Any]:
-    """Run stats per source (Dagster, in a worker thread) merged with active-record counts (warehouse)."""
+def configured_tables(state: Any, tenant: str) -> dict[str, list[str]]:
+    """The tenant's configured sources (from the tenants file), each with its raw tables: the only
+    sources its /stats names, whatever its runs selected or its warehouse holds."""
+    return {
+        s.name: [raw_table(s.name, r) for r in s.resource_names if r != REJECTS_TABLE]
+        for s in state.registry.tenant(tenant).sources
+    }
+
+
+async def tenant_stats(
+    request: Request, tenant: str, window_hours: float, only: str | None = None
+) -> dict[str, Any]:
+    """Run stats per configured source (Dagster, in a worker thread) merged with active-record
+    counts (warehouse); `only`: one configured source (else 404)."""
     state = request.app.state
     now = dt.datetime.now(dt.timezone.utc)
-    records = await queries.active_counts(state.readers.for_tenant(tenant), tenant)
-    names = [s.name for s in state.registry.tenant(tenant).sources] + [r["source"] for r in records]
-    sources = await run_in_threadpool(_run_stats, state, tenant, window_hours, names, now)
+    tables = configured_tables(state, tenant)
+    if only is not None:
+        if only not in tables:
+            raise HTTPException(404, "source not found")
+        tables = {only: tables[only]}
+    records = [r for r in await queries.active_counts(state.readers.for_tenant(tenant), tenant)
+               if r["source"] in tables]
+    sources = await run_in_threadpool(_run_stats, state, tenant, window_hours, tables, now)
     for item in sources:
         mine = [r for r in records if r["source"] == item["source"]]
         newest = max((r["newest_record_at"] for r in mine if r["newest_record_at"]), default=None)
@@ -149,13 +168,9 @@ async def get_stats(
     window_hours: float = WINDOW,
     source: str | None = Query(None, max_length=200, pattern=TEXT, description="only this source"),
 ) -> Any:
-    """Per source: last success, last failure and why, runs by status, loads, freshness."""
-    stats = await tenant_stats(request, principal.tenant_id, window_hours)
-    if source is not None:
-        stats["sources"] = [s for s in stats["sources"] if s["source"] == source]
-        stats["records"] = [r for r in stats["records"] if r["source"] == source]
-        if not stats["sources"]:
-            raise HTTPException(404, "source not found")
+    """Per configured source: last success, last failure and why (the tenant's own failure only),
+    runs by status, loads, freshness. Another tenant's source, or any source not configured, is 404."""
+    stats = await tenant_stats(request, principal.tenant_id, window_hours, source)
     return {**stats, "metadata": metadata(request)}
 
 
@@ -188,14 +203,20 @@ async def get_admin_stats(
     },
 )
 async def get_health(request: Request, principal: Principal | None = Depends(optional_principal)) -> Any:
-    """Warehouse and Dagster storage reachable, daemon heartbeat; no key needed. The last run per
-    tenant only with a key: every tenant's with the admin key, the tenant's own with its key."""
+    """Warehouse and Dagster storage reachable, daemon heartbeat; no key needed (then rate-limited
+    per client address, and each component's status without detail: the admin key gets the
+    detail). The last run per tenant only with a key: every tenant's with the admin key, the
+    tenant's own with its key."""
     state = request.app.state
     if principal is None:
         tenants = None
+        wait = state.health_limiter.take(f"ip:{request.client.host if request.client else '-'}")
+        if wait > 0:
+            raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": retry_after(wait)})
     else:
         tenants = state.registry.tenant_ids if principal.is_admin else [principal.tenant_id]
-    code, body = await check_health(state.reader, state.get_instance, tenants, state.settings)
+    code, body = await check_health(state.reader, state.get_instance, tenants, state.settings,
+                                    cache=state.health_cache, detail=principal is not None and principal.is_admin)
     if code != 200:
         return JSONResponse(HealthResponse.model_validate(body).model_dump(mode="json"), status_code=code)
     return body

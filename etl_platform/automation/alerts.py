@@ -62,6 +62,19 @@ MAX_PENDING = 1000  # undelivered messages kept in the cursor
 TICK_BUDGET_S = 30.0  # time for deliveries per tick; the rest waits for the next tick
 
 
+def own_partitions(run: RunFacts, tenant: str) -> tuple[str, ...]:
+    """The run's partitions as one tenant is told them: a range over several tenants becomes
+    the tenant's own days, never naming another tenant."""
+    if len(run.tenants) <= 1:
+        return run.partitions
+    out = []
+    for key in run.partitions:
+        start, _, end = key.partition("...")
+        first, last = start.split("|", 1)[0], (end or start).split("|", 1)[0]
+        out.append(f"{first}|{tenant}" if first == last else f"{first}|{tenant}...{last}|{tenant}")
+    return tuple(out)
+
+
 @dataclass
 class AlertState:
     """What the sensor remembers between ticks (its cursor, JSON)."""
@@ -142,12 +155,18 @@ class AlertTick:
         return {r.dagster_run.run_id: RunFacts.of(r) for r in records}
 
     def _failures(self, run: RunFacts) -> list[TenantFailure]:
-        """What the run failed for; a run that failed outside the platform's steps (a crash, a
-        run killed by monitoring) counts as a transient failure of each of its tenants."""
+        """What the run failed for, each tenant's failure from its own entries; a run that failed
+        outside the platform's steps (a crash, a run killed by monitoring) counts as a transient
+        failure of each of its tenants (a shared run's run-level text is shown to none of them)."""
         listed = run_failures(self.instance, run.run_id)
         if listed:
             return listed
-        reason = failure_reason(self.instance, run.run_id) or "the run failed"
+        # the run-level text of a run of several tenants may name any of them: never in one's alert
+        shared = len(run.tenants) > 1
+        reason = (None if shared else failure_reason(self.instance, run.run_id)) or (
+            "the run of several tenants failed before recording this tenant's own failure" if shared
+            else "the run failed"
+        )
         source = run.sources[0] if run.sources and len(run.sources) == 1 else None
         return [TenantFailure(t, source, TRANSIENT, "RunFailure", reason) for t in run.tenants]
 
@@ -210,7 +229,7 @@ class AlertTick:
                 kind=FAILURE,
                 tenant=failure.tenant,
                 sources=(failure.source or ALL,),
-                partitions=days or run.partitions,
+                partitions=days or own_partitions(run, failure.tenant),
                 run_id=run.run_id,
                 run_url=run_url(run.run_id),
                 error_class=failure.error,
@@ -233,8 +252,8 @@ class AlertTick:
             if sources is not None and source != ALL and source not in sources:
                 continue
             del self.state.open[key]
-            self._enqueue(Alert(RESOLVED, tenant, (source,), run.partitions, run.run_id, run_url(run.run_id),
-                                attempt=run.attempt, at=_iso(run.ended)))
+            self._enqueue(Alert(RESOLVED, tenant, (source,), own_partitions(run, tenant), run.run_id,
+                                run_url(run.run_id), attempt=run.attempt, at=_iso(run.ended)))
 
     def _secrets(self, tenant: str) -> list[str]:
         try:

@@ -135,6 +135,10 @@ def get_settings() -> Settings:
 # --- the read API -------------------------------------------------------------------------------
 
 ADMIN_KEY_ENV = "ETL_ADMIN_API_KEY"  # the read API's admin key (/admin/stats, every tenant): a secret
+# optional bearer tokens (secrets) of the read API's GET /metrics and of the platform exporter:
+# when set, a scrape without `Authorization: Bearer <token>` gets 401
+METRICS_TOKEN_ENV = "ETL_METRICS_TOKEN"
+EXPORTER_TOKEN_ENV = "ETL_EXPORTER_TOKEN"
 
 
 def _number(name: str, default: float) -> float:
@@ -177,6 +181,9 @@ class ApiSettings:
     data_timeout_ms: int = 5000  # ETL_API_DATA_TIMEOUT_MS: longest /data query (then 504); 0: no limit
     duckdb_lock_timeout_s: float = 30.0  # ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS: wait for a writer
     max_header_bytes: int = 16384  # ETL_API_MAX_HEADER_BYTES: request line + headers; larger: 400, connection closed
+    health_rate_per_s: float = 10.0  # ETL_HEALTH_RATE_LIMIT_PER_SECOND: anonymous /health per client address (0: off)
+    health_burst: float = 20.0  # ETL_HEALTH_RATE_LIMIT_BURST
+    health_cache_s: float = 1.5  # ETL_HEALTH_CACHE_SECONDS: one check of the components serves callers this long
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -194,6 +201,9 @@ class ApiSettings:
             data_timeout_ms=int(_number("ETL_API_DATA_TIMEOUT_MS", cls.data_timeout_ms)),
             duckdb_lock_timeout_s=_number("ETL_API_DUCKDB_LOCK_TIMEOUT_SECONDS", cls.duckdb_lock_timeout_s),
             max_header_bytes=max(1024, int(_number("ETL_API_MAX_HEADER_BYTES", cls.max_header_bytes))),
+            health_rate_per_s=_number("ETL_HEALTH_RATE_LIMIT_PER_SECOND", cls.health_rate_per_s),
+            health_burst=_number("ETL_HEALTH_RATE_LIMIT_BURST", cls.health_burst),
+            health_cache_s=_number("ETL_HEALTH_CACHE_SECONDS", cls.health_cache_s),
         )
 
 

@@ -3,7 +3,8 @@
 Requests by method, route template and status (never raw paths, ids or keys), their latency
 histogram, requests in flight, rate-limit rejections (429), database errors (warehouse or
 Dagster storage unavailable) and the PostgreSQL pool's slots in use and waiters. Each API
-process has its own registry (uvicorn workers count separately).
+process has its own registry (uvicorn workers count separately). An optional bearer token
+(ETL_METRICS_TOKEN) guards the endpoint for deployments that publish it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from etl_platform.runs.history import DagsterUnavailable
+from etl_platform.security.tokens import WWW_AUTHENTICATE, bearer_allows
 from etl_platform.warehouse import WarehouseError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -114,9 +117,10 @@ def _counting(handler: Callable, counter: Any) -> Callable:
     return handle
 
 
-def instrument(app: Any, reader: Any) -> ApiMetrics:
+def instrument(app: Any, reader: Any, token: str | None = None) -> ApiMetrics:
     """Add the metrics middleware and GET /metrics; count the app's database-unavailable answers
-    (call after the app's exception handlers are registered, before the first request)."""
+    (call after the app's exception handlers are registered, before the first request). `token`
+    (ETL_METRICS_TOKEN): when set, a scrape without `Authorization: Bearer <token>` gets 401."""
     metrics = ApiMetrics(reader)
     app.state.metrics = metrics
     for exc_class, database in ((WarehouseError, "warehouse"), (DagsterUnavailable, "dagster")):
@@ -124,7 +128,9 @@ def instrument(app: Any, reader: Any) -> ApiMetrics:
         if handler is not None:
             app.exception_handlers[exc_class] = _counting(handler, metrics.database_errors.labels(database))
 
-    async def get_metrics() -> Response:
+    async def get_metrics(request: Request) -> Response:
+        if not bearer_allows(request.headers.get("authorization"), token):
+            return Response(b"unauthorized\n", status_code=401, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route("/metrics", get_metrics, methods=["GET"], include_in_schema=False)

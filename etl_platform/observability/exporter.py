@@ -4,7 +4,8 @@ tenants file and the warehouse (`etl-platform exporter`, GET /metrics on port 91
 A background thread refreshes `PlatformState` every ETL_EXPORTER_REFRESH_SECONDS (15); a
 scrape only renders what the last refresh found, so its cost does not depend on Dagster's
 storage. Labels are tenant ids, source names, run statuses, failure kinds and check names:
-never run ids, partitions or messages.
+never run ids, partitions or messages. ETL_EXPORTER_TOKEN, when set, is required as a bearer
+token (for deployments that publish the port).
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
 from dagster import DagsterInstance
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from etl_platform.config import secrets
 from etl_platform.config.registry import load_registry
-from etl_platform.config.settings import exporter_lookback_hours, exporter_refresh_s
+from etl_platform.config.settings import EXPORTER_TOKEN_ENV, exporter_lookback_hours, exporter_refresh_s
 from etl_platform.observability.platform_state import PlatformState
+from etl_platform.security.redaction import remember
+from etl_platform.security.tokens import WWW_AUTHENTICATE, bearer_allows
 from etl_platform.warehouse import get_warehouse
 
 log = logging.getLogger(__name__)
@@ -169,14 +175,49 @@ class Exporter:
         self._thread.join(timeout=30)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the standard signature
+        pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def metrics_app(registry: CollectorRegistry, token: str | None) -> Any:
+    """The WSGI app serving /metrics; with `token` (ETL_EXPORTER_TOKEN) a request without
+    `Authorization: Bearer <token>` gets 401 and no metric."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if not bearer_allows(environ.get("HTTP_AUTHORIZATION"), token):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", WWW_AUTHENTICATE)])
+            return [b"unauthorized\n"]
+        return metrics(environ, start_response)
+
+    return app
+
+
+def start_server(registry: CollectorRegistry, host: str, port: int, token: str | None = None
+                 ) -> tuple[WSGIServer, threading.Thread]:
+    """Serve the registry on host:port in a thread (GET /metrics), behind the optional token."""
+    server = make_server(host, port, metrics_app(registry, token), server_class=_Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="etl-exporter-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve GET /metrics until interrupted (blocks)."""
+    """Serve GET /metrics until interrupted (blocks); ETL_EXPORTER_TOKEN, when set, is required
+    as a bearer token."""
+    token = secrets.value(EXPORTER_TOKEN_ENV) or None
+    remember(token)
     with DagsterInstance.get() as instance:
         exporter = Exporter(instance)
         exporter.collector.refresh()  # the first scrape already has figures
         exporter.start()
-        server, thread = start_http_server(port, addr=host, registry=exporter.registry)
-        log.info("exporter serving http://%s:%s/metrics", host, port)
+        server, thread = start_server(exporter.registry, host, port, token)
+        log.info("exporter serving http://%s:%s/metrics%s", host, port, " (bearer token required)" if token else "")
         try:
             while thread.is_alive():
                 thread.join(1)

@@ -3,7 +3,9 @@
 Shared by the read API (/stats, /health) and the CLI (`etl-platform runs`). A run covers one
 tenant (tag `etl/tenant`) or several (`etl/tenants`, with `etl/multi_tenant=true` so they can be
 found); in a run of several tenants each tenant succeeds or fails on its own (the failed ones are
-tagged `etl/failed_tenants`). Load figures come from the per-partition materializations of
+tagged `etl/failed_tenants`). A tenant is shown only its own part of a shared run (`summarize` with
+`tenant`): its status, its days, and its failure from its own entries (`tenant_failure_reason`),
+never the run-level text that lists every failed tenant. Load figures come from the per-partition materializations of
 `normalized/records`: each partition counted once, at its latest materialization.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,8 +29,9 @@ from dagster import (
 )
 
 from etl_platform.config.names import is_raw_name_of
+from etl_platform.loading.failures import TenantFailure
 from etl_platform.runs.coverage import run_coverage
-from etl_platform.runs.failures import FAILED_TENANTS_TAG
+from etl_platform.runs.failures import FAILED_TENANTS_TAG, run_failures
 from etl_platform.runs.tags import (
     ATTEMPT_TAG,
     MULTI_TENANT_TAG,
@@ -48,6 +51,7 @@ LOAD_COUNTS = ("records_written", "rejects", "raw_rows")
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 REASON_MAX_CHARS = 500
 RECENT_SCAN = 200  # a tenant's recent runs scanned for its last success and failure per source
+FAILED_RUNS_READ = 50  # a tenant's newest failed runs whose own entries /stats reads (one query each, cached)
 STATS_MAX_WINDOW_DAYS = 90  # the longest window /stats counts runs over (the purge keeps those run records)
 
 
@@ -97,19 +101,33 @@ class RunSummary:
         return out
 
 
-def summarize(record: RunRecord, failure_reason: str | None = None) -> RunSummary:
-    """A RunSummary of one run record."""
+def _own_partition(tags: dict[str, str], tenant: str) -> str | None:
+    """The tenant's own partitions of a run of several tenants: its key, or its range of days."""
+    days = run_coverage(tags, {}).days
+    if not days:
+        return None
+    first, last = f"{days[0].isoformat()}|{tenant}", f"{days[-1].isoformat()}|{tenant}"
+    return first if first == last else f"{first}...{last}"
+
+
+def summarize(record: RunRecord, failure_reason: str | None = None, *, tenant: str | None = None) -> RunSummary:
+    """A RunSummary of one run record; with `tenant`, that tenant's own part of it (its status,
+    its partitions, no other tenant named): what the tenant is shown of a run it shares."""
     run = record.dagster_run
     tags = run.tags
     partition = tags.get(PARTITION_TAG)
     if partition is None and RANGE_START_TAG in tags:
         partition = f"{tags[RANGE_START_TAG]}...{tags.get(RANGE_END_TAG, '')}"
     attempt = tags.get(ATTEMPT_TAG)
+    shared = tenant is not None and tags.get(TENANT_TAG) != tenant
+    if shared:
+        partition = _own_partition(tags, tenant) if partition else None
+    status = tenant_status(record, tenant) if tenant is not None else run.status.value
     return RunSummary(
         run_id=run.run_id,
         job_name=run.job_name,
-        status=run.status.value,
-        tenant=tags.get(TENANT_TAG) or tags.get(TENANTS_TAG),
+        status=status,
+        tenant=tenant if shared else tags.get(TENANT_TAG) or tags.get(TENANTS_TAG),
         source=tags.get(SOURCE_TAG),
         trigger=tags.get(TRIGGER_TAG),
         attempt=int(attempt) if attempt and attempt.isdigit() else None,
@@ -119,7 +137,9 @@ def summarize(record: RunRecord, failure_reason: str | None = None) -> RunSummar
         started_at=_utc(record.start_time),
         ended_at=_utc(record.end_time),
         failure_reason=failure_reason,
-        failed_tenants=tags.get(FAILED_TENANTS_TAG),
+        failed_tenants=(tenant if status == DagsterRunStatus.FAILURE.value else None)
+        if shared
+        else tags.get(FAILED_TENANTS_TAG),
     )
 
 
@@ -154,6 +174,37 @@ def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
     data = run_failure.dagster_event.event_specific_data
     error = getattr(data, "error", None)
     return _clip(_innermost(error).message if error is not None else run_failure.message)
+
+
+def own_failures(instance: DagsterInstance, run_id: str, tenant: str) -> list[TenantFailure]:
+    """The tenant's own failure entries of a run (each failed tenant's are recorded apart)."""
+    return [f for f in run_failures(instance, run_id) if f.tenant == tenant]
+
+
+def _describe(failures: list[TenantFailure], source: str | None) -> str:
+    mine = [f for f in failures if source is None or f.source in (source, None)] or failures
+    text = "; ".join(f.describe() for f in mine[:10])
+    return _clip(text + (f"; and {len(mine) - 10} more" if len(mine) > 10 else ""))
+
+
+def tenant_failure_reason(
+    instance: DagsterInstance,
+    record: RunRecord,
+    tenant: str,
+    source: str | None = None,
+    failures: list[TenantFailure] | None = None,
+) -> str | None:
+    """Why a run failed for `tenant`, from the tenant's own failure entries only (those of
+    `source` first). A run of the tenant alone without entries (a crash, a run killed) gives its
+    run-level reason; a shared run without entries of the tenant says so without any text of the
+    run, which may name the other tenants."""
+    run = record.dagster_run
+    mine = own_failures(instance, run.run_id, tenant) if failures is None else failures
+    if mine:
+        return _describe(mine, source)
+    if run.tags.get(TENANT_TAG) == tenant or run.tags.get(TENANTS_TAG) == tenant:
+        return failure_reason(instance, run.run_id)
+    return "the run this tenant shared with others failed before recording this tenant's own failure"
 
 
 def _status_list(statuses: Iterable[str | DagsterRunStatus] | None) -> list[DagsterRunStatus]:
@@ -214,6 +265,17 @@ def recent_runs(
         records = tenant_runs(instance, tenant, statuses=wanted, limit=limit, extra_tags=source_tags)
     else:
         records = instance.get_run_records(RunsFilter(tags=source_tags, statuses=wanted), limit=limit)
+    if tenant:  # the tenant's own part of each run
+        return [
+            summarize(
+                r,
+                tenant_failure_reason(instance, r, tenant, source)
+                if with_reasons and tenant_status(r, tenant) == DagsterRunStatus.FAILURE.value
+                else None,
+                tenant=tenant,
+            )
+            for r in records
+        ]
     return [
         summarize(
             r,
@@ -268,12 +330,33 @@ def _partition_loads(
     return by_source, newest
 
 
-def _share(by_table: dict[str, Counter[str]], source: str) -> Counter[str]:
-    out: Counter[str] = Counter()
+def table_owner(table: str, sources: Iterable[str], tables: Mapping[str, Iterable[str]] | None = None) -> str | None:
+    """The source a raw table belongs to: the source whose configured tables (`tables`) hold it
+    (exactly); for a source without a list, the longest source name the table is a raw name of
+    (`a_b_rows` is `a_b`'s, never `a`'s)."""
+    tables = tables or {}
+    for name, owned in tables.items():
+        if table in set(owned):
+            return name
+    candidates = [s for s in sources if s not in tables and is_raw_name_of(s, table)]
+    return max(candidates, key=len, default=None)
+
+
+def _shares(
+    by_table: dict[str, Counter[str]], sources: list[str], tables: Mapping[str, Iterable[str]] | None
+) -> dict[str, Counter[str]]:
+    """source -> its figures: each raw table counted for exactly one source (`table_owner`)."""
+    out: dict[str, Counter[str]] = {}
     for table, figures in by_table.items():
-        if is_raw_name_of(source, table):
-            out.update(figures)
+        owner = table_owner(table, sources, tables)
+        if owner is not None:
+            out.setdefault(owner, Counter()).update(figures)
     return out
+
+
+def _failed_for(failures: list[TenantFailure], source: str) -> bool:
+    """The tenant's own entries concern `source` (or the tenant as a whole; none: the run died)."""
+    return not failures or any(f.source in (source, None) for f in failures)
 
 
 def source_stats(
@@ -282,38 +365,51 @@ def source_stats(
     window_hours: float = 24,
     *,
     sources: Iterable[str] = (),
+    tables: Mapping[str, Iterable[str]] | None = None,
     now: dt.datetime | None = None,
     max_runs: int = 1000,
 ) -> list[dict[str, Any]]:
-    """Per source of `tenant` (the configured ones, then those seen on recent runs): last success
-    and last failure for this tenant (any age), runs by status and average duration within the
-    last `window_hours`, and the records/rejects/raw rows of the partitions loaded in the window
-    (each partition once: these sum to what the warehouse holds for those partitions)."""
+    """Per source of `tenant` (the given ones, the tenant's configured sources; without any, those
+    seen on its recent runs): last success and last failure for this tenant (any age; the failure:
+    the newest of its `FAILED_RUNS_READ` newest failed runs whose own entries concern the source,
+    described from those entries), runs by status and average duration within the last
+    `window_hours`, and the records/rejects/raw rows of the partitions loaded in the window (each
+    partition once, each raw table for its one source: `tables`, source -> its raw tables)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     since = now - dt.timedelta(hours=window_hours)
     window = tenant_runs(instance, tenant, created_after=since, limit=max_runs)
     recent = tenant_runs(instance, tenant, limit=RECENT_SCAN)
-    seen = {s for r in recent + window for s in (sources_of_run(r) or ())}
-    names = list(dict.fromkeys([*sources, *sorted(seen)]))
+    names = list(dict.fromkeys(sources))
+    if not names:
+        names = sorted({s for r in recent + window for s in (sources_of_run(r) or ())})
     order = {t: i for i, t in enumerate(instance.get_dynamic_partitions("tenant"))}
     loads, newest = _partition_loads(instance, tenant, window, since.timestamp(), order)
+    shares = _shares(loads, names, tables)
+    entries: dict[str, list[TenantFailure]] = {}  # run id -> the tenant's own failure entries
+
+    def own(record: RunRecord) -> list[TenantFailure]:
+        run_id = record.dagster_run.run_id
+        if run_id not in entries:
+            entries[run_id] = own_failures(instance, run_id, tenant)
+        return entries[run_id]
+
     out = []
     for name in names:
         touched = lambda r, name=name: sources_of_run(r) is None or name in (sources_of_run(r) or ())  # noqa: E731
         in_window = [r for r in window if touched(r)]
         mine = [r for r in recent if touched(r)]
         success = next((r for r in mine if tenant_status(r, tenant) == "SUCCESS"), None)
-        failure = next((r for r in mine if tenant_status(r, tenant) == "FAILURE"), None)
+        failed = [r for r in mine if tenant_status(r, tenant) == "FAILURE"][:FAILED_RUNS_READ]
+        failure = next((r for r in failed if _failed_for(own(r), name)), None)
         durations = [r.end_time - r.start_time for r in in_window if r.start_time is not None and r.end_time]
-        share = _share(loads, name)
+        share = shares.get(name, Counter())
         last_mat = _utc(newest) if share else (success and _utc(success.end_time))
+        reason = failure and tenant_failure_reason(instance, failure, tenant, name, own(failure))
         out.append(
             {
                 "source": name,
-                "last_success": summarize(success).to_dict() if success else None,
-                "last_failure": summarize(failure, failure_reason(instance, failure.dagster_run.run_id)).to_dict()
-                if failure
-                else None,
+                "last_success": summarize(success, tenant=tenant).to_dict() if success else None,
+                "last_failure": summarize(failure, reason, tenant=tenant).to_dict() if failure else None,
                 "runs_by_status": dict(sorted(Counter(tenant_status(r, tenant) for r in in_window).items())),
                 "runs_in_window": len(in_window),
                 "avg_duration_s": round(sum(durations) / len(durations), 3) if durations else None,
@@ -341,5 +437,5 @@ def last_run_by_tenant(instance: DagsterInstance, tenants: Iterable[str]) -> dic
         own = instance.get_run_records(RunsFilter(tags={TENANT_TAG: tenant}), limit=1)
         candidates = own + [r for r in shared if covers_tenant(r, tenant)]
         newest = max(candidates, key=lambda r: r.create_timestamp, default=None)
-        out[tenant] = summarize(newest) if newest else None
+        out[tenant] = summarize(newest, tenant=tenant) if newest else None
     return out

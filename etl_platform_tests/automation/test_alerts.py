@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,3 +295,24 @@ def test_a_failure_the_retry_sensor_never_decides_on_alerts_after_its_grace(inst
     assert len(hook.bodies) == 1 and "no decision" in hook.bodies[0]["note"]
     sensor.tick(now=ended + 5000)
     assert len(hook.bodies) == 1
+
+
+def test_a_shared_run_that_died_alerts_each_tenant_without_the_others(instance: DagsterInstance, env) -> None:
+    """A run of two tenants that failed outside their work (no entry of its own for either): each
+    tenant's alert says so without the run's text or partitions, which name the other tenant."""
+    from dagster import DagsterRunStatus
+
+    from etl_platform_tests.support.orchestration import create_run
+
+    tags = {"etl/tenants": "flaky,denied", "etl/multi_tenant": "true",
+            "dagster/asset_partition_range_start": f"{DAY}|flaky", "dagster/asset_partition_range_end": f"{DAY}|denied"}
+    run = create_run(instance, tags, DagsterRunStatus.STARTED)
+    instance.report_run_failed(run, "worker died loading tenant 'denied' from /secure: DENIED-MARKER-51")
+    sensor = Sensor(instance)
+    ended = instance.get_run_record_by_id(run.run_id).end_time or time.time()
+    sensor.tick(now=ended + 60)
+    sensor.tick(now=ended + 300 + 900 + 1)  # no retry decision: both alert
+    bodies = [json.dumps(b) for b in env["slack"].bodies + env["tenant_hook"].bodies]
+    assert env["tenant_hook"].bodies and any("denied" in b for b in bodies), bodies  # both alerted
+    for text in bodies:  # each alert is one tenant's: it names no other, and no text of the run
+        assert not ("flaky" in text and "denied" in text) and "MARKER" not in text, text

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -136,6 +137,7 @@ def _write_stack(tmp: Path, project: str, tenants: Path, ports: dict[str, int], 
         job["static_configs"] = [{"targets": [f"127.0.0.1:{targets[job['job_name']]}"]}]
     (prometheus / "prometheus.yml").write_text(yaml.safe_dump(config))
     (prometheus / "rules.yml").write_text((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    shutil.copytree(ROOT / "deploy" / "prometheus" / "tokens", prometheus / "tokens")  # the (empty) bearer tokens
 
     workspace = f"{STACK_DIR}/app/deploy/workspace.yaml"
     exporter_url = f"http://127.0.0.1:{ports['exporter']}/metrics"

@@ -194,3 +194,34 @@ def test_first_refresh_starts_at_its_lookback(instance: DagsterInstance) -> None
     assert materialize(instance, "good", DAY).success
     state.refresh(instance, now=later)
     assert state.rows[("good", "api")] == 3 and state.runs[("good", "*", "SUCCESS")] == 1
+
+
+def test_exporter_needs_its_token_when_one_is_set() -> None:
+    """ETL_EXPORTER_TOKEN set: a scrape without `Authorization: Bearer <token>` gets 401 and no
+    metric (tenant ids are labels); unset, the exporter answers everyone, as before."""
+    from prometheus_client import Gauge
+
+    from etl_platform.observability.exporter import start_server
+
+    registry = CollectorRegistry()
+    Gauge("etl_tenant_freshness_hours", "test", ["tenant"], registry=registry).labels("acme").set(1)
+    token = "exporter-token-0123456789abcdef"
+    for configured in (token, None):
+        port = _free_port()
+        server, thread = start_server(registry, "127.0.0.1", port, configured)
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            open_scrape = httpx.get(url, timeout=5)
+            if configured:
+                assert open_scrape.status_code == 401 and "acme" not in open_scrape.text
+                assert open_scrape.headers["www-authenticate"].startswith("Bearer")
+                wrong = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=5)
+                assert wrong.status_code == 401 and "acme" not in wrong.text
+                scrape = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+            else:
+                scrape = open_scrape
+            assert scrape.status_code == 200 and 'tenant="acme"' in scrape.text
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)

@@ -226,3 +226,56 @@ def test_prometheus_fires_when_the_api_slows_down_and_fails(tmp_path: Path, duck
             finally:
                 stop_process(proc)
     assert KEYS["acme"] not in (workdir / "prometheus.log").read_text()
+
+
+@pytest.mark.prometheus
+def test_the_shipped_scrape_config_sends_the_bearer_tokens(tmp_path: Path) -> None:
+    """deploy/prometheus/prometheus.yml with token files: a scrape holding the right token is
+    served (up), one whose file is empty meets a token-protected endpoint and is refused (401:
+    down); the shipped (empty) files keep a deployment without tokens working."""
+    from prometheus_client import Gauge
+
+    from etl_platform.observability.exporter import start_server
+
+    prometheus_bin = _tool("prometheus")
+    assert all((DEPLOY / "prometheus" / "tokens" / f).read_text() == "" for f in ("metrics_token", "exporter_token"))
+    registry = CollectorRegistry()
+    Gauge("etl_runs_queued", "test", registry=registry).set(0)
+    servers, ports = [], []
+    for token in ("api-token-0123456789abcdef", "exporter-token-0123456789ab"):
+        ports.append(_free_port())
+        servers.append(start_server(registry, "127.0.0.1", ports[-1], token))
+    workdir = tmp_path / "prometheus"
+    (workdir / "tokens").mkdir(parents=True)
+    (workdir / "tokens" / "metrics_token").write_text("api-token-0123456789abcdef")
+    (workdir / "tokens" / "exporter_token").write_text("")  # the exporter's token not given: refused
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config.pop("rule_files", None)
+    for job, port in zip(config["scrape_configs"], ports):
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    web = _free_port()
+    log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [prometheus_bin, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{web}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def health() -> dict[str, str] | None:
+            try:
+                targets = httpx.get(f"http://127.0.0.1:{web}/api/v1/targets", timeout=5).json()["data"]
+            except httpx.TransportError:
+                assert proc.poll() is None, (workdir / "prometheus.log").read_text()
+                return None
+            found = {t["labels"]["job"]: t["health"] for t in targets["activeTargets"]}
+            return found if set(found.values()) <= {"up", "down"} and len(found) == 2 else None
+
+        found = wait_for(health, 60, what="both targets scraped")
+        assert found == {"etl-api": "up", "etl-exporter": "down"}, found
+    finally:
+        stop_process(proc)
+        log.close()
+        for server, thread in servers:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
