@@ -6,8 +6,9 @@ A test override (written here) puts every container on the host's network (all t
 mounts deploy/dagster.yaml with faster polling and a label on the runs' containers; a .env
 file holds the stack's settings and the tenant's secret. Then:
 
-1. `docker build --network host` of the Dockerfile; `docker compose up -d`: every service's own
-   HEALTHCHECK reports healthy, `init` exits 0.
+1. `docker compose build` of the Dockerfile (offline: no frontend from Docker Hub); `docker
+   compose up -d`: every service's own HEALTHCHECK (Prometheus's too) reports healthy, `init`
+   exits 0.
 2. A partition run launched through the webserver's GraphQL API runs in its own container
    (limits, network, the code server's volumes): run storage, warehouse rows, the read API's
    /health and /data are checked; the container is gone afterwards. A run that lives well past
@@ -212,8 +213,6 @@ def test_compose_stack_in_docker(engine: None, tmp_path: Path, monkeypatch: pyte
         timings[step] = round(time.monotonic() - started, 1)
         print(f"{step}: {timings[step]}s", flush=True)
 
-    docker("build", "--network", "host", "-t", IMAGE, str(ROOT), timeout=1800)
-    mark("image built")
     project = f"etl-ctest-{uuid.uuid4().hex[:8]}"
     ports = {name: free_port() for name in ("pg", "grpc", "web", "api", "exporter", "prom")}
     password = secrets.token_hex(12)
@@ -224,6 +223,10 @@ def test_compose_stack_in_docker(engine: None, tmp_path: Path, monkeypatch: pyte
         tenants = write_tenants(tmp_path / "tenants.yaml", _tenants(server.url))
         env_file, override = _write_stack(tmp_path, project, tenants, ports, password, f"{server.url}/alerts")
         stack = ComposeStack(project, override, env_file)
+        # as the README builds it (`docker compose up -d --build`): BuildKit through Compose, which
+        # would first pull a `# syntax=` frontend from Docker Hub
+        stack.compose("build", "user-code", timeout=1800)
+        mark("image built")
         instance = None
         try:
             instance = _scenarios(stack, source, tmp_path, ports, password, monkeypatch, mark, project,
