@@ -201,7 +201,13 @@ def _tenants(base_url: str) -> list[dict[str, Any]]:
 
 
 def _wait_healthy(stack: ComposeStack, timeout: float = 420) -> None:
-    wait_for("every service healthy", lambda: set(stack.healths(SERVICES).values()) == {"healthy"}, timeout, 2)
+    try:
+        wait_for("every service healthy", lambda: set(stack.healths(SERVICES).values()) == {"healthy"}, timeout, 2)
+    except AssertionError as exc:  # which one, and what its last healthchecks said
+        healths = stack.healths(SERVICES)
+        checks = {s: (stack.inspect(stack.container(s))["State"].get("Health") or {}).get("Log", [])[-2:]
+                  for s, h in healths.items() if h != "healthy"}  # fmt: skip
+        raise AssertionError(f"{exc}: {healths}; last checks: {checks}") from None
     assert stack.health("init") == "exited(0)"
 
 
