@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every process of the platform (docker-compose.yml): the gRPC code server
 # (user code; it also runs the run workers), dagster-webserver, dagster-daemon, the read API
 # (etl-platform serve), the one-shot init step and Celery workers (deploy/compose.celery.yaml).

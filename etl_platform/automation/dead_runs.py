@@ -1,12 +1,16 @@
 """Runs whose process died are marked failed, so they never hold their tenant's queue slot.
 
-Runs launched through the code server or the Docker run launcher are watched by Dagster's run
-monitoring (`run_monitoring` in the instance YAML). A run executed in the process that started
-it (`dagster asset materialize`, `etl-platform demo`) has no launcher to ask: when that process
+On an instance whose run launcher Dagster's run monitoring can check (`run_monitoring` enabled
+and the launcher's `supports_check_run_worker_health`: Docker, Kubernetes, Celery, the code
+server's MonitoredRunLauncher), every started run is Dagster's to judge, and this sweep leaves
+them all alone. A run executed in the process that started it (`dagster asset materialize`,
+`etl-platform demo`) on an instance without such a launcher has nobody to ask: when that process
 is killed, the run would stay STARTED forever, and the queue would count it against its tenant.
-Every run records its worker (host, pid and the process's start time, tag `etl/worker`) at its
-first step; this sensor marks FAILURE the started runs whose worker, on the daemon's host, no
-longer exists. The retry sensor then treats them as any other failure.
+Every run records its worker (`etl/worker`: host, pid, start time, boot id and PID namespace) at
+its first step; this sensor marks FAILURE the started runs whose worker, in the sensor's own boot
+and PID namespace, no longer exists. A worker of another namespace (a container, even on the host
+network with the host's name) or machine is never judged: its pid means nothing here. The retry
+sensor then treats the marked runs as any other failure.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ SENSOR_NAME = "mark_dead_runs"
 
 
 def mark_dead_runs(instance: DagsterInstance, now: float | None = None) -> list[str]:
-    """Mark FAILURE every started run whose worker process on this host is gone; their ids."""
+    """Mark FAILURE every started run whose worker process in this boot and PID namespace is
+    gone; their ids. Nothing when Dagster's run monitoring checks the instance's runs."""
+    if monitored_by_dagster(instance):
+        return []
     now = time.time() if now is None else now
     grace = get_settings().dead_run_grace_s  # a younger run may not have recorded its worker yet
     marked = []
@@ -46,6 +53,14 @@ def mark_dead_runs(instance: DagsterInstance, now: float | None = None) -> list[
         )
         marked.append(run.run_id)
     return marked
+
+
+def monitored_by_dagster(instance: DagsterInstance) -> bool:
+    """Does Dagster's run monitoring check this instance's started runs' workers?"""
+    try:
+        return bool(instance.run_monitoring_enabled and instance.run_launcher.supports_check_run_worker_health)
+    except Exception:  # noqa: BLE001 - a launcher that cannot load here: judge by worker identity
+        return False
 
 
 def build_dead_runs_sensor() -> SensorDefinition:

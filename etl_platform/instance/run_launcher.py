@@ -8,9 +8,11 @@ monitoring checks the container). It adds what the instance config cannot say by
 - per-run limits from the environment: `memory_limit` ("4g") and `cpus` ("2"), both `{env: ...}`;
 - `volumes_from`: the containers whose volumes each run mounts (the code server's: the tenants
   file, the run logs and dlt's working folders), so no host path is written twice;
-- the environment a run needs besides `env_vars`: every `ETL_*` setting of the launching process
-  (but ETL_ROLE and the per-container ports) and every variable the tenants file names in its
-  `*_env` fields (sources' secrets, tenants' API keys and warehouse URLs) that is set.
+- the environment a run needs besides `env_vars` (`forwarded_env`): the platform's settings of the
+  launching process (`ETL_*` but ETL_ROLE, the per-container ports, the admin key, the alert
+  channels and metrics tokens; dlt's `RUNTIME__*`, `DESTINATION__*`...), and the secrets of the
+  tenants the run covers, read from its tags (their sources' `*_env` and `warehouse_url_env`):
+  no other tenant's secret, and no read-API key.
 
 `MonitoredRunLauncher` (the single-process option, for hosts without a Docker socket to give the
 daemon): Dagster's DefaultRunLauncher, which starts each run as a child process of the gRPC
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dagster import DagsterRun, DefaultRunLauncher, Field, StringSource
@@ -50,11 +52,16 @@ from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
 
 from etl_platform.config import secrets
 from etl_platform.config.registry import load_registry
-from etl_platform.config.settings import platform_variables
+from etl_platform.config.settings import CONTAINER_VARIABLES, platform_variables
+from etl_platform.isolation.environment import PLATFORM_SECRETS, env_fields, tenant_secret_names
 from etl_platform.observability import logs
 from etl_platform.observability import warnings as known_warnings
+from etl_platform.runs.tags import TENANT_TAG, TENANTS_TAG, _registered, tenants_of_tags
 
 HEALTH_CHECK_TIMEOUT_S = 10
+# dlt's settings a run's sources and warehouse read (README: RUNTIME__* HTTP retries); not
+# SOURCES__*, which would hold sources' secrets outside the tenants file's *_env fields
+RUN_PREFIXES = ("ETL_", "RUNTIME__", "NORMALIZE__", "DATA_WRITER__", "LOAD__", "EXTRACT__", "DESTINATION__", "DLT_")
 log = logging.getLogger(__name__)
 
 
@@ -139,7 +146,8 @@ class PlatformDockerRunLauncher(DockerRunLauncher):
         return cls(inst_data=inst_data, **config_value)
 
     def get_container_context(self, dagster_run: DagsterRun) -> DockerContainerContext:
-        """The platform's additions first: the instance's and the code location's settings win."""
+        """The platform's additions first: the instance's and the code location's settings win.
+        The environment is the run's own: the platform's settings and its tenants' secrets."""
         kwargs: dict[str, Any] = {}
         if self.volumes_from:
             kwargs["volumes_from"] = list(self.volumes_from)
@@ -147,7 +155,11 @@ class PlatformDockerRunLauncher(DockerRunLauncher):
             kwargs["mem_limit"] = self.memory_limit
         if self.cpus:
             kwargs["nano_cpus"] = int(self.cpus * 1e9)
-        ours = DockerContainerContext(env_vars=sorted(forwarded_env()), container_kwargs=kwargs)
+        tags = dagster_run.tags or {}
+        named = tags.get(TENANT_TAG) or tags.get(TENANTS_TAG)
+        registered = _registered(self._instance) if self.has_instance and not named else None
+        env = forwarded_env(tags, registered)
+        ours = DockerContainerContext(env_vars=sorted(env), container_kwargs=kwargs)
         return ours.merge(super().get_container_context(dagster_run))
 
 
@@ -164,36 +176,34 @@ def _cpus(raw: str | None) -> float | None:
     return value
 
 
-def _env_fields(value: Any) -> Iterator[str]:
-    """Values of every `*_env` field in a dumped tenant config."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key.endswith("_env") and isinstance(item, str):
-                yield item
-            else:
-                yield from _env_fields(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _env_fields(item)
+def run_tenants(tags: Mapping[str, str], registered: Iterable[str] | None = None) -> list[str]:
+    """The tenants a run covers: `etl/tenant`, the chunk's `etl/tenants`, and its partition (key
+    `date|tenant`, or a range over the `tenant` partitions in `registered` order)."""
+    named = [tags.get(TENANT_TAG, "")] + (tags.get(TENANTS_TAG) or "").split(",")
+    out = dict.fromkeys(t.strip() for t in named if t.strip())
+    out.update(dict.fromkeys(tenants_of_tags(tags, registered)))
+    return list(out)
 
 
-_NAMES: dict[str, frozenset[str]] = {}  # tenants file content hash -> *_env names
+def forwarded_env(tags: Mapping[str, str] | None = None, registered: Iterable[str] | None = None) -> set[str]:
+    """Names of the variables a run's container gets from this process's environment (set ones
+    only): the platform's settings (`ETL_*` but the admin key, alert channels and metrics tokens)
+    and dlt's (`RUNTIME__*`, `DESTINATION__*`, ...), and the secrets of the tenants the run covers
+    (their sources' `*_env` and `warehouse_url_env`), never another tenant's, nor any read-API key.
 
-
-def tenant_env_names() -> frozenset[str]:
-    """The variables the tenants file names (`*_env`), computed once per file content."""
-    registry = load_registry()
-    key = registry.content_hash or str(id(registry))
-    if key not in _NAMES:
-        _NAMES[key] = frozenset(name for t in registry.tenants for name in _env_fields(t.model_dump()))
-    return _NAMES[key]
-
-
-def forwarded_env() -> set[str]:
-    """Names of the variables a run's container gets from this process's environment (set ones only)."""
-    names = platform_variables()
+    Alerts are sent by the daemon's sensors, the read API serves the keys: a run needs neither."""
+    environ = secrets.environment()
     try:
-        names |= {n for n in tenant_env_names() if secrets.is_set(n)}
+        registry = load_registry()
     except Exception as exc:  # a broken tenants file must not stop health checks and terminations
         log.warning("run containers get no tenant secrets: cannot read the tenants file: %s", exc)
+        registry = None
+    tenants = list(registry.tenants) if registry else []
+    named = {n for tenant in tenants for n in env_fields(tenant)}
+    platform = {n for n in environ if n.startswith(RUN_PREFIXES)} | platform_variables()
+    names = {n for n in platform if n not in named and n not in PLATFORM_SECRETS and n not in CONTAINER_VARIABLES}
+    covered = set(run_tenants(tags or {}, registered))
+    for tenant in tenants:
+        if tenant.id in covered:
+            names |= {n for n in tenant_secret_names(tenant) if n in environ}
     return names

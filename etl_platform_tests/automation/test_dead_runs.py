@@ -4,20 +4,22 @@ never holds its tenant's queue slot: the tenant's next queued run starts."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from etl_platform.automation.dead_runs import mark_dead_runs
 from etl_platform.automation.onboarding import sync_tenants
 from etl_platform.config.registry import load_registry
-from etl_platform.runs.worker import WORKER_TAG, this_worker, worker_alive
+from etl_platform.runs.worker import WORKER_TAG, boot_id, pid_namespace, this_worker, worker_alive
 from etl_platform_tests.support.http_servers import LocalServer, Response
 from etl_platform_tests.support.orchestration import ITEMS, rest_tenant, stop_process, wait_for
 from etl_platform_tests.support.platform_runs import write_tenants
@@ -36,10 +38,69 @@ with DagsterInstance.get() as instance:
 def test_worker_liveness() -> None:
     me = this_worker()
     assert worker_alive(me) is True
-    host, pid, ticks = me.rsplit(":", 2)
-    assert worker_alive(f"{host}:{pid}:{int(ticks) + 1}") is False  # the pid was reused by another process
-    assert worker_alive(f"{host}:999999999:1") is False
-    assert worker_alive(f"another-host:{pid}:{ticks}") is None  # cannot tell: left to run monitoring
+    host, pid, ticks, boot, ns = me.split(":")
+    assert boot == boot_id() and ns == pid_namespace() and boot and ns.isdigit()
+    assert worker_alive(f"{host}:{pid}:{int(ticks) + 1}:{boot}:{ns}") is False  # the pid was reused
+    assert worker_alive(f"{host}:999999999:1:{boot}:{ns}") is False
+    # cannot tell: another PID namespace (a container, whatever its host name), another boot or
+    # machine, or a tag without them; left to run monitoring
+    assert worker_alive(f"{host}:{pid}:{ticks}:{boot}:1") is None
+    assert worker_alive(f"{host}:999999999:1:{boot}:1") is None
+    assert worker_alive(f"{host}:{pid}:{ticks}:00000000-0000-0000-0000-000000000000:{ns}") is None
+    assert worker_alive(f"{host}:{pid}:{ticks}") is None
+
+
+def _started(instance: DagsterInstance, worker: str) -> str:
+    run = DagsterRun(job_name="ingest", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                     tags={WORKER_TAG: worker, "etl/tenant": "acme"})  # fmt: skip
+    instance.add_run(run)
+    return run.run_id
+
+
+@pytest.fixture
+def in_other_pid_namespace(tmp_path: Path):
+    """A live process in a PID namespace of its own (as in a container on the host network: same
+    host name, own pids); yields its `etl/worker` value."""
+    if not shutil.which("unshare"):
+        pytest.skip("unshare is not installed")
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+         "import time; from etl_platform.runs.worker import this_worker; print(this_worker(), flush=True); "
+         "time.sleep(120)"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        worker = proc.stdout.readline().strip()
+        if not worker:
+            pytest.skip("cannot create a PID namespace here (unshare --pid needs privileges)")
+        yield worker
+    finally:
+        stop_process(proc)
+
+
+def test_a_live_worker_of_another_pid_namespace_is_never_marked_dead(dagster_home, in_other_pid_namespace) -> None:
+    """Invariant: run monitoring never kills a live run. The worker's pid (1 in its namespace)
+    names another, older process here, which the old `host:pid:start` check took for a reused pid."""
+    host, pid, _ticks, boot, ns = in_other_pid_namespace.split(":")
+    assert host == this_worker().split(":")[0] and ns != pid_namespace() and boot == boot_id()
+    with DagsterInstance.get() as instance:
+        live = _started(instance, in_other_pid_namespace)
+        dead_here = _started(instance, f"{host}:999999999:1:{boot_id()}:{pid_namespace()}")
+        assert mark_dead_runs(instance, now=time.time() + 3600) == [dead_here]  # a dead local worker still is
+        assert instance.get_run_by_id(live).status == DagsterRunStatus.STARTED
+        assert instance.get_run_by_id(dead_here).status == DagsterRunStatus.FAILURE
+
+
+def test_runs_that_dagsters_run_monitoring_checks_are_left_to_it(dagster_home: Path) -> None:
+    (dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nrun_monitoring:\n  enabled: true\n"
+        "run_launcher:\n  module: etl_platform.instance.run_launcher\n  class: MonitoredRunLauncher\n"
+    )
+    with DagsterInstance.get() as instance:
+        dead = _started(instance, f"h:999999999:1:{boot_id()}:{pid_namespace()}")
+        assert mark_dead_runs(instance, now=time.time() + 3600) == []
+        assert instance.get_run_by_id(dead).status == DagsterRunStatus.STARTED
 
 
 def _start_hanging_run(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:

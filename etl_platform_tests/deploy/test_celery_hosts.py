@@ -56,7 +56,7 @@ BIN = Path(sys.executable).parent
 TENANTS = ("t1", "t2", "t3", "t4", "t5")
 RECORDS = len(USERS) + len(POSTS)
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
-WORKER_TAG = "etl/worker"  # host:pid:start of the process executing the run (automation/tags.py)
+WORKER_TAG = "etl/worker"  # host:pid:start:boot:pidns of the process executing the run (runs/worker.py)
 
 
 class Sources:
@@ -128,7 +128,7 @@ def _first_tick(instance) -> str | None:
 
 def _host_of(run) -> str | None:
     worker = run.tags.get(WORKER_TAG)
-    return worker.rsplit(":", 2)[0] if worker else None
+    return worker.split(":", 1)[0] if worker else None
 
 
 class ConnectionSampler(threading.Thread):

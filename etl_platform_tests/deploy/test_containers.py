@@ -6,13 +6,18 @@ A test override (written here) puts every container on the host's network (all t
 mounts deploy/dagster.yaml with faster polling and a label on the runs' containers; a .env
 file holds the stack's settings and the tenant's secret. Then:
 
-1. `docker build --network host` of the Dockerfile; `docker compose up -d`: every service's own
-   HEALTHCHECK reports healthy, `init` exits 0.
+1. `docker compose build` of the Dockerfile (offline: no frontend from Docker Hub); `docker
+   compose up -d`: every service's own HEALTHCHECK (Prometheus's too) reports healthy, `init`
+   exits 0.
 2. A partition run launched through the webserver's GraphQL API runs in its own container
-   (limits, network, the code server's volumes, the tenant's secret): run storage, warehouse
-   rows, the read API's /health and /data are checked; the container is gone afterwards.
+   (limits, network, the code server's volumes): run storage, warehouse rows, the read API's
+   /health and /data are checked; the container is gone afterwards. A run that lives well past
+   the dead-run sweep's grace period (about 70 s, on the host network, where every container has
+   the host's name) succeeds in exactly one container, and run storage never shows it FAILURE.
 3. The run's container is killed mid-run: run monitoring fails the run, the retry sensor
-   re-launches it, and the retry succeeds.
+   re-launches it, and the retry succeeds. Before that, the container's environment holds its
+   tenant's source secret and no other tenant's, no read-API key, admin key or alert channel
+   (which the daemon holds).
 4. The code server's container crashes mid-run (its processes are killed, Docker restarts it):
    the run, in its own container, carries on and succeeds; the code server comes back healthy.
 Along the way: Prometheus (deploy/compose.observability.yaml, the shipped configuration and rules)
@@ -40,6 +45,7 @@ from etl_platform_tests.support.compose_stack import ROOT, ComposeStack, docker,
 from etl_platform_tests.support.deployed_stack import (
     API_KEY,
     DAY,
+    FINISHED,
     POSTS,
     TENANT,
     USERS,
@@ -53,16 +59,22 @@ from etl_platform_tests.support.deployed_stack import (
     wait_for,
     wait_retry_of,
 )
-from etl_platform_tests.support.http_servers import LocalServer
+from etl_platform_tests.support.http_servers import LocalServer, Response
 from etl_platform_tests.support.platform_runs import table_counts, write_tenants
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 IMAGE = "etl-platform:container-test"
-SERVICES = ("postgres", "user-code", "webserver", "daemon", "api", "exporter")
+SERVICES = ("postgres", "user-code", "webserver", "daemon", "api", "exporter", "prometheus")
 RUN_MEMORY, RUN_CPUS = "3g", "1.5"
 STACK_DIR = "/opt/dagster"
 RECORDS = len(USERS) + len(POSTS)
+# secrets in the stack's .env: the test tenant's source token, and what a run must never hold
+SOURCE_TOKEN = secrets.token_hex(8)
+FOREIGN = {  # another tenant's source token and read key, the platform's admin key and alert channel
+    "OTHER_SOURCE_TOKEN": secrets.token_hex(8), "ETL_OTHER_API_KEY": secrets.token_hex(8),
+    "ETL_ADMIN_API_KEY": secrets.token_hex(8),
+}
 
 
 class Tagged:
@@ -98,7 +110,9 @@ def _instance_config(project: str) -> dict[str, Any]:
     return config
 
 
-def _write_stack(tmp: Path, project: str, tenants: Path, ports: dict[str, int], password: str) -> tuple[Path, Path]:
+def _write_stack(
+    tmp: Path, project: str, tenants: Path, ports: dict[str, int], password: str, alert_url: str
+) -> tuple[Path, Path]:
     """The .env and the override file of the test stack."""
     instance = tmp / "dagster.yaml"
     instance.write_text(yaml.safe_dump(_instance_config(project), sort_keys=False))
@@ -111,6 +125,9 @@ def _write_stack(tmp: Path, project: str, tenants: Path, ports: dict[str, int], 
         # no scheduled runs in the middle of the test
         "ETL_HOURLY_CRON": '"0 0 1 1 *"', "ETL_REBACKFILL_CRON": '"0 0 1 1 *"',
         "ETL_E2E_API_KEY": API_KEY,  # the tenant's secret (api_key_env), as a user's .env holds it
+        "E2E_SOURCE_TOKEN": SOURCE_TOKEN, **FOREIGN, "ETL_ALERT_WEBHOOK_URL": alert_url,
+        # the dead-run sweep looks often: a live run it took for dead would be failed within seconds
+        "ETL_DEAD_RUN_GRACE_SECONDS": "5", "ETL_DEAD_RUN_SENSOR_INTERVAL_SECONDS": "5",
     }
     env_file = tmp / "stack.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
@@ -166,6 +183,8 @@ def _write_stack(tmp: Path, project: str, tenants: Path, ports: dict[str, int], 
                 "--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
                 f"--web.listen-address=127.0.0.1:{ports['prom']}"]),
             "volumes": Tagged("!override", [f"{prometheus}:/etc/prometheus:ro", "prometheus-data:/prometheus"]),
+            "healthcheck": {"interval": "2s", "test": Tagged("!override", [
+                "CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{ports['prom']}/-/healthy"])},
         },
     }
     override = tmp / "docker-compose.test.yml"
@@ -173,8 +192,24 @@ def _write_stack(tmp: Path, project: str, tenants: Path, ports: dict[str, int], 
     return env_file, override
 
 
+def _tenants(base_url: str) -> list[dict[str, Any]]:
+    """The test tenant, its source behind a bearer token; and another (paused) tenant with its own."""
+    ours = tenant_config(base_url)
+    ours["sources"][0]["auth"] = {"type": "bearer", "token_env": "E2E_SOURCE_TOKEN"}
+    other = tenant_config(base_url, "other_org", paused=True)
+    other["api_key_env"] = "ETL_OTHER_API_KEY"
+    other["sources"][0]["auth"] = {"type": "bearer", "token_env": "OTHER_SOURCE_TOKEN"}
+    return [ours, other]
+
+
 def _wait_healthy(stack: ComposeStack, timeout: float = 420) -> None:
-    wait_for("every service healthy", lambda: set(stack.healths(SERVICES).values()) == {"healthy"}, timeout, 2)
+    try:
+        wait_for("every service healthy", lambda: set(stack.healths(SERVICES).values()) == {"healthy"}, timeout, 2)
+    except AssertionError as exc:  # which one, and what its last healthchecks said
+        healths = stack.healths(SERVICES)
+        checks = {s: (stack.inspect(stack.container(s))["State"].get("Health") or {}).get("Log", [])[-2:]
+                  for s, h in healths.items() if h != "healthy"}  # fmt: skip
+        raise AssertionError(f"{exc}: {healths}; last checks: {checks}") from None
     assert stack.health("init") == "exited(0)"
 
 
@@ -186,20 +221,24 @@ def test_compose_stack_in_docker(engine: None, tmp_path: Path, monkeypatch: pyte
         timings[step] = round(time.monotonic() - started, 1)
         print(f"{step}: {timings[step]}s", flush=True)
 
-    docker("build", "--network", "host", "-t", IMAGE, str(ROOT), timeout=1800)
-    mark("image built")
     project = f"etl-ctest-{uuid.uuid4().hex[:8]}"
     ports = {name: free_port() for name in ("pg", "grpc", "web", "api", "exporter", "prom")}
     password = secrets.token_hex(12)
     tmp_path.chmod(0o755)
     with LocalServer() as server:
         source = SlowSource(server)
-        tenants = write_tenants(tmp_path / "tenants.yaml", [tenant_config(server.url)])
-        env_file, override = _write_stack(tmp_path, project, tenants, ports, password)
+        server.route("/alerts", lambda request: Response(200, {}))
+        tenants = write_tenants(tmp_path / "tenants.yaml", _tenants(server.url))
+        env_file, override = _write_stack(tmp_path, project, tenants, ports, password, f"{server.url}/alerts")
         stack = ComposeStack(project, override, env_file)
+        # as the README builds it (`docker compose up -d --build`): BuildKit through Compose, which
+        # would first pull a `# syntax=` frontend from Docker Hub
+        stack.compose("build", "user-code", timeout=1800)
+        mark("image built")
         instance = None
         try:
-            instance = _scenarios(stack, source, tmp_path, ports, password, monkeypatch, mark)
+            instance = _scenarios(stack, source, tmp_path, ports, password, monkeypatch, mark, project,
+                                  f"{server.url}/alerts")
         except BaseException:
             print(f"\n===== compose logs (tail) =====\n{stack.logs(120)}")
             raise
@@ -215,7 +254,7 @@ def test_compose_stack_in_docker(engine: None, tmp_path: Path, monkeypatch: pyte
     mark("done")
 
 
-def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
+def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark, project, alert_url):
     from dagster import DagsterInstance, DagsterRunStatus
     from dagster_graphql import DagsterGraphQLClient
 
@@ -274,6 +313,41 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
     assert status == 200 and len(page["data"]) == RECORDS, page
     mark("run 1 succeeded in its own container")
 
+    # --- 2b. a run that lives well past the dead-run grace period, on the host network ----------
+    from dagster import DagsterEventType, RunsFilter
+
+    source.hang()
+    long_run = launch()
+    statuses: set[str] = set()
+    containers: dict[str, str] = {}  # every container of the stack's runs seen meanwhile: id -> run id
+
+    def look() -> None:
+        statuses.add(instance.get_run_by_id(long_run).status.value)
+        listed = docker("ps", "-a", "--no-trunc", "--filter", f"label=etl-ctest={project}",
+                        "--format", '{{.ID}} {{.Label "dagster/run_id"}}')
+        containers.update(line.split(" ", 1) for line in listed.splitlines() if " " in line)
+
+    assert source.hanging.wait(300), "the long run never asked for page 2"
+    held = time.monotonic()
+    while time.monotonic() - held < 50:  # the request hangs 50 s (under dlt's 60 s timeout)
+        look()
+        time.sleep(1)
+    source.recover()
+    wait_for(f"run {long_run} to finish", lambda: (look(), client.get_run_status(long_run).value in FINISHED)[1],
+             600, 1)
+    look()
+    record = instance.get_run_record_by_id(long_run)
+    lived = record.end_time - record.start_time
+    assert record.dagster_run.status == DagsterRunStatus.SUCCESS, run_messages(instance, long_run)[-3000:]
+    assert lived > 55, lived  # far past the sweep's 5 s grace, which it ran against every 5 s
+    assert "FAILURE" not in statuses, statuses
+    failures = [e for e in instance.all_logs(long_run) if e.is_dagster_event
+                and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE]  # fmt: skip
+    assert not failures, [e.message for e in failures]
+    assert list(containers.values()) == [long_run], containers  # exactly one container, no other attempt
+    assert not instance.get_run_records(RunsFilter(tags={"etl/parent_run_id": long_run}))
+    mark(f"a {lived:.0f} s run on the host network succeeded in one container")
+
     # --- 3. the run's container is killed mid-run: FAILURE, then a retry ------------------------
     source.hang()
     second = launch()
@@ -286,8 +360,14 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
     assert {f"{STACK_DIR}/app/tenants.yaml", f"{STACK_DIR}/dagster_home/storage",
             f"{STACK_DIR}/dagster_home/data"} <= mounts, mounts
     env = dict(item.split("=", 1) for item in info["Config"]["Env"])
-    assert env["ETL_E2E_API_KEY"] == API_KEY and env["ETL_ROLE"] == "run", sorted(env)
+    assert env["E2E_SOURCE_TOKEN"] == SOURCE_TOKEN and env["ETL_ROLE"] == "run", sorted(env)
     assert env["ETL_WAREHOUSE_URL"] == warehouse_url and env["DAGSTER_PG_PORT"] == str(ports["pg"])
+    # least privilege: no other tenant's secret, no read-API key (its own neither: the API serves
+    # it), no admin key, no alert channel (the daemon's sensors send alerts), by name and by value
+    withheld = {**FOREIGN, "ETL_E2E_API_KEY": API_KEY, "ETL_ALERT_WEBHOOK_URL": alert_url}
+    assert not set(withheld) & set(env) and not set(withheld.values()) & set(env.values()), sorted(env)
+    daemon_env = dict(i.split("=", 1) for i in stack.inspect(stack.container("daemon"))["Config"]["Env"])
+    assert all(daemon_env.get(name) == value for name, value in withheld.items())  # the launcher had them
     docker("kill", container)
     source.recover()
     assert wait_finished(client, second, 120) == "FAILURE"
@@ -321,7 +401,7 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark):
 
     # --- 5. down and up again: nothing lost ------------------------------------------------------------
     before = {r.run_id: r.status for r in instance.get_runs()}
-    assert len(before) == 4, before
+    assert len(before) == 5, before
     instance.dispose()
     stack.down()
     assert not stack.compose("ps", "-aq").stdout.strip()

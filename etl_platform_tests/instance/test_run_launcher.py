@@ -11,7 +11,8 @@ from dagster import DagsterRun
 from etl_platform.instance.run_launcher import PlatformDockerRunLauncher
 from etl_platform_tests.support.platform_runs import write_tenants
 
-RUN = DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000000")
+RUN = DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000000",
+                 tags={"dagster/partition": "2026-12-01|acme"})
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def tenants(tmp_path, monkeypatch):
     monkeypatch.setenv("ETL_TENANTS_FILE", str(write_tenants(tmp_path / "tenants.yaml", [acme])))
     monkeypatch.setenv("ETL_CACHE_DIR", str(tmp_path / "cache"))
     for name in list(os.environ):
-        if name.startswith("ETL_") and name not in ("ETL_TENANTS_FILE", "ETL_CACHE_DIR"):
+        if name.startswith(("ETL_", "RUNTIME__", "DLT_")) and name not in ("ETL_TENANTS_FILE", "ETL_CACHE_DIR"):
             monkeypatch.delenv(name)
 
 
@@ -40,7 +41,8 @@ def test_container_gets_limits_volumes_and_the_platform_environment(tenants, mon
     }
     assert context.networks == ["host"]
     env = dict(item.split("=", 1) if "=" in item else (item, None) for item in context.env_vars)
-    assert set(env) == {"ACME_API_KEY", "ACME_GITHUB_TOKEN", "ETL_WAREHOUSE_URL", "ETL_TENANTS_FILE",
+    # the run's tenant's source secret, not its read-API key (the API serves it, not runs)
+    assert set(env) == {"ACME_GITHUB_TOKEN", "ETL_WAREHOUSE_URL", "ETL_TENANTS_FILE",
                         "ETL_CACHE_DIR", "ETL_ROLE", "DAGSTER_PG_DB"}
     assert env["ETL_ROLE"] == "run"  # the instance's env_vars come last and win over the daemon's own
 
@@ -54,6 +56,71 @@ def test_explicit_container_kwargs_win_and_bad_cpus_are_refused(tenants) -> None
 
 def test_a_broken_tenants_file_does_not_stop_the_launcher(tenants, tmp_path, monkeypatch) -> None:
     (tmp_path / "tenants.yaml").write_text("tenants: [{id: 'Not A Slug'}]\n")
-    monkeypatch.setenv("ACME_API_KEY", "k")
+    monkeypatch.setenv("ACME_GITHUB_TOKEN", "k")
     context = PlatformDockerRunLauncher().get_container_context(RUN)
-    assert "ACME_API_KEY" not in context.env_vars and "ETL_TENANTS_FILE" in context.env_vars
+    assert "ACME_GITHUB_TOKEN" not in context.env_vars and "ETL_TENANTS_FILE" in context.env_vars
+
+
+TWO = [
+    {"id": "alpha", "api_key_env": "ETL_ALPHA_API_KEY", "warehouse_url_env": "ALPHA_WAREHOUSE_URL",
+     "alerts": {"channels": [{"type": "webhook", "url_env": "ALPHA_ALERT_URL"}]},
+     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "ALPHA_GITHUB_TOKEN"}]},
+    {"id": "beta", "api_key_env": "ETL_BETA_API_KEY", "warehouse_url_env": "BETA_WAREHOUSE_URL",
+     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "BETA_GITHUB_TOKEN"}]},
+    {"id": "gamma", "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "GAMMA_TOKEN"}]},
+]
+PLATFORM_SECRETS = ("ETL_ADMIN_API_KEY", "ETL_ALERT_WEBHOOK_URL", "ETL_ALERT_SLACK_WEBHOOK_URL", "ETL_ALERT_SMTP_URL")
+
+
+@pytest.fixture
+def two_tenants(tmp_path, monkeypatch):
+    monkeypatch.setenv("ETL_TENANTS_FILE", str(write_tenants(tmp_path / "tenants.yaml", TWO)))
+    monkeypatch.setenv("ETL_CACHE_DIR", str(tmp_path / "cache"))
+    for name in list(os.environ):
+        if name.startswith(("ETL_", "RUNTIME__", "SOURCES__")) and name not in ("ETL_TENANTS_FILE", "ETL_CACHE_DIR"):
+            monkeypatch.delenv(name)
+    names = [n for t in ("ALPHA", "BETA") for n in (f"ETL_{t}_API_KEY", f"{t}_WAREHOUSE_URL", f"{t}_GITHUB_TOKEN")]
+    for name in [*names, "ALPHA_ALERT_URL", "GAMMA_TOKEN", *PLATFORM_SECRETS, "ETL_WAREHOUSE_URL",
+                 "RUNTIME__REQUEST_TIMEOUT", "RUNTIME__REQUEST_MAX_ATTEMPTS", "SOURCES__GH__TOKEN"]:
+        monkeypatch.setenv(name, "v")
+
+
+def env_of(tags: dict[str, str]) -> set[str]:
+    run = DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000001", tags=tags)
+    items = PlatformDockerRunLauncher().get_container_context(run).env_vars
+    return {item.split("=", 1)[0] for item in items}
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"dagster/partition": "2026-12-01|alpha"},  # a partition's run
+        {"dagster/partition/tenant": "alpha", "dagster/partition/date": "2026-12-01"},
+        {"etl/tenant": "alpha"},
+        {"dagster/asset_partition_range_start": "2026-12-01|alpha",  # a one-tenant range (UI backfill)
+         "dagster/asset_partition_range_end": "2026-12-03|alpha"},
+    ],
+)
+def test_a_tenants_run_holds_its_own_secrets_and_no_other_tenants(two_tenants, tags) -> None:
+    """Invariant: no tenant's run ever holds another tenant's secret, nor the platform's."""
+    env = env_of(tags)
+    assert {"ALPHA_GITHUB_TOKEN", "ALPHA_WAREHOUSE_URL"} <= env
+    assert not {"BETA_GITHUB_TOKEN", "BETA_WAREHOUSE_URL", "ETL_BETA_API_KEY", "GAMMA_TOKEN"} & env
+    # its own read-API key and alert channel serve the API and the daemon's alert sensor, not runs
+    assert not {"ETL_ALPHA_API_KEY", "ALPHA_ALERT_URL"} & env
+    assert not set(PLATFORM_SECRETS) & env
+    # the platform's settings: the warehouse and dlt's documented HTTP settings, not SOURCES__*
+    assert {"ETL_WAREHOUSE_URL", "ETL_TENANTS_FILE", "RUNTIME__REQUEST_TIMEOUT", "RUNTIME__REQUEST_MAX_ATTEMPTS"} <= env
+    assert "SOURCES__GH__TOKEN" not in env
+
+
+def test_a_chunk_run_holds_the_secrets_of_its_tenants_only(two_tenants) -> None:
+    env = env_of({"etl/tenants": "alpha,beta", "etl/multi_tenant": "true"})
+    assert {"ALPHA_GITHUB_TOKEN", "ALPHA_WAREHOUSE_URL", "BETA_GITHUB_TOKEN", "BETA_WAREHOUSE_URL"} <= env
+    assert not {"GAMMA_TOKEN", "ETL_ALPHA_API_KEY", "ETL_BETA_API_KEY", *PLATFORM_SECRETS} & env
+
+
+def test_a_run_of_no_tenant_holds_no_tenant_secret(two_tenants) -> None:
+    env = env_of({})
+    assert not {n for n in env if n.startswith(("ALPHA", "BETA", "GAMMA", "ETL_ALPHA", "ETL_BETA"))}
+    assert "ETL_WAREHOUSE_URL" in env

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -16,6 +15,7 @@ from typing import Any
 
 from etl_platform_tests.support.http_servers import LocalServer, Request, Response
 from etl_platform_tests.support.jsonplaceholder import collection_handler
+from etl_platform_tests.support.ports import service_port
 
 TENANT = "e2e_org"
 DAY = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
@@ -34,9 +34,8 @@ FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port for a service of the stack, outside the ephemeral range (support/ports.py)."""
+    return service_port()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
