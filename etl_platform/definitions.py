@@ -18,6 +18,7 @@ from etl_platform.automation.sensors import sensors
 from etl_platform.config.registry import load_registry
 from etl_platform.observability import logs
 from etl_platform.observability import warnings as known_warnings
+from etl_platform.observability.run_logger import console_logger
 from etl_platform.warehouse import get_warehouse
 
 
@@ -38,6 +39,8 @@ def build_definitions() -> Definitions:
         sensors=sensors(jobs),
         # a run is one step (assets/ingest.py): no process per step to start
         executor=in_process_executor,
+        # every job's `console` logger: JSON lines with ETL_LOG_FORMAT=json, else Dagster's coloured one
+        loggers={"console": console_logger},
     )
 
 

@@ -50,6 +50,7 @@ from etl_platform.observability.channels import (
     tenant_targets,
     unique,
 )
+from etl_platform.observability.logs import tick_log
 from etl_platform.runs.facts import RunFacts
 from etl_platform.runs.failures import run_failures
 from etl_platform.runs.history import failure_reason
@@ -101,7 +102,7 @@ class AlertTick:
 
     def __init__(self, context: SensorEvaluationContext, now: float | None = None) -> None:
         self.instance = context.instance
-        self.log = context.log
+        self.log = tick_log(context.log, sensor="failure_alerts")
         self.now = time.time() if now is None else now
         self.state = AlertState.from_cursor(context.cursor)
         try:

@@ -28,6 +28,7 @@ from dagster import (
 )
 
 from etl_platform.config.settings import get_settings
+from etl_platform.observability.logs import tick_log
 from etl_platform.runs.worker import WORKER_TAG, worker_alive
 
 SENSOR_NAME = "mark_dead_runs"
@@ -77,6 +78,6 @@ def build_dead_runs_sensor() -> SensorDefinition:
     def dead_runs_sensor(context: SensorEvaluationContext):
         marked = mark_dead_runs(context.instance)
         for run_id in marked:
-            context.log.warning(f"run {run_id}: its process is gone; marked failed")
+            tick_log(context.log, sensor=SENSOR_NAME).warning(f"run {run_id}: its process is gone; marked failed")
 
     return dead_runs_sensor

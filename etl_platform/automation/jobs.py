@@ -7,6 +7,7 @@ from dagster import AssetCheckKey, AssetSelection, define_asset_job
 
 from etl_platform.assets.keys import ENGINEERING_KEY, FRESHNESS_CHECK, RECORDS_KEY
 from etl_platform.config.registry import Registry
+from etl_platform.observability.run_logger import RUN_CONFIG
 
 INGEST_JOB = "ingest"
 FRESHNESS_JOB = "tenant_freshness"
@@ -21,12 +22,14 @@ def build_jobs(registry: Registry) -> list:
         define_asset_job(
             INGEST_JOB,
             selection=everything,
+            config=RUN_CONFIG,
             description="Load every source of the partitions' tenants and days, normalize into records, "
             "compute metrics, check. One step; each tenant succeeds or fails on its own.",
         ),
         define_asset_job(
             FRESHNESS_JOB,
             selection=AssetSelection.checks(FRESHNESS_KEY),
+            config=RUN_CONFIG,
             description="Is every active tenant's newest record younger than its freshness_hours?",
         ),
     ]
@@ -40,6 +43,7 @@ def build_jobs(registry: Registry) -> list:
                 f"ingest_{kind}",
                 selection=(raw | AssetSelection.assets(RECORDS_KEY, ENGINEERING_KEY))
                 - AssetSelection.checks(FRESHNESS_KEY),
+                config=RUN_CONFIG,
                 description=f"Load the {kind} sources, then normalize into records.",
             )
         )

@@ -21,6 +21,7 @@ from dagster import AssetKey, DagsterInstance, job, op
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from etl_platform.assets.keys import ENGINEERING_KEY, RECORDS_KEY, source_of
+from etl_platform.observability.run_logger import RUN_CONFIG
 from etl_platform.runs.partitions import tenant_date_partitions
 
 JOB_NAME = "refresh_partition_status"
@@ -51,7 +52,8 @@ def refresh_partition_status_op(context) -> None:  # noqa: ANN001 - Dagster read
         context.log.info(f"{key.to_user_string()}: partition status up to date in {seconds:.1f}s")
 
 
-@job(name=JOB_NAME, description="Rebuild the UI's partition status after tenants were added (the Partitions tab "
+@job(name=JOB_NAME, config=RUN_CONFIG,
+     description="Rebuild the UI's partition status after tenants were added (the Partitions tab "
      "then reads it instead of rebuilding it from the event log).")  # fmt: skip
 def refresh_partition_status_job() -> None:
     refresh_partition_status_op()

@@ -45,6 +45,7 @@ from dagster import (
 
 from etl_platform.automation.retries import LOOKBACK_SECONDS as RETRY_LOOKBACK_SECONDS
 from etl_platform.config.settings import get_settings
+from etl_platform.observability.run_logger import RUN_CONFIG
 from etl_platform.runs.facts import RunFacts
 from etl_platform.runs.history import STATS_MAX_WINDOW_DAYS, sources_of_run, tenant_status
 from etl_platform.runs.purge import HistoryStore
@@ -266,7 +267,8 @@ def purge_history_op(context) -> None:  # noqa: ANN001 - Dagster reads the hint
     context.log.info(report.summary())
 
 
-@job(name=JOB_NAME, description="Purge Dagster's history older than ETL_RETENTION_DAYS (30), keeping each "
+@job(name=JOB_NAME, config=RUN_CONFIG,
+     description="Purge Dagster's history older than ETL_RETENTION_DAYS (30), keeping each "
      "partition's latest materialization and check result.")  # fmt: skip
 def purge_history_job() -> None:
     purge_history_op()

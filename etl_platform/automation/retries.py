@@ -21,6 +21,7 @@ The sensor records its decision on the failed run (`etl/retry`): `requested:<n>`
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from etl_platform.assets.keys import RECORDS_KEY, source_of
 from etl_platform.automation.jobs import INGEST_JOB
 from etl_platform.config.settings import get_settings
 from etl_platform.loading.failures import TenantFailure
+from etl_platform.observability.logs import tick_log
 from etl_platform.runs.coverage import Coverage, contiguous_chunks, partition_request, run_coverage
 from etl_platform.runs.failures import run_failures
 from etl_platform.runs.partitions import partition_key
@@ -260,7 +262,7 @@ def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now:
             children = _retry_children(instance, run.run_id)
             if children:  # the requested retries were launched: done with this run
                 instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{RETRIED}:{','.join(children)}"})
-                notes.append(f"{label}: retried by run(s) {', '.join(c[:8] for c in children)}")
+                notes.append((logging.DEBUG, f"{label}: retried by run(s) {', '.join(c[:8] for c in children)}"))
                 continue
         if order is None:
             order = list(instance.get_dynamic_partitions("tenant"))
@@ -268,20 +270,25 @@ def evaluate_retries(context: SensorEvaluationContext, job_names: set[str], now:
         failed = FailedRun(record, run_coverage(run.tags, position), run_failures(instance, run.run_id))
         decision, tenants = _decide_run(instance, failed, policy, now, position)
         if decision.action == "wait":
-            notes.append(f"{label}: {decision.reason}")
+            notes.append((logging.DEBUG, f"{label}: {decision.reason}"))
             continue
         if decision.action in ("give_up", "skip"):
             outcome = GAVE_UP if decision.action == "give_up" else SKIPPED
             instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{outcome}:{decision.reason}"})
-            notes.append(f"{label}: {outcome} ({decision.reason})")
+            # giving up is said once (the run is tagged), as a warning; a skip is bookkeeping
+            level = logging.WARNING if decision.action == "give_up" else logging.DEBUG
+            notes.append((level, f"{label}: {outcome} ({decision.reason})"))
             continue
         attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
         requests.extend(retry_requests(failed, tenants, attempt, job_names, order))
         instance.add_run_tags(run.run_id, {RETRY_STATE_TAG: f"{REQUESTED}:attempt {attempt + 1}"})
-        notes.append(f"{label}: {decision.reason} requested for {', '.join(tenants)} (attempt {attempt + 1})")
-    for note in notes:
-        context.log.info(note)
-    return requests or SkipReason("; ".join(notes) or "no failed runs to retry")
+        notes.append((logging.INFO, f"{label}: {decision.reason} requested for {', '.join(tenants)} "
+                      f"(attempt {attempt + 1})"))
+    # INFO only for the retries the tick requests: a tick that waits says it at DEBUG
+    log = tick_log(context.log, sensor="retry_failed_runs")
+    for level, note in notes:
+        log.log(level, note)
+    return requests or SkipReason("; ".join(note for _level, note in notes) or "no failed runs to retry")
 
 
 def _decide_run(

@@ -34,6 +34,7 @@ from etl_platform.assets.keys import ENGINEERING_KEY, RECORDS_KEY
 from etl_platform.automation.jobs import FRESHNESS_JOB, INGEST_JOB
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
+from etl_platform.observability.logs import tick_log
 from etl_platform.runs.coverage import contiguous_chunks, partition_request, run_coverage
 from etl_platform.runs.partitions import tenant_partitions
 from etl_platform.runs.tags import ATTEMPT_TAG, PARTITION_TAG, TRIGGER_TAG, tenant_tags
@@ -158,7 +159,7 @@ def hourly_requests(
     requests, summary = chunk_requests(
         context, days, keys_by_source, trigger="schedule", run_key=f"hourly:{now:%Y-%m-%dT%H%z}", skip_busy=True
     )
-    context.log.info(f"{now:%Y-%m-%d %H:%M %Z}: {summary}")
+    tick_log(context.log, schedule="hourly_ingest").info(f"{now:%Y-%m-%d %H:%M %Z}: {summary}")
     return requests or SkipReason(f"no active tenants to run; {summary}")
 
 
@@ -184,7 +185,7 @@ def rebackfill_requests(
     requests, summary = chunk_requests(
         context, days, keys_by_source, trigger="backfill", run_key=f"rebackfill:{first}:{last}", skip_busy=False
     )
-    context.log.info(f"re-loading {first}..{last}: {summary}")
+    tick_log(context.log, schedule="daily_rebackfill").info(f"re-loading {first}..{last}: {summary}")
     return requests or SkipReason(f"no active tenants; {summary}")
 
 

@@ -1,5 +1,7 @@
 """Sensors: tenant onboarding (tenants file → `tenant` partitions) and retries with backoff."""
 
+import logging
+
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from etl_platform.automation.alerts import failure_alerts_sensor
@@ -8,6 +10,7 @@ from etl_platform.automation.onboarding import plan_sync, registered_tenants
 from etl_platform.automation.partition_status import refresh_partition_status_job
 from etl_platform.automation.retries import build_retry_sensor
 from etl_platform.config.registry import load_registry
+from etl_platform.observability.logs import tick_log
 from etl_platform.runs.partitions import tenant_partitions
 from etl_platform.runs.tags import TRIGGER_TAG
 
@@ -29,7 +32,9 @@ def tenant_onboarding_sensor(context: SensorEvaluationContext):
     if context.cursor and context.cursor == registry.content_hash:
         return SkipReason("the tenants file has not changed")
     plan = plan_sync(registered_tenants(context.instance), registry)
-    context.log.info(plan.summary())
+    log = tick_log(context.log, sensor="tenant_onboarding")
+    # INFO only when the sensor acts (adds tenants); a changed file with nothing to add: DEBUG
+    log.log(logging.INFO if plan.to_add else logging.DEBUG, plan.summary())
     if not plan.to_add:
         return SensorResult(skip_reason=plan.summary(), cursor=registry.content_hash)
     return SensorResult(

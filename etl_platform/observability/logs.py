@@ -6,11 +6,13 @@
   from the record's Dagster metadata.
 - `log_context(tenant=..., partition=...)` binds fields to every record logged inside it (the
   read API binds `request_id`; run steps may bind `tenant` and `partition`).
-- `configure_from_env()`: with ETL_LOG_FORMAT=json the `etl_platform` loggers write JSON lines
-  to stderr (the Compose stack sets it); otherwise nothing changes, so `dagster dev` stays
-  human-readable. The entry points call it (`definitions.py`, `cli.py`'s `main`, the read API's
-  app factory, the run coordinator and launchers that dagster.yaml plugs in). Dagster's own run
-  logs become JSON through `python_logs` in deploy/dagster.yaml.
+- `configure_from_env()`: with ETL_LOG_FORMAT=json the `etl_platform` loggers and Python's
+  warnings write JSON lines to stderr (the Compose stack sets it); otherwise only the sensor
+  daemon's per-tick chatter moves to DEBUG, so `dg dev` stays human-readable and quiet. The entry
+  points call it (`definitions.py`, `cli.py`'s `main`, the read API's app factory, the run
+  coordinator and launchers that dagster.yaml plugs in, hence the daemon and the webserver too).
+  A run's lines: the jobs' `console` logger (run_logger.py); Dagster's processes: their
+  `--log-format json` flag; a sensor's or schedule's `context.log`: `tick_log(context.log)`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from etl_platform.security.redaction import redact_text
 
 _CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("etl_log_context", default=None)
 _HANDLER_NAME = "etl-json"
+# the sensor daemon's lines of every tick, whatever the sensor did: DEBUG (a sensor that acts
+# says so itself, and the daemon logs the runs it creates and launches at INFO)
+_SENSOR_DAEMON = "dagster.daemon.SensorDaemon"
+_TICK_CHATTER = ("Checking for new runs for sensor: ", "Sensor ")
+_TICK_SKIPPED = " skipped: "
 # Dagster tags worth a field of their own
 _DAGSTER_TAGS = {"etl/tenant": "tenant", "etl/tenants": "tenants", "dagster/partition": "partition",
                  "etl/attempt": "attempt"}
@@ -103,15 +110,64 @@ def json_handler(stream: Any = None) -> logging.Handler:
     return handler
 
 
-def configure_from_env(logger_name: str = "etl_platform") -> bool:
-    """ETL_LOG_FORMAT=json: JSON lines on stderr for the platform's loggers (idempotent);
-    anything else leaves logging alone. True when JSON is on."""
-    if log_format() != "json":
-        return False
-    logger = logging.getLogger(logger_name)
+class TickChatterToDebug(logging.Filter):
+    """The sensor daemon's "Checking for new runs for sensor: X" and "Sensor X skipped: ..." (two
+    INFO lines per sensor and tick) become DEBUG records; the daemon's handlers (INFO) drop them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith(_TICK_CHATTER[0]) or (message.startswith(_TICK_CHATTER[1]) and _TICK_SKIPPED in message):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _json_logger(logger: logging.Logger) -> None:
     if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
         logger.addHandler(json_handler())
         logger.propagate = False  # the root logger's (human) handlers would print it again
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
+
+
+def configure_from_env(logger_name: str = "etl_platform") -> bool:
+    """The sensor daemon's tick chatter at DEBUG; with ETL_LOG_FORMAT=json, JSON lines on stderr
+    for the platform's loggers and for Python's warnings (idempotent). True when JSON is on."""
+    daemon = logging.getLogger(_SENSOR_DAEMON)
+    if not any(isinstance(f, TickChatterToDebug) for f in daemon.filters):
+        daemon.addFilter(TickChatterToDebug())
+    if log_format() != "json":
+        return False
+    _json_logger(logging.getLogger(logger_name))
+    logging.captureWarnings(True)  # a warning is a `py.warnings` record: one JSON line, not two text lines
+    _json_logger(logging.getLogger("py.warnings"))
     return True
+
+
+def tick_log(log: logging.Logger, **fields: Any) -> logging.Logger:
+    """A sensor's or schedule's `context.log` (Dagster's instigation logger): unchanged in text
+    mode; with ETL_LOG_FORMAT=json its console copy is a JSON line (with `fields`) instead of
+    Dagster's coloured one. The tick's own log, shown in the UI, is kept either way."""
+    if log_format() != "json" or any(h.get_name() == _HANDLER_NAME for h in log.handlers):
+        return log
+    for handler in list(log.handlers):
+        # Dagster's console copy (its handler dispatches to a coloured console logger); the
+        # tick's captured log handler stays
+        if type(handler).__name__ == "DispatchingLogHandler":
+            log.removeHandler(handler)
+    handler = json_handler()
+    handler.setLevel(logging.INFO)
+    handler.addFilter(_Fields(fields))
+    log.addHandler(handler)
+    return log
+
+
+class _Fields(logging.Filter):
+    """Adds fixed `fields` to every record (the sensor's name)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.fields = {**self.fields, **(getattr(record, "fields", None) or {})}
+        return True

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,15 @@ def test_demo_command(tmp_path):
     assert "loaded by this run" in proc.stdout and "15 records written" in proc.stdout
     assert "in the warehouse now, all loaded days" in proc.stdout
     assert "Warning" not in proc.stderr, proc.stderr  # no Dagster warnings the platform triggers knowingly
+    # the README's sample output is what the command prints, but for its placeholders
+    readme = (REPO / "README.md").read_text()
+    sample = readme.split("run's id and the instance folder as placeholders:\n\n```\n", 1)[1].split("\n```", 1)[0]
+    day = re.search(r"materializing (\S+)\|demo", proc.stdout).group(1)
+    run_id = re.search(r"^run (\S+): SUCCESS$", proc.stdout, re.M).group(1)
+    printed = proc.stdout.replace(day, "<today>").replace(run_id, "<run id>")
+    printed = printed.replace(env["DAGSTER_HOME"], "<DAGSTER_HOME>")
+    warehouse = re.compile(r"(all loaded days: )\S+")
+    assert warehouse.sub(r"\1URL", printed).strip() == warehouse.sub(r"\1URL", sample).strip()
     conn = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
     counts = dict(conn.execute("SELECT source, count(*) FROM tenant_demo.records GROUP BY 1").fetchall())
     assert counts == {"support_tickets": 8, "products": 4, "release_notes": 3}

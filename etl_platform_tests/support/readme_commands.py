@@ -22,6 +22,8 @@ NOT_RUN: tuple[tuple[str, str], ...] = (
 # a block with one of these is a procedure for another machine: none of its steps runs here
 BLOCK_NOT_RUN: tuple[tuple[str, str], ...] = (
     (r"^docker\b", "Docker Compose procedure: needs a Docker engine (none here); .ci/lint-deploy checks the files"),
+    (r"^createdb\b", "the local PostgreSQL recipe: test_readme_commands.py's test_the_local_postgres_recipe_runs runs "
+     "it against fresh databases (marker postgres)"),
 )
 
 
