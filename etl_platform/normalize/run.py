@@ -19,6 +19,7 @@ import psycopg
 
 from etl_platform.config.models import SourceConfig, TenantConfig
 from etl_platform.config.names import REJECTS_TABLE, raw_table
+from etl_platform.config.settings import get_settings
 from etl_platform.normalize.checks import DayChecks, check_days
 from etl_platform.normalize.mapping import Mapping, build_mapping
 from etl_platform.normalize.schema import (
@@ -92,7 +93,8 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
     result.by_day = {d: DayFigures() for d in result.days}
     schema = tenant.dataset
     days_sql = _days_sql(result.days)
-    with warehouse.connect(write=True) as conn:
+    # capped: DuckDB spills the stage and the upsert's hash tables instead of growing (ETL_NORMALIZE_MEMORY_MB)
+    with warehouse.connect(write=True, memory_mb=get_settings().normalize_memory_mb) as conn:
         prepare(conn, schema)
         _ingest_rejects(conn, schema, days_sql, result)
         with conn.transaction():
