@@ -201,7 +201,11 @@ def _stage(conn: Connection, selects: Callable[[bool], list[str]]) -> None:
 
 
 def _create_stage(conn: Connection, selects: list[str]) -> None:
-    conn.execute(f"CREATE TEMP TABLE {STAGE} AS " + "\nUNION ALL\n".join(selects))
+    # DuckDB: a table of the database (dropped in the same transaction), not a temp table: a large
+    # insert goes to the file compressed, row group by row group, where a temp table stays in
+    # memory uncompressed and spills whole to the temp folder beyond the connection's memory cap
+    kind = "TABLE" if conn.dialect == "duckdb" else "TEMP TABLE"
+    conn.execute(f"CREATE {kind} {STAGE} AS " + "\nUNION ALL\n".join(selects))
 
 
 def _try_create_stage(conn: Connection, selects: list[str]) -> bool:
