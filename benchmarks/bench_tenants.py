@@ -223,6 +223,10 @@ def cycle(args: argparse.Namespace, work: Path) -> None:
     daemon = None
     try:
         home.run(str(BIN / "etl-platform"), "tenants", "sync")
+        # the tick at least 3 minutes after the daemon starts (on a loaded machine it takes a minute
+        # to start; a tick due before it runs is never made)
+        fire = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=3)).replace(second=0, microsecond=0)
+        home.env["ETL_HOURLY_CRON"] = f"{fire.minute} {fire.hour} * * *"
         log = (work / "daemon.log").open("w")
         daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(home.path / "workspace.yaml")],
                                   env=home.env, cwd=home.path, stdout=log, stderr=subprocess.STDOUT,
