@@ -148,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from etl_platform.definitions import build_definitions
     from etl_platform.runs.partitions import partition_key
     from etl_platform.runs.tags import TENANT_TAG, TRIGGER_TAG
-    from etl_platform.warehouse import get_warehouse
+    from etl_platform.warehouse import warehouse_for
 
     os.environ.setdefault("RUNTIME__LOG_LEVEL", args.log_level)  # dlt's own logger
     registry = load_registry()
@@ -168,12 +168,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     _print_run(result, str(key))
-    _print_warehouse(get_warehouse(), tenant.dataset)
+    _print_warehouse(warehouse_for(tenant), tenant.dataset)
     settings = get_settings()
     home = os.environ["DAGSTER_HOME"]
     print(f"\nDagster instance: {home}. The UI: `dg dev` in the project folder, with DAGSTER_HOME={home}.")
     print(f"settings: start date {settings.start_date}, timezone {settings.timezone}")
     return 0 if result.success else 1
+
+
+def cmd_warehouse_migrate(args: argparse.Namespace) -> int:
+    """Move the tenants' schemas of a single-file DuckDB warehouse into a file per tenant."""
+    # imported per command: `etl-platform --help` starts without loading Dagster or the platform
+    from etl_platform.warehouse import get_warehouse
+    from etl_platform.warehouse.migrate import migrate_to_tenant_files
+
+    warehouse = get_warehouse()
+    if warehouse.kind != "duckdb":
+        print(f"{warehouse} is PostgreSQL: nothing to migrate")
+        return 0
+    moves = migrate_to_tenant_files(warehouse)
+    for move in moves:
+        if move.skipped:
+            print(f"tenant {move.tenant_id}: skipped: {move.skipped}")
+        else:
+            print(f"tenant {move.tenant_id}: {len(move.tables)} tables, {sum(move.tables.values()):,} rows moved")
+    print(f"{len([m for m in moves if not m.skipped])} tenants moved out of {warehouse.duckdb_path}")
+    return 1 if any(m.skipped for m in moves) else 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -308,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--batch-size", type=int, help="rows per delete statement (default: ETL_RETENTION_BATCH_SIZE)")
     purge.add_argument("--verbose", action="store_true", help="print progress")
     purge.set_defaults(func=cmd_purge)
+
+    warehouse = sub.add_parser("warehouse", help="the DuckDB warehouse: migrate", description="The warehouse.")
+    actions = warehouse.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = "move a single-file DuckDB warehouse's tenants into a file per tenant (tenants/<id>.duckdb; once)"
+    migrate = actions.add_parser("migrate", help=text, description=text[0].upper() + text[1:] + ".")
+    migrate.set_defaults(func=cmd_warehouse_migrate)
 
     text = "start the read API (/data, /stats, /health; docs at /docs)"
     serve = sub.add_parser("serve", help=text, description=text[0].upper() + text[1:] + ".")

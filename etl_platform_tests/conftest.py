@@ -26,6 +26,10 @@ os.environ.setdefault(
         filter(None, [tempfile.gettempdir(), str(Path(__file__).parent / "data"), os.environ.get("ETL_FIXTURES")])
     ),
 )
+# The suite's tests read a tenant's rows from the one DuckDB file they name; the per-tenant files
+# of the embedded default (ETL_DUCKDB_TENANT_FILES) are tested where they turn it on
+# (etl_platform_tests/warehouse/test_tenant_files.py).
+os.environ.setdefault("ETL_DUCKDB_TENANT_FILES", "false")
 
 PG_ADMIN_URL = os.environ.get("ETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -1,6 +1,7 @@
 """Which warehouse a tenant's reads go to: its own (`warehouse_url_env` in the tenants file, e.g. a
 large tenant moved to a PostgreSQL database or server of its own) or the platform's
-(ETL_WAREHOUSE_URL), as `warehouse.warehouse_for` says for loads.
+(ETL_WAREHOUSE_URL; on DuckDB the tenant's own file beside it), as `warehouse.warehouse_for` says
+for loads.
 
 One `Reader` (one connection pool) per warehouse URL, shared by the tenants on it, made on the
 first request that needs it. A tenant whose variable is unset gets 503, as an unreachable
@@ -33,12 +34,17 @@ class TenantReaders:
     def for_tenant(self, tenant_id: str) -> Reader:
         tenant = self.registry.tenant(tenant_id)
         if not tenant.warehouse_url_env:
-            return self.default
-        try:
-            warehouse = warehouse_for(tenant)
-        except Exception as exc:  # the variable is unset, or not a warehouse URL
-            log.error("tenant %s: no warehouse: %s", tenant_id, exc)
-            raise WarehouseError(f"tenant {tenant_id!r}: {exc}") from exc
+            # DuckDB: the tenant's own file (a Reader holds no connection: each query opens the
+            # file read-only and closes it, so the tenant's writers are never held up between requests)
+            warehouse = self.default.warehouse.for_tenant(tenant_id)
+            if warehouse.url == self.default.warehouse.url:
+                return self.default
+        else:
+            try:
+                warehouse = warehouse_for(tenant)
+            except Exception as exc:  # the variable is unset, or not a warehouse URL
+                log.error("tenant %s: no warehouse: %s", tenant_id, exc)
+                raise WarehouseError(f"tenant {tenant_id!r}: {exc}") from exc
         with self._lock:
             reader = self._by_url.get(warehouse.url)
             if reader is None:

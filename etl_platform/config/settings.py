@@ -58,6 +58,9 @@ class Settings:
     retention_days: int  # ETL_RETENTION_DAYS: runs and events older than this are purged (0: never)
     retention_cron: str  # ETL_RETENTION_CRON: when the daily purge runs
     retention_batch_size: int  # ETL_RETENTION_BATCH_SIZE: rows per delete statement of the purge
+    normalize_memory_mb: int | None  # ETL_NORMALIZE_MEMORY_MB: DuckDB's cap in a normalization (0: none)
+    duckdb_tenant_files: bool  # ETL_DUCKDB_TENANT_FILES: a DuckDB file per tenant (default true)
+    duckdb_temp_dir: Path | None  # ETL_DUCKDB_TEMP_DIR: DuckDB's spill folder (default: `tmp` by the warehouse file)
 
     @property
     def data_dir(self) -> Path:
@@ -129,6 +132,10 @@ def get_settings() -> Settings:
         retention_days=_int("ETL_RETENTION_DAYS", 30),
         retention_cron=os.environ.get("ETL_RETENTION_CRON") or "0 3 * * *",
         retention_batch_size=max(1, _int("ETL_RETENTION_BATCH_SIZE", 1000)),
+        normalize_memory_mb=max(64, _int("ETL_NORMALIZE_MEMORY_MB", 448)) if _int("ETL_NORMALIZE_MEMORY_MB", 448) else None,
+        duckdb_tenant_files=(os.environ.get("ETL_DUCKDB_TENANT_FILES") or "true").strip().lower()
+        not in ("0", "false", "no", "off"),
+        duckdb_temp_dir=Path(os.environ["ETL_DUCKDB_TEMP_DIR"]) if os.environ.get("ETL_DUCKDB_TEMP_DIR") else None,
     )
 
 

@@ -19,6 +19,7 @@ import psycopg
 
 from etl_platform.config.models import SourceConfig, TenantConfig
 from etl_platform.config.names import REJECTS_TABLE, raw_table
+from etl_platform.config.settings import get_settings
 from etl_platform.normalize.checks import DayChecks, check_days
 from etl_platform.normalize.mapping import Mapping, build_mapping
 from etl_platform.normalize.schema import (
@@ -92,7 +93,8 @@ def normalize_tenant(warehouse: Warehouse, tenant: TenantConfig, days: list[dt.d
     result.by_day = {d: DayFigures() for d in result.days}
     schema = tenant.dataset
     days_sql = _days_sql(result.days)
-    with warehouse.connect(write=True) as conn:
+    # capped: DuckDB spills the stage and the upsert's hash tables instead of growing (ETL_NORMALIZE_MEMORY_MB)
+    with warehouse.connect(write=True, memory_mb=get_settings().normalize_memory_mb) as conn:
         prepare(conn, schema)
         _ingest_rejects(conn, schema, days_sql, result)
         with conn.transaction():
@@ -199,7 +201,11 @@ def _stage(conn: Connection, selects: Callable[[bool], list[str]]) -> None:
 
 
 def _create_stage(conn: Connection, selects: list[str]) -> None:
-    conn.execute(f"CREATE TEMP TABLE {STAGE} AS " + "\nUNION ALL\n".join(selects))
+    # DuckDB: a table of the database (dropped in the same transaction), not a temp table: a large
+    # insert goes to the file compressed, row group by row group, where a temp table stays in
+    # memory uncompressed and spills whole to the temp folder beyond the connection's memory cap
+    kind = "TABLE" if conn.dialect == "duckdb" else "TEMP TABLE"
+    conn.execute(f"CREATE {kind} {STAGE} AS " + "\nUNION ALL\n".join(selects))
 
 
 def _try_create_stage(conn: Connection, selects: list[str]) -> bool:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -80,6 +82,14 @@ class Warehouse:
     def __str__(self) -> str:
         return redact_url(self.url)
 
+    def for_tenant(self, tenant_id: str) -> Warehouse:
+        """Where a tenant's dataset lives: on DuckDB, a file of its own (`tenants/<id>.duckdb`
+        beside this file; ETL_DUCKDB_TENANT_FILES), so tenants load and normalize in parallel
+        and one tenant's file can be copied or dropped alone; on PostgreSQL, this database."""
+        if self.kind != "duckdb" or not get_settings().duckdb_tenant_files:
+            return self
+        return Warehouse(f"duckdb:///{tenant_file(self.duckdb_path, tenant_id)}")
+
     # --- dlt ---------------------------------------------------------------------------------
 
     def dlt_destination(self) -> Any:
@@ -109,17 +119,20 @@ class Warehouse:
     # --- SQL ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def connect(self, *, write: bool = False, timeout_s: float = 600.0) -> Iterator[Connection]:
-        """A short-lived connection; DuckDB writers and readers take the file lock."""
+    def connect(
+        self, *, write: bool = False, timeout_s: float = 600.0, memory_mb: int | None = None
+    ) -> Iterator[Connection]:
+        """A short-lived connection; DuckDB writers and readers take the file lock. `memory_mb`
+        (DuckDB): the connection's memory cap, beyond which it spills to a temp folder of its own."""
         if self.kind == "duckdb":
-            with self.lock(write=write, timeout_s=timeout_s):
+            with self.lock(write=write, timeout_s=timeout_s), self._spill(memory_mb) as config:
                 import duckdb  # the DuckDB driver only where the warehouse is DuckDB
 
                 self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
                 if not write and not self.duckdb_path.exists():
-                    raw = duckdb.connect(":memory:")
+                    raw = duckdb.connect(":memory:", config=config)
                 else:
-                    raw = duckdb.connect(str(self.duckdb_path), read_only=not write)
+                    raw = duckdb.connect(str(self.duckdb_path), read_only=not write, config=config)
                 try:
                     yield Connection(raw, "duckdb")
                 finally:
@@ -133,6 +146,23 @@ class Warehouse:
                 yield Connection(raw, "postgres")
             finally:
                 raw.close()
+
+    @contextlib.contextmanager
+    def _spill(self, memory_mb: int | None) -> Iterator[dict[str, str]]:
+        """DuckDB settings for a capped connection: `memory_limit` and a temp folder of this
+        process and thread (ETL_DUCKDB_TEMP_DIR, default `tmp` beside the warehouse file; two
+        processes never share spill files), removed afterwards."""
+        if memory_mb is None:
+            yield {}
+            return
+        base = get_settings().duckdb_temp_dir or self.duckdb_path.parent / "tmp"
+        folder = base / f"{os.getpid()}-{threading.get_ident()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            yield {"memory_limit": f"{int(memory_mb)}MB", "temp_directory": str(folder),
+                   "preserve_insertion_order": "false"}
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @contextlib.contextmanager
     def lock(self, *, write: bool = True, timeout_s: float = 600.0, name: str = "") -> Iterator[None]:
@@ -155,25 +185,13 @@ class Warehouse:
             finally:
                 held[key] -= 1
             return
-        with open(lock_path, "a+") as handle:
-            mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(handle, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise WarehouseError(
-                            f"timed out after {timeout_s:.0f}s waiting for the warehouse lock {lock_path}"
-                        ) from None
-                    time.sleep(0.05)
-            held[key] = 1
-            try:
-                yield
-            finally:
-                held[key] = 0
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        handle = _acquire(lock_path, fcntl.LOCK_EX if write else fcntl.LOCK_SH, timeout_s)
+        held[key] = 1
+        try:
+            yield
+        finally:
+            held[key] = 0
+            _release(lock_path, handle)
 
     @contextlib.contextmanager
     def _pg_advisory_lock(self, name: str, timeout_s: float) -> Iterator[None]:
@@ -200,6 +218,56 @@ class Warehouse:
                 return 0
             sql = f"SELECT count(*) FROM {quote(schema)}.{quote(table)}" + (f" WHERE {where}" if where else "")
             return int(conn.query(sql, params)[0][0])
+
+
+def _acquire(lock_path: Path, mode: int, timeout_s: float) -> Any:
+    """The lock file open and locked. A lock file is removed by its last holder (`_release`): a
+    process that locked a file since removed retries on the one now at the path."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - closed by `_release`
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise WarehouseError(
+                            f"timed out after {timeout_s:.0f}s waiting for the warehouse lock {lock_path}"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    return handle
+            except FileNotFoundError:
+                pass
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # the file was removed while we waited: lock the current one
+
+
+def _release(lock_path: Path, handle: Any) -> None:
+    """Unlock; the last holder (no one else holds or waits with the file open locked) removes
+    the file, so lock files do not pile up (one per tenant that ever ran)."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+    except BlockingIOError:
+        pass  # another process holds it shared: the last of them removes it
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def tenant_file(platform_file: Path, tenant_id: str) -> Path:
+    """The DuckDB file of a tenant's dataset beside the platform's file: `tenants/<id>.duckdb`."""
+    return platform_file.parent.absolute() / TENANTS_FOLDER / f"{tenant_id}.duckdb"
+
+
+TENANTS_FOLDER = "tenants"
 
 
 def quote(identifier: str) -> str:
@@ -277,7 +345,8 @@ class Connection:
 
 def warehouse_for(tenant: Any = None) -> Warehouse:
     """The warehouse holding a tenant's data: its own (`warehouse_url_env` in the tenants file,
-    a PostgreSQL database or server of its own) or the platform's (ETL_WAREHOUSE_URL)."""
+    a PostgreSQL database or server of its own) or the platform's (ETL_WAREHOUSE_URL; on DuckDB the
+    tenant's own file beside it, `Warehouse.for_tenant`)."""
     env = getattr(tenant, "warehouse_url_env", None)
     if env:
         url = secrets.value(env)
@@ -286,7 +355,8 @@ def warehouse_for(tenant: Any = None) -> Warehouse:
                 f"tenant {tenant.id!r}, field 'warehouse_url_env': environment variable {env} is not set"
             )
         return Warehouse(url)
-    return get_warehouse()
+    platform = get_warehouse()
+    return platform.for_tenant(tenant.id) if tenant is not None else platform
 
 
 def get_warehouse(url: str | None = None) -> Warehouse:
