@@ -84,6 +84,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
         ETL_TENANTS_FILE=str(_tenants_file(tmp_path)),
         ETL_WAREHOUSE_URL=f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
         ETL_STEP_RETRIES="0",
+        ETL_DATA_ROOT=str(tmp_path),  # broken's folder (the demo's samples are always a root)
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     return env
