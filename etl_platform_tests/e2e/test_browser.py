@@ -32,10 +32,13 @@ import pytest
 from etl_platform_tests.support.headless_browser import (
     Screenshots,
     chromium,
+    exact,
     free_port,
     process,
     require_chromium,
+    starting,
     wait_http,
+    xpath_literal,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,22 +48,6 @@ DEMO_KEY = "demo-browser-key-0123456789"
 UI_WAIT_S, RUN_WAIT_S = 180, 420
 
 pytestmark = [pytest.mark.browser, pytest.mark.daemon, pytest.mark.timeout(1200)]
-
-
-def _text(value: str) -> str:
-    """An XPath string literal."""
-    return f'"{value}"' if '"' not in value else "concat('" + value.replace("'", "', \"'\", '") + "')"
-
-
-def _exact(text: str) -> str:
-    """The innermost elements whose whole text is `text` (React splits texts into several nodes)."""
-    return f"//*[normalize-space(.)={_text(text)}][not(*[normalize-space(.)={_text(text)}])]"
-
-
-def _starting(text: str) -> str:
-    """The innermost elements whose text starts with `text`."""
-    starts = f"starts-with(normalize-space(.), {_text(text)})"
-    return f"//*[{starts}][not(*[{starts}])]"
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -92,12 +79,12 @@ def _partitioned_checks(env: dict[str, str], asset: str) -> dict[str, bool]:
 
 def _tab(name: str) -> str:
     """A tab of the asset page (Overview, Partitions, Events, Checks, Lineage)."""
-    return f"//*[@role='tab'][normalize-space(.)={_text(name)}]"
+    return f"//*[@role='tab'][normalize-space(.)={xpath_literal(name)}]"
 
 
 def _value_of(driver, label: str) -> str:
     """The value shown under a label of the check's 'Latest execution' (label and value share a box)."""
-    box = driver.find_element("xpath", f"{_exact(label)}/..")
+    box = driver.find_element("xpath", f"{exact(label)}/..")
     return box.text.split("\n", 1)[1].strip() if "\n" in box.text else ""
 
 
@@ -149,64 +136,64 @@ def test_materialize_the_demo_partition_in_the_ui_then_read_docs(tmp_path: Path)
 
         with shots.step("materialize-dialog"):
             click("//button[contains(normalize-space(), 'Materialize all')]")
-            visible(_starting("Launch runs to materialize"))
+            visible(starting("Launch runs to materialize"))
             date_box = visible("//input[starts-with(@placeholder, 'ex: ')]")  # the date dimension's range box
             date_box.click()
             date_box.send_keys(today, Keys.TAB)
-            click(_exact("Select a partition or create one"))  # the tenant picker
-            visible(_exact("demo")).click()
-            click(_starting("Launch runs to materialize"))  # close the picker
-            visible(_exact("1 partition"))
+            click(exact("Select a partition or create one"))  # the tenant picker
+            visible(exact("demo")).click()
+            click(starting("Launch runs to materialize"))  # close the picker
+            visible(exact("1 partition"))
 
         with shots.step("launched"):
             click("//button[starts-with(normalize-space(), 'Launch') and not(contains(., 'Launching'))]")
             wait.until(EC.invisibility_of_element_located(
-                (By.XPATH, _starting("Launch runs to materialize"))))
+                (By.XPATH, starting("Launch runs to materialize"))))
 
         with shots.step("run-succeeded"):
-            click(f"{_exact('Runs')}/ancestor-or-self::a[1]")
-            row = f"//div[contains(normalize-space(.), {_text('partition: ' + key)})]"
+            click(f"{exact('Runs')}/ancestor-or-self::a[1]")
+            row = f"//div[contains(normalize-space(.), {xpath_literal('partition: ' + key)})]"
 
             def finished(d):
-                if d.find_elements(By.XPATH, f"{row}[.{_exact('Failure')}]"):
+                if d.find_elements(By.XPATH, f"{row}[.{exact('Failure')}]"):
                     pytest.fail(f"the run of {key} failed; dg dev log:\n{dev_log.read_text()[-4000:]}")
-                return d.find_elements(By.XPATH, f"{row}[.{_exact('Success')}]")
+                return d.find_elements(By.XPATH, f"{row}[.{exact('Success')}]")
 
             WebDriverWait(driver, RUN_WAIT_S, poll_frequency=1).until(finished)
 
         with shots.step("partition-materialized"):
             driver.get(f"{ui}/assets/{RECORDS_ASSET}")
             click(_tab("Partitions"))
-            click(_exact(today))
-            visible(_exact("demo")).click()
-            visible(_exact(key))
-            visible(_exact("Materialized"))
+            click(exact(today))
+            visible(exact("demo")).click()
+            visible(exact(key))
+            visible(exact("Materialized"))
 
         checks_seen = {}
         with shots.step("checks-passed"):
             click(_tab("Checks"))
-            listed = int(visible(_starting("Checks (")).text.strip("Checks ()"))
+            listed = int(visible(starting("Checks (")).text.strip("Checks ()"))
             assert listed == len(partitioned), f"the UI lists {listed} checks, the definitions {len(partitioned)}"
             # every check ran in the step that materialized the partition: the per-partition checks
             # for the partition, the check across tenants (freshness) for the run's tenant
             count = listed
-            wait.until(lambda d: len(d.find_elements(By.XPATH, _exact("Succeeded"))) == count)
-            assert not driver.find_elements(By.XPATH, _exact("Skipped"))
-            assert not driver.find_elements(By.XPATH, _exact("Failed"))
+            wait.until(lambda d: len(d.find_elements(By.XPATH, exact("Succeeded"))) == count)
+            assert not driver.find_elements(By.XPATH, exact("Skipped"))
+            assert not driver.find_elements(By.XPATH, exact("Failed"))
             for n in range(count):
-                entry = driver.find_elements(By.XPATH, _exact("Succeeded"))[n].find_element(By.XPATH, "..")
+                entry = driver.find_elements(By.XPATH, exact("Succeeded"))[n].find_element(By.XPATH, "..")
                 named = entry.find_elements(By.XPATH, ".//*[@title]")
                 name = named[0].get_attribute("title") if named else entry.text.split("\n")[0]
                 entry.click()
 
                 def detail_shows(d, name=name, entry=entry):  # the check's name outside its list entry
-                    return [e for e in d.find_elements(By.XPATH, _exact(name)) if e.is_displayed()
+                    return [e for e in d.find_elements(By.XPATH, exact(name)) if e.is_displayed()
                             and not d.execute_script("return arguments[0].contains(arguments[1])", entry, e)]
 
                 wait.until(detail_shows)
                 wait.until(lambda d: _value_of(d, "Evaluation result") == "Passed")
                 checks_seen[name] = _value_of(driver, "Partition")
-            driver.find_elements(By.XPATH, _exact("Succeeded"))[0].find_element(By.XPATH, "..").click()  # for the shot
+            driver.find_elements(By.XPATH, exact("Succeeded"))[0].find_element(By.XPATH, "..").click()  # for the shot
             wait.until(lambda d: _value_of(d, "Evaluation result") == "Passed")
         assert set(checks_seen) == set(partitioned), checks_seen
         for name, shown in checks_seen.items():
@@ -215,7 +202,7 @@ def test_materialize_the_demo_partition_in_the_ui_then_read_docs(tmp_path: Path)
         with shots.step("asset-graph"):
             driver.set_window_size(1600, 1400)  # the whole graph, tall as it is
             click(_tab("Lineage"))
-            visible(_exact("records"))
+            visible(exact("records"))
         driver.set_window_size(1600, 1000)
 
         wait_http(f"{api}/health", server, api_log, timeout=60)
@@ -226,7 +213,7 @@ def test_materialize_the_demo_partition_in_the_ui_then_read_docs(tmp_path: Path)
 
         with shots.step("api-docs"):
             driver.get(f"{api}/docs")
-            visible(_starting("etl-platform read API"))  # the title, then the version badges
+            visible(starting("etl-platform read API"))  # the title, then the version badges
             paths = httpx.get(f"{api}/openapi.json", timeout=30).json()["paths"]
             for path in paths:
-                visible(f"//*[normalize-space(.)={_text(path)}]")
+                visible(f"//*[normalize-space(.)={xpath_literal(path)}]")

@@ -27,9 +27,11 @@ import yaml
 from etl_platform_tests.support.headless_browser import (
     Screenshots,
     chromium,
+    exact,
     free_port,
     process,
     require_chromium,
+    starting,
     wait_http,
 )
 from etl_platform_tests.support.orchestration import csv_tenant
@@ -44,20 +46,6 @@ STATS = """{ assetNodes { assetKey { path } partitionStats { numMaterialized num
 STALE = """query($p: String) { assetNodes { assetKey { path } staleStatus(partition: $p) } }"""
 BACKFILLS = """{ partitionBackfillsOrError(limit: 10) { ... on PartitionBackfills { results { id status
   partitionNames } } } }"""
-
-
-def _text(value: str) -> str:
-    return f'"{value}"'
-
-
-def _exact(text: str) -> str:
-    """The innermost elements whose whole text is `text`."""
-    return f"//*[normalize-space(.)={_text(text)}][not(*[normalize-space(.)={_text(text)}])]"
-
-
-def _starting(text: str) -> str:
-    starts = f"starts-with(normalize-space(.), {_text(text)})"
-    return f"//*[{starts}][not(*[{starts}])]"
 
 
 def _tenants_file(tmp_path: Path) -> Path:
@@ -139,17 +127,17 @@ def test_ui_backfills_read_what_happened(tmp_path: Path) -> None:
             before = {b["id"] for b in _graphql(ui, BACKFILLS)["partitionBackfillsOrError"]["results"]}
             driver.get(f"{ui}/asset-groups")
             click("//button[contains(normalize-space(), 'Materialize all')]")
-            visible(_starting("Launch runs to materialize"))
+            visible(starting("Launch runs to materialize"))
             date_box = visible("//input[starts-with(@placeholder, 'ex: ')]")
             date_box.click()
             date_box.send_keys(Keys.CONTROL, "a")
             date_box.send_keys(dates, Keys.TAB)
-            click(_exact("Select a partition or create one"))
+            click(exact("Select a partition or create one"))
             for tenant in tenants:
-                visible(_exact(tenant)).click()
-            click(_starting("Launch runs to materialize"))  # close the picker
+                visible(exact(tenant)).click()
+            click(starting("Launch runs to materialize"))  # close the picker
             click("//button[starts-with(normalize-space(), 'Launch') and contains(., 'backfill')]")
-            wait.until(EC.invisibility_of_element_located((By.XPATH, _starting("Launch runs to materialize"))))
+            wait.until(EC.invisibility_of_element_located((By.XPATH, starting("Launch runs to materialize"))))
             made = wait.until(lambda d: [b for b in _graphql(ui, BACKFILLS)["partitionBackfillsOrError"]["results"]
                                          if b["id"] not in before])
             return made[0]["id"]
@@ -176,7 +164,7 @@ def test_ui_backfills_read_what_happened(tmp_path: Path) -> None:
             status = finished(backfill)
             assert status == "COMPLETED_SUCCESS", f"the backfill reads {status}; dg dev log:\n{dev_log.read_text()[-3000:]}"
             driver.get(f"{ui}/runs/b/{backfill}")
-            shown = visible(f"{_exact('Status')}/following-sibling::*[1]").text.strip()
+            shown = visible(f"{exact('Status')}/following-sibling::*[1]").text.strip()
             assert shown == "Succeeded", f"the backfill's page reads {shown!r}"
 
         def statuses_shown(_) -> bool:
@@ -188,15 +176,15 @@ def test_ui_backfills_read_what_happened(tmp_path: Path) -> None:
                      for n in _graphql(ui, STALE, p=f"{today}|demo")["assetNodes"]}
             assert set(stale.values()) == {"FRESH"}, stale
             driver.get(f"{ui}/asset-groups")
-            visible(_exact("normalized"))  # the graph's group of the records asset
+            visible(exact("normalized"))  # the graph's group of the records asset
             wait.until(statuses_shown)
             assert not driver.find_elements(By.XPATH, "//*[contains(normalize-space(.), 'Unsynced')]")
             assert not driver.find_elements(By.XPATH, "//*[contains(normalize-space(.), 'ailed')]")
 
         with shots.step("records-synced"):
             driver.get(f"{ui}/assets/normalized/records")
-            visible(_exact("records"))
-            visible(_starting("Latest materialization"))
+            visible(exact("records"))
+            visible(starting("Latest materialization"))
             assert not driver.find_elements(By.XPATH, "//*[contains(normalize-space(.), 'Unsynced')]")
 
         with shots.step("range-over-a-failing-tenant"):
@@ -209,5 +197,5 @@ def test_ui_backfills_read_what_happened(tmp_path: Path) -> None:
                 "raw/events/events_rejects": 1,
             }, failed  # broken's records are normalized from its catalog, which loaded
             driver.get(f"{ui}/asset-groups")
-            visible(_exact("normalized"))
+            visible(exact("normalized"))
             wait.until(statuses_shown)

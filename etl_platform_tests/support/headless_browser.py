@@ -27,6 +27,22 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
          "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
 
 
+def xpath_literal(value: str) -> str:
+    """An XPath string literal."""
+    return f'"{value}"' if '"' not in value else "concat('" + value.replace("'", "', \"'\", '") + "')"
+
+
+def exact(text: str) -> str:
+    """The innermost elements whose whole text is `text` (React splits texts into several nodes)."""
+    return f"//*[normalize-space(.)={xpath_literal(text)}][not(*[normalize-space(.)={xpath_literal(text)}])]"
+
+
+def starting(text: str) -> str:
+    """The innermost elements whose text starts with `text`."""
+    starts = f"starts-with(normalize-space(.), {xpath_literal(text)})"
+    return f"//*[{starts}][not(*[{starts}])]"
+
+
 def require_chromium() -> None:
     """Skip outside CI when Chromium is not installed (.ci/run installs it); fail in CI."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
