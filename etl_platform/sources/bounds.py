@@ -6,8 +6,10 @@ Each limit is a setting (`config.settings.InputLimits`); each refusal is an `Inp
 - `CappedStream`: the bytes of a file or feed after decompression, counted as they are read;
 - `DepthScan`: the nesting of a JSON page ([ and { outside strings), counted on its bytes as
   they arrive, so that no page nested deeper than the limit reaches a parser;
-- `Deadline` and `response_chunks`: one HTTP request's total time, checked at every chunk of its
-  body (read with `read1`: a server that sends a byte at a time cannot hold a read forever);
+- `Deadline` and `response_chunks`: one HTTP request's total time from its answer to the end of
+  its body, checked at every chunk (read with `read1`: a server that sends a byte at a time cannot
+  hold a read forever). Before the answer, dlt's per-read timeout and retry settings apply (and
+  GitHub's rate-limit wait), which a total deadline would cut short;
 - `open_local`: a local file opened only inside the data root (`config.locations.confine`),
   checked again at open time (a symlink may have changed since the tenants file was loaded).
 """

@@ -110,8 +110,7 @@ def open_bytes(
     with contextlib.ExitStack() as stack:
         scheme = urlsplit(location).scheme.lower()
         if is_url(location):
-            deadline = bounds.Deadline(limits.request_deadline_s, f"{where}: GET {shown(location)}")
-            chunks = _http_chunks(location, where, stack, not_found, deadline)
+            chunks = _http_chunks(location, where, stack, not_found, limits.request_deadline_s)
         elif scheme in ("", "file"):
             path = Path(unquote(urlsplit(location).path) if scheme == "file" else location)
             path = bounds.open_local(path, where)  # again at open time: a symlink may have changed
@@ -187,7 +186,7 @@ def _zip_member(
 
 
 def _http_chunks(
-    url: str, where: str, stack: contextlib.ExitStack, not_found: type[Exception], deadline: bounds.Deadline
+    url: str, where: str, stack: contextlib.ExitStack, not_found: type[Exception], deadline_s: float
 ) -> Iterator[bytes]:
     """The body of a GET, streamed (dlt's retrying client); errors name the URL (redacted) and
     the status, kept on the error (`status`) for the failure classification."""
@@ -207,6 +206,7 @@ def _http_chunks(
     except requests.RequestException as exc:
         raise HttpReadError(f"{where}: GET {shown_url} failed: {redact_text(str(exc))}", None) from None
     stack.enter_context(response)
+    deadline = bounds.Deadline(deadline_s, f"{where}: GET {shown_url}")  # from the answer (after dlt's retries)
     return bounds.response_chunks(response, deadline, CHUNK_BYTES)
 
 

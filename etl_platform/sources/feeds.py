@@ -131,9 +131,9 @@ def _fetch(location: str, where: str) -> tuple[bytes, dict[str, str]]:
     too_big = f"{where}: more than ETL_MAX_FEED_BYTES = {bounds.size(cap)} after decompression: refused"
     scheme = urlsplit(location).scheme.lower()
     if scheme in ("http", "https"):
-        deadline = bounds.Deadline(limits.request_deadline_s, where)
         try:
             response = requests.get(location, headers={"Accept": ACCEPT}, stream=True)
+            deadline = bounds.Deadline(limits.request_deadline_s, where)  # from the answer (after dlt's retries)
             headers = {"content-location": redact_url(response.url)}  # the base of relative links
             if response.headers.get("Content-Type"):
                 headers["content-type"] = response.headers["Content-Type"]

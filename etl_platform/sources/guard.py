@@ -141,10 +141,10 @@ class GuardedOAuth2(_Guarded, OAuth2ClientCredentials):
         limits = bounds.limits()
         endpoint = redaction.redact(self.access_token_url)
         where = f"{self._guard.what}: the OAuth2 token endpoint {endpoint}"
-        deadline = bounds.Deadline(limits.request_deadline_s, where)
         response = self.session.post(
             self.access_token_url, allow_redirects=False, stream=True, **self.build_access_token_request()
         )
+        deadline = bounds.Deadline(limits.request_deadline_s, where)
         if 300 <= response.status_code < 400:
             raise PermanentSourceError(
                 f"{self._guard.what}: the OAuth2 token endpoint {redaction.redact(self.access_token_url)} answered "

@@ -366,13 +366,13 @@ class StreamingClient(RESTClient):
         while True:
             page += 1
             progress.note(page=page)
-            deadline = bounds.Deadline(self.limits.request_deadline_s, f"{self.what}, page {page}")
             try:
                 response = self._send_request(request, stream=True, **kwargs)
             except IgnoreResponseException:
                 break
-            deadline.where = f"{self.what}, page {page} ({redact_url(response.url)})"
-            body = Body(response, self.limits, deadline, deadline.where)
+            # from the answer on: dlt's retries and a rate limit's wait come before (their own settings)
+            where = f"{self.what}, page {page} ({redact_url(response.url)})"
+            body = Body(response, self.limits, bounds.Deadline(self.limits.request_deadline_s, where), where)
             try:
                 self.stats.pages += 1
                 self.stats.bytes += body.size
