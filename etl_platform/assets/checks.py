@@ -23,6 +23,7 @@ from etl_platform.loading.messages import DriftFigures
 from etl_platform.normalize.checks import DayChecks
 from etl_platform.normalize.drift import diff_schemas
 from etl_platform.normalize.schema import NOT_NULL, RECORDS_TABLE
+from etl_platform.security.redaction import excerpt
 from etl_platform.warehouse import Warehouse, quote, warehouse_for
 
 
@@ -41,7 +42,7 @@ class Verdict:
         reload writes a new result only when the verdict changes)."""
         if self.passed:
             return "passed"
-        return f"{self.severity.value.lower()}: {(self.description or '')[:120]}"
+        return f"{self.severity.value.lower()}: {excerpt(self.description or '', 120)}"
 
 
 def record_verdicts(figures: DayChecks) -> list[Verdict]:
