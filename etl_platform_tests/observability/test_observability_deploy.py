@@ -236,6 +236,7 @@ def test_the_shipped_scrape_config_sends_the_bearer_tokens(tmp_path: Path) -> No
     from prometheus_client import Gauge
 
     from etl_platform.observability.exporter import start_server
+    from etl_platform_tests.support.ports import service_port
 
     prometheus_bin = _tool("prometheus")
     assert all((DEPLOY / "prometheus" / "tokens" / f).read_text() == "" for f in ("metrics_token", "exporter_token"))
@@ -255,7 +256,7 @@ def test_the_shipped_scrape_config_sends_the_bearer_tokens(tmp_path: Path) -> No
     for job, port in zip(config["scrape_configs"], ports):
         job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    web = _free_port()
+    web = service_port()  # bound late, by Prometheus: outside the ephemeral range
     log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [prometheus_bin, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
@@ -264,7 +265,7 @@ def test_the_shipped_scrape_config_sends_the_bearer_tokens(tmp_path: Path) -> No
         def health() -> dict[str, str] | None:
             try:
                 targets = httpx.get(f"http://127.0.0.1:{web}/api/v1/targets", timeout=5).json()["data"]
-            except httpx.TransportError:
+            except (httpx.TransportError, ValueError, KeyError):  # not up yet
                 assert proc.poll() is None, (workdir / "prometheus.log").read_text()
                 return None
             found = {t["labels"]["job"]: t["health"] for t in targets["activeTargets"]}
