@@ -229,6 +229,7 @@ def child(args: argparse.Namespace) -> None:
     work = Path(args.work)
     os.environ["ETL_TENANTS_FILE"] = str(work / "tenants.yaml")
     os.environ["DAGSTER_HOME"] = str(work)
+    os.environ["ETL_DATA_ROOT"] = str(work)  # the generated CSV is read from there
     if args.case.endswith("uncapped"):
         os.environ["ETL_NORMALIZE_MEMORY_MB"] = "0"  # DuckDB's own default (80% of RAM)
     if args.case == "setup":

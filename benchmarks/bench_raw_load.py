@@ -200,6 +200,7 @@ def raw_asset(csv_path: Path, work: Path, warehouse_url: str, profile: bool, run
         {"name": SOURCE, "kind": "csv", "location": str(csv_path), "primary_key": ["id"]}]}
     tenants.write_text(yaml.safe_dump({"tenants": [tenant]}, sort_keys=False))
     os.environ.update({"DAGSTER_HOME": str(home), "ETL_TENANTS_FILE": str(tenants),
+                       "ETL_DATA_ROOT": str(csv_path.parent),  # the generated CSV is read from there
                        "ETL_WAREHOUSE_URL": warehouse_url, "ETL_START_DATE": "2024-01-01"})
 
     from dagster import DagsterInstance
