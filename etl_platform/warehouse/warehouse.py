@@ -26,6 +26,7 @@ import psycopg
 
 from etl_platform.config import secrets
 from etl_platform.config.models import TenantsFileError
+from etl_platform.config.names import tenant_schema
 from etl_platform.config.settings import apply_dlt_defaults, get_settings
 
 _LOCAL = threading.local()  # lock files this thread holds, with nesting depth
@@ -88,7 +89,10 @@ class Warehouse:
         and one tenant's file can be copied or dropped alone; on PostgreSQL, this database."""
         if self.kind != "duckdb" or not get_settings().duckdb_tenant_files:
             return self
-        return Warehouse(f"duckdb:///{tenant_file(self.duckdb_path, tenant_id)}")
+        own = tenant_file(self.duckdb_path, tenant_id)
+        if not own.exists():
+            refuse_unmigrated(self.duckdb_path, tenant_id)
+        return Warehouse(f"duckdb:///{own}")
 
     # --- dlt ---------------------------------------------------------------------------------
 
@@ -268,6 +272,32 @@ def tenant_file(platform_file: Path, tenant_id: str) -> Path:
 
 
 TENANTS_FOLDER = "tenants"
+_NOT_IN_PLATFORM_FILE: set[tuple[str, str]] = set()  # (platform file, tenant) checked: no data there
+
+
+def refuse_unmigrated(platform_file: Path, tenant_id: str) -> None:
+    """Refuse a tenant file where the tenant's data still sits in the platform's file (the layout
+    before ETL_DUCKDB_TENANT_FILES): loads would start an empty file and reads would miss the data.
+    A file another process is writing is not waited for (the check is then skipped)."""
+    import duckdb
+
+    key = (str(platform_file), tenant_id)
+    if key in _NOT_IN_PLATFORM_FILE or not platform_file.exists():
+        return
+    try:
+        with duckdb.connect(str(platform_file), read_only=True) as conn:
+            tables = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ?", [tenant_schema(tenant_id)]
+            ).fetchone()[0]
+    except duckdb.Error:  # held by a writer: not knowable now
+        return
+    if tables:
+        raise WarehouseError(
+            f"tenant {tenant_id!r}: its data is in {platform_file} (schema {tenant_schema(tenant_id)}), the layout "
+            "before a DuckDB file per tenant: run `etl-platform warehouse migrate` once (or set "
+            "ETL_DUCKDB_TENANT_FILES=false to keep the single file)"
+        )
+    _NOT_IN_PLATFORM_FILE.add(key)
 
 
 def quote(identifier: str) -> str:

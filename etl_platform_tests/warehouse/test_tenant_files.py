@@ -3,7 +3,8 @@
 Invariant: no tenant waits for another. A writer holding one tenant's file (a long load) does not
 hold up another tenant's run or the read API's answers for the other tenant; the API holds no
 tenant file between requests; lock files do not pile up; a single-file warehouse of the earlier
-layout moves over with `etl-platform warehouse migrate`, its rows unchanged.
+layout moves over with `etl-platform warehouse migrate`, its rows unchanged, and until it has, no run
+or read starts an empty tenant file beside the tenant's data (the error names the command).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dagster import DagsterInstance
 from etl_platform.cli import main
 from etl_platform.config.names import tenant_schema
 from etl_platform.warehouse import Warehouse
+from etl_platform.warehouse.warehouse import WarehouseError
 from etl_platform.warehouse.migrate import migrate_to_tenant_files
 from etl_platform_tests.support.platform_runs import materialize
 from etl_platform_tests.support.read_api import auth, client, insert, row
@@ -184,6 +186,13 @@ def test_migrate_moves_a_single_file_warehouse_to_tenant_files(
     assert not (platform.duckdb_path.parent / "tenants").exists()
 
     monkeypatch.setenv("ETL_DUCKDB_TENANT_FILES", "true")
+    # upgraded but not migrated: a run refuses to start an empty tenant file beside the data
+    with DagsterInstance.get() as instance:
+        refused = materialize(instance, "alpha", DAY, raise_on_error=False)
+    assert not refused.success
+    assert not (platform.duckdb_path.parent / "tenants" / "alpha.duckdb").exists()
+    with pytest.raises(WarehouseError, match="etl-platform warehouse migrate"):
+        platform.for_tenant("beta")
     assert main(["warehouse", "migrate"]) == 0
     assert "2 tenants moved" in capsys.readouterr().out
     for tenant in ("alpha", "beta"):
