@@ -140,7 +140,9 @@ def _write_stack(
 
     def platform(interval: str = "10s", environment: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
         return {"network_mode": "host", "env_file": Tagged("!override", [str(env_file)]),
-                "environment": {**host, **(environment or {})}, "healthcheck": {"interval": interval},
+                "environment": {**host, **(environment or {})},
+                # a loaded CI machine (load 25 on 2 cores) takes over 30 s to start a liveness check
+                "healthcheck": {"interval": interval, "timeout": "120s"},
                 "volumes": [f"{instance}:{STACK_DIR}/dagster_home/dagster.yaml:ro"], **extra}
 
     # Prometheus of the stack, on the host network: the shipped configuration and rules, with its
