@@ -279,7 +279,7 @@ def refuse_unmigrated(platform_file: Path, tenant_id: str) -> None:
     """Refuse a tenant file where the tenant's data still sits in the platform's file (the layout
     before ETL_DUCKDB_TENANT_FILES): loads would start an empty file and reads would miss the data.
     A file another process is writing is not waited for (the check is then skipped)."""
-    import duckdb
+    import duckdb  # only where a DuckDB file is opened: the read API on PostgreSQL never imports it
 
     key = (str(platform_file), tenant_id)
     if key in _NOT_IN_PLATFORM_FILE or not platform_file.exists():
