@@ -45,6 +45,8 @@ def cli_env(home: Path, tenants_file: Path, warehouse_url: str) -> dict[str, str
         ETL_WAREHOUSE_URL=warehouse_url,
         ETL_START_DATE=FIRST.isoformat(),
         ETL_STEP_RETRIES="0",
+        ETL_DATA_ROOT=os.environ["ETL_DATA_ROOT"],  # the suite's roots (conftest): the tenants' CSV files
+        ETL_DUCKDB_TENANT_FILES=os.environ["ETL_DUCKDB_TENANT_FILES"],  # the one file the test compares
     )
     return env
 

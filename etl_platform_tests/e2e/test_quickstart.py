@@ -23,6 +23,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
         "DAGSTER_HOME": str(home),
         "ETL_TENANTS_FILE": str(REPO / "tenants.yaml"),
         "ETL_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'w.duckdb'}",
+        "ETL_DUCKDB_TENANT_FILES": "true",  # the embedded default a user gets: a file per tenant
     }
 
 
@@ -46,7 +47,8 @@ def test_demo_command(tmp_path):
     printed = printed.replace(env["DAGSTER_HOME"], "<DAGSTER_HOME>")
     warehouse = re.compile(r"(all loaded days: )\S+")
     assert warehouse.sub(r"\1URL", printed).strip() == warehouse.sub(r"\1URL", sample).strip()
-    conn = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    assert f"{tmp_path / 'tenants' / 'demo.duckdb'} (schema tenant_demo)" in proc.stdout
+    conn = duckdb.connect(str(tmp_path / "tenants" / "demo.duckdb"), read_only=True)
     counts = dict(conn.execute("SELECT source, count(*) FROM tenant_demo.records GROUP BY 1").fetchall())
     assert counts == {"support_tickets": 8, "products": 4, "release_notes": 3}
     inactive = conn.execute("SELECT source_id FROM tenant_demo.records WHERE NOT is_active ORDER BY 1").fetchall()
@@ -79,5 +81,5 @@ def test_dagster_cli_materializes_the_demo_partition_after_sync(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    conn = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    conn = duckdb.connect(str(tmp_path / "tenants" / "demo.duckdb"), read_only=True)
     assert conn.execute("SELECT count(*) FROM tenant_demo.records").fetchall() == [(15,)]

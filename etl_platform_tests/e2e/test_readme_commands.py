@@ -152,7 +152,7 @@ def test_every_readme_command_runs(tmp_path: Path, fixtures_dir: Path) -> None:
     assert ran == len([s for s in steps if not s.not_run])
     warnings = [line for line in output.splitlines() if WARNING.search(line)]
     assert not warnings, "\n".join(warnings)
-    assert (project / "data" / "warehouse.duckdb").is_file()  # the README's instance, in the temporary folder
+    assert (project / "data" / "tenants" / "demo.duckdb").is_file()  # the README's instance, in the temporary folder
 
 
 LOCAL_PG_SECTION = "On a local PostgreSQL"
