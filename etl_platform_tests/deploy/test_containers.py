@@ -341,7 +341,7 @@ def _scenarios(stack, source, tmp, ports, password, monkeypatch, mark, project, 
     record = instance.get_run_record_by_id(long_run)
     lived = record.end_time - record.start_time
     assert record.dagster_run.status == DagsterRunStatus.SUCCESS, run_messages(instance, long_run)[-3000:]
-    assert lived > 55, lived  # far past the sweep's 5 s grace, which it ran against every 5 s
+    assert lived > 50, lived  # the 50 s hang: far past the sweep's 5 s grace, which it ran against every 5 s
     assert "FAILURE" not in statuses, statuses
     failures = [e for e in instance.all_logs(long_run) if e.is_dagster_event
                 and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE]  # fmt: skip

@@ -8,7 +8,7 @@ import os
 import pytest
 from dagster import DagsterRun
 
-from etl_platform.instance.run_launcher import PlatformDockerRunLauncher
+from etl_platform.instance.run_launcher import RUN_PREFIXES, PlatformDockerRunLauncher
 from etl_platform_tests.support.platform_runs import write_tenants
 
 RUN = DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000000",
@@ -22,7 +22,8 @@ def tenants(tmp_path, monkeypatch):
     monkeypatch.setenv("ETL_TENANTS_FILE", str(write_tenants(tmp_path / "tenants.yaml", [acme])))
     monkeypatch.setenv("ETL_CACHE_DIR", str(tmp_path / "cache"))
     for name in list(os.environ):
-        if name.startswith(("ETL_", "RUNTIME__", "DLT_")) and name not in ("ETL_TENANTS_FILE", "ETL_CACHE_DIR"):
+        # every variable the launcher forwards (dlt's defaults, set by earlier tests of the process, too)
+        if name.startswith(RUN_PREFIXES) and name not in ("ETL_TENANTS_FILE", "ETL_CACHE_DIR"):
             monkeypatch.delenv(name)
 
 
@@ -77,7 +78,7 @@ def two_tenants(tmp_path, monkeypatch):
     monkeypatch.setenv("ETL_TENANTS_FILE", str(write_tenants(tmp_path / "tenants.yaml", TWO)))
     monkeypatch.setenv("ETL_CACHE_DIR", str(tmp_path / "cache"))
     for name in list(os.environ):
-        if name.startswith(("ETL_", "RUNTIME__", "SOURCES__")) and name not in ("ETL_TENANTS_FILE", "ETL_CACHE_DIR"):
+        if name.startswith((*RUN_PREFIXES, "SOURCES__")) and name not in ("ETL_TENANTS_FILE", "ETL_CACHE_DIR"):
             monkeypatch.delenv(name)
     names = [n for t in ("ALPHA", "BETA") for n in (f"ETL_{t}_API_KEY", f"{t}_WAREHOUSE_URL", f"{t}_GITHUB_TOKEN")]
     for name in [*names, "ALPHA_ALERT_URL", "GAMMA_TOKEN", *PLATFORM_SECRETS, "ETL_WAREHOUSE_URL",
