@@ -11,7 +11,8 @@
   daemon's per-tick chatter moves to DEBUG, so `dg dev` stays human-readable and quiet. The entry
   points call it (`definitions.py`, `cli.py`'s `main`, the read API's app factory, the run
   coordinator and launchers that dagster.yaml plugs in, hence the daemon and the webserver too).
-  A run's lines: the jobs' `console` logger (run_logger.py); Dagster's processes: their
+  A run's lines: the jobs' `console` logger (run_logger.py), and Dagster's default console
+  logger of runs whose config names none (`JsonConsoleLogger`); Dagster's processes: their
   `--log-format json` flag; a sensor's or schedule's `context.log`: `tick_log(context.log)`.
 """
 
@@ -138,9 +139,24 @@ def configure_from_env(logger_name: str = "etl_platform") -> bool:
     if log_format() != "json":
         return False
     _json_logger(logging.getLogger(logger_name))
+    if logging.getLoggerClass() is logging.Logger:
+        logging.setLoggerClass(JsonConsoleLogger)
     logging.captureWarnings(True)  # a warning is a `py.warnings` record: one JSON line, not two text lines
     _json_logger(logging.getLogger("py.warnings"))
     return True
+
+
+class JsonConsoleLogger(logging.Logger):
+    """The logger class while ETL_LOG_FORMAT=json: a coloured console handler added to it
+    (coloredlogs) writes JSON lines instead. A run whose config names no logger (Dagster's
+    implicit asset job: the UI's Materialize, backfills, `dg launch`) gets Dagster's default
+    console logger, which Dagster builds from `logging.getLoggerClass()` and coloredlogs; with
+    this class its lines are the same JSON lines as the platform jobs' `console` logger's."""
+
+    def addHandler(self, handler: logging.Handler) -> None:  # noqa: N802 - logging's name
+        if type(handler.formatter).__module__.startswith("coloredlogs"):
+            handler.setFormatter(JsonFormatter())
+        super().addHandler(handler)
 
 
 def tick_log(log: logging.Logger, **fields: Any) -> logging.Logger:

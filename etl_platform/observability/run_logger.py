@@ -1,9 +1,9 @@
 """The jobs' `console` logger (Definitions(loggers=...)): Dagster's coloured console logger, or
 with ETL_LOG_FORMAT=json one JSON line per event on stderr (run id, job, step, tenant,
 partition: logs.JsonFormatter), so that no run line is printed twice, as JSON and as text.
-The platform's jobs name it in their default run config (RUN_CONFIG); Dagster's implicit asset
-job (`__ASSET_JOB`: the UI's Materialize, backfills of an asset selection) cannot have one, so
-its runs print Dagster's own console lines (text) beside their JSON lines."""
+The platform's jobs name it in their default run config (RUN_CONFIG); runs of Dagster's implicit
+asset job (`__ASSET_JOB`: the UI's Materialize, backfills of an asset selection) name no logger and
+get Dagster's default console logger, whose lines logs.JsonConsoleLogger turns into the same JSON."""
 
 from __future__ import annotations
 

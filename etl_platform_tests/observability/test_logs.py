@@ -105,6 +105,45 @@ def test_dagster_run_logs_are_json_once_with_run_tenant_and_partition(tmp_path: 
     assert not_json(done.stderr) == []
 
 
+IMPLICIT_JOB_SCRIPT = """
+import logging
+from dagster import DagsterInstance, Definitions, StaticPartitionsDefinition, asset
+from etl_platform.observability.logs import configure_from_env
+configure_from_env()  # as definitions.py does in every run worker
+
+@asset(partitions_def=StaticPartitionsDefinition(["2024-01-02|acme"]))
+def probe(context):
+    context.log.info("loading with http://api.example/x?api_key=k-999999")
+
+# the UI's Materialize and backfills run Dagster's implicit asset job, with a run config that
+# names no logger: Dagster then builds its own default console logger
+defs = Definitions(assets=[probe])
+with DagsterInstance.get() as instance:
+    defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, partition_key="2024-01-02|acme", tags={"etl/tenant": "acme"})
+"""
+
+
+def test_runs_of_the_implicit_asset_job_log_json_only(tmp_path: Path) -> None:
+    """A run launched from the UI (no logger in its config) prints JSON lines, each once, with its
+    run id, tenant and partition, and no coloured text copy."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False}}))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ETL_LOG_FORMAT": "json"}
+    done = run_python(IMPLICIT_JOB_SCRIPT, env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not_json(done.stdout + done.stderr) == [], done.stderr[-3000:]
+    lines = json_lines(done.stderr)
+    (mine,) = [line for line in lines if "loading with" in line["msg"]]
+    assert mine["tenant"] == "acme" and mine["partition"] == "2024-01-02|acme" and mine["run_id"]
+    assert mine["job_name"] == "__ASSET_JOB" and "k-999999" not in done.stderr
+    assert {"PIPELINE_START", "STEP_SUCCESS", "PIPELINE_SUCCESS"} <= {x.get("event") for x in lines}
+
+    text = run_python(IMPLICIT_JOB_SCRIPT, {k: v for k, v in env.items() if k != "ETL_LOG_FORMAT"}, cwd=tmp_path)
+    assert text.returncode == 0 and json_lines(text.stderr) == [] and "loading with" in text.stderr
+
+
 def not_json(text: str) -> list[str]:
     """The non-empty lines of `text` that are not a JSON object."""
     out = []
