@@ -34,7 +34,6 @@ run is left alone until it answers. Select it with:
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -51,18 +50,16 @@ from dagster_docker.container_context import DockerContainerContext
 from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
 
 from etl_platform.config import secrets
-from etl_platform.config.registry import load_registry
 from etl_platform.config.settings import CONTAINER_VARIABLES, platform_variables
-from etl_platform.isolation.environment import PLATFORM_SECRETS, env_fields, tenant_secret_names
+from etl_platform.instance.run_secrets import covered_secret_names, registered_order, registry_tenants
+from etl_platform.isolation.environment import PLATFORM_SECRETS, env_fields
 from etl_platform.observability import logs
 from etl_platform.observability import warnings as known_warnings
-from etl_platform.runs.tags import TENANT_TAG, TENANTS_TAG, _registered, tenants_of_tags
 
 HEALTH_CHECK_TIMEOUT_S = 10
 # dlt's settings a run's sources and warehouse read (README: RUNTIME__* HTTP retries); not
 # SOURCES__*, which would hold sources' secrets outside the tenants file's *_env fields
 RUN_PREFIXES = ("ETL_", "RUNTIME__", "NORMALIZE__", "DATA_WRITER__", "LOAD__", "EXTRACT__", "DESTINATION__", "DLT_")
-log = logging.getLogger(__name__)
 
 
 def configure_process() -> None:
@@ -156,9 +153,7 @@ class PlatformDockerRunLauncher(DockerRunLauncher):
         if self.cpus:
             kwargs["nano_cpus"] = int(self.cpus * 1e9)
         tags = dagster_run.tags or {}
-        named = tags.get(TENANT_TAG) or tags.get(TENANTS_TAG)
-        registered = _registered(self._instance) if self.has_instance and not named else None
-        env = forwarded_env(tags, registered)
+        env = forwarded_env(tags, registered_order(self._instance if self.has_instance else None, tags))
         ours = DockerContainerContext(env_vars=sorted(env), container_kwargs=kwargs)
         return ours.merge(super().get_container_context(dagster_run))
 
@@ -176,15 +171,6 @@ def _cpus(raw: str | None) -> float | None:
     return value
 
 
-def run_tenants(tags: Mapping[str, str], registered: Iterable[str] | None = None) -> list[str]:
-    """The tenants a run covers: `etl/tenant`, the chunk's `etl/tenants`, and its partition (key
-    `date|tenant`, or a range over the `tenant` partitions in `registered` order)."""
-    named = [tags.get(TENANT_TAG, "")] + (tags.get(TENANTS_TAG) or "").split(",")
-    out = dict.fromkeys(t.strip() for t in named if t.strip())
-    out.update(dict.fromkeys(tenants_of_tags(tags, registered)))
-    return list(out)
-
-
 def forwarded_env(tags: Mapping[str, str] | None = None, registered: Iterable[str] | None = None) -> set[str]:
     """Names of the variables a run's container gets from this process's environment (set ones
     only): the platform's settings (`ETL_*` but the admin key, alert channels and metrics tokens)
@@ -193,17 +179,10 @@ def forwarded_env(tags: Mapping[str, str] | None = None, registered: Iterable[st
 
     Alerts are sent by the daemon's sensors, the read API serves the keys: a run needs neither."""
     environ = secrets.environment()
-    try:
-        registry = load_registry()
-    except Exception as exc:  # a broken tenants file must not stop health checks and terminations
-        log.warning("run containers get no tenant secrets: cannot read the tenants file: %s", exc)
-        registry = None
-    tenants = list(registry.tenants) if registry else []
+    tenants = registry_tenants()
     named = {n for tenant in tenants for n in env_fields(tenant)}
     platform = {n for n in environ if n.startswith(RUN_PREFIXES)} | platform_variables()
     names = {n for n in platform if n not in named and n not in PLATFORM_SECRETS and n not in CONTAINER_VARIABLES}
-    covered = set(run_tenants(tags or {}, registered))
-    for tenant in tenants:
-        if tenant.id in covered:
-            names |= {n for n in tenant_secret_names(tenant) if n in environ}
+    for secret_names in covered_secret_names(tenants, tags or {}, registered).values():
+        names |= {n for n in secret_names if n in environ}
     return names

@@ -5,10 +5,11 @@ it with helm, and validates every manifest with kubernetes-validate). Here: the 
 platform's settings (image everywhere, external PostgreSQL, the platform's queue with
 deploy/dagster.yaml's per-tenant limits, secrets only through Secrets) and the rendering is of
 these values; the instance dagster.yaml of the rendered ConfigMap is the platform's, and loads as
-a real Dagster instance with dagster-k8s's K8sRunLauncher (given a kubeconfig file instead of the
-in-cluster account) on a PostgreSQL test database; and the Kubernetes Job that launcher creates
-for a run of the code location (its launch_run, the API call recorded) carries the image, the
-Secrets, the tenants file, the limits, the security context and the deadline.
+a real Dagster instance with the platform's PlatformK8sRunLauncher (dagster-k8s's K8sRunLauncher,
+given a kubeconfig file instead of the in-cluster account) on a PostgreSQL test database; and the
+Kubernetes Job that launcher creates for a run of the code location (its launch_run, the API call
+recorded) carries the image, the Secrets, the tenants file, the limits, the security context and
+the deadline. test_k8s_launcher.py checks which secrets such a Job holds per run.
 test_k8s_job.py runs that Job's container in Docker.
 """
 
@@ -46,7 +47,12 @@ def test_values_carry_the_platform(values: dict[str, Any]) -> None:
         assert helm.image_name(values[part]["image"]) == image, part
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "etl_platform.definitions"]
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
-    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    # the platform's K8sRunLauncher: a run's pod gets the Secrets of run_env_secrets and its tenants' keys only
+    assert values["runLauncher"]["type"] == "CustomRunLauncher"
+    custom = values["runLauncher"]["config"]["customRunLauncher"]
+    assert (custom["module"], custom["class"]) == helm.LAUNCHER
+    assert custom["config"]["run_env_secrets"] == ["etl-platform"]
+    assert custom["config"]["tenant_secret"] == "etl-tenant-secrets"
     # external PostgreSQL; the password only in the Secret
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlPassword"] == ""
     assert values["generatePostgresqlPasswordSecret"] is False
@@ -61,7 +67,8 @@ def test_values_carry_the_platform(values: dict[str, Any]) -> None:
         assert not SECRETISH.search(name), f"{name} must come from a Secret (envSecrets), not env"
         assert name in documented, f"{name} is not a variable .env.example documents"
         assert isinstance(value, str), f"{name}: Kubernetes env values are strings"
-    assert [s["name"] for s in deployment["envSecrets"]] == ["etl-platform", "etl-tenant-secrets"]
+    # the code server: the warehouse and the alert channels (its sensors send alerts), no tenant's secret
+    assert [s["name"] for s in deployment["envSecrets"]] == ["etl-platform", "etl-alerts"]
     mounts = {m["mountPath"]: m for m in deployment["volumeMounts"]}
     assert mounts["/opt/dagster/app/tenants.yaml"]["subPath"] == "tenants.yaml"
     # the code server's own resources would become every run's (includeConfigInLaunchedRuns)
@@ -92,13 +99,19 @@ def test_rendered_instance_is_the_platforms(values: dict[str, Any]) -> None:
     assert config["run_coordinator"] == {
         "module": custom["module"], "class": custom["class"], "config": custom["config"]}
     launcher = config["run_launcher"]["config"]
-    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
-    assert config["run_launcher"]["class"] == "K8sRunLauncher" and launcher["job_namespace"] == helm.NAMESPACE
+    assert (config["run_launcher"]["module"], config["run_launcher"]["class"]) == helm.LAUNCHER
+    assert launcher == values["runLauncher"]["config"]["customRunLauncher"]["config"]
+    # a custom launcher gets no names from the chart: the values' must be the release's
+    assert launcher["job_namespace"] == helm.NAMESPACE
     assert launcher["postgres_password_secret"] == values["global"]["postgresqlSecretName"]
     assert launcher["instance_config_map"] == f"{helm.RELEASE}-dagster-instance"
-    assert launcher["resources"] == k8s["resources"] and launcher["labels"] == k8s["labels"]
-    assert launcher["run_k8s_config"] == {"pod_spec_config": k8s["runK8sConfig"]["podSpecConfig"],
-                                          "job_spec_config": k8s["runK8sConfig"]["jobSpecConfig"]}
+    assert helm.manifest("ConfigMap", launcher["instance_config_map"])
+    assert helm.manifest("ServiceAccount", launcher["service_account_name"])
+    assert launcher["dagster_home"] == values["global"]["dagsterHome"]
+    assert launcher["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    assert launcher["run_k8s_config"]["job_spec_config"] == {"activeDeadlineSeconds": 21600}
+    # the code location's container context still names its Secrets: the launcher filters them
+    assert helm.container_context()["k8s"]["env_secrets"] == ["etl-platform", "etl-alerts"]
     monitoring = values["dagsterDaemon"]["runMonitoring"]
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_monitoring"]["poll_interval_seconds"] == monitoring["pollIntervalSeconds"]
@@ -133,7 +146,7 @@ def test_rendered_instance_loads_and_builds_a_run_job(values, pg_url, tmp_path, 
 
     image = helm.image_name(_deployment(values)["image"])
     with DagsterInstance.from_config(str(home)) as instance:
-        assert type(instance.run_launcher).__name__ == "K8sRunLauncher"
+        assert type(instance.run_launcher).__name__ == "PlatformK8sRunLauncher"
         assert type(instance.run_coordinator).__name__ == "PlatformRunCoordinator"
         assert instance.run_monitoring_enabled and instance.run_monitoring_settings["poll_interval_seconds"] == 30
         # a run of the code location, as its gRPC server describes it (the rendered container context)
@@ -153,7 +166,10 @@ def test_rendered_instance_loads_and_builds_a_run_job(values, pg_url, tmp_path, 
     assert container.resources.limits == {"cpu": "2", "memory": "4Gi"}
     assert container.resources.requests == {"cpu": "1", "memory": "2Gi"}
     env_from = [(e.secret_ref or e.config_map_ref).name for e in container.env_from]
-    assert env_from == ["etl-dagster-user-deployments-etl-platform-user-env", "etl-platform", "etl-tenant-secrets"]
+    # of the code location's Secrets only etl-platform; a run of no tenant reads no tenant's key
+    assert env_from == ["etl-dagster-user-deployments-etl-platform-user-env", "etl-platform"]
+    refs = [e.value_from.secret_key_ref for e in container.env if e.value_from and e.value_from.secret_key_ref]
+    assert [r.name for r in refs] == [values["global"]["postgresqlSecretName"]]
     env = {e.name: e for e in container.env}
     assert env["DAGSTER_HOME"].value == values["global"]["dagsterHome"]
     assert env["DAGSTER_PG_PASSWORD"].value_from.secret_key_ref.name == values["global"]["postgresqlSecretName"]

@@ -3,8 +3,8 @@
 The rendering is deploy/helm/rendered.yaml: `.ci/check-helm --write` makes it with helm and the
 chart, and `.ci/check-helm` checks it against the chart (where the chart is at hand) and
 validates every manifest. Here: the manifests, the instance's dagster.yaml (its ConfigMap), the
-code location's container context, and the Kubernetes Job that dagster-k8s's K8sRunLauncher
-creates for a run (its real `launch_run`, with the cluster's batch API replaced by one that keeps
+code location's container context, and the Kubernetes Job that the platform's launcher (dagster-k8s's
+K8sRunLauncher) creates for a run (its real `launch_run`, with the cluster's batch API replaced by one that keeps
 the Job instead of sending it).
 """
 
@@ -96,23 +96,35 @@ class RecordingBatchApi:
         return body
 
 
+LAUNCHER = ("etl_platform.instance.k8s_launcher", "PlatformK8sRunLauncher")  # values.yaml's runLauncher
+
+
 def run_launcher_config(instance_yaml: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
-    """The rendered K8sRunLauncher config, pointed at a kubeconfig file instead of the in-cluster
-    service account (there is no cluster here)."""
+    """The rendered PlatformK8sRunLauncher config, pointed at a kubeconfig file instead of the
+    in-cluster service account (there is no cluster here)."""
     launcher = instance_yaml["run_launcher"]
-    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher"), launcher
+    assert (launcher["module"], launcher["class"]) == LAUNCHER, launcher
     kubeconfig.write_text(KUBECONFIG)
     return {**launcher["config"], "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
 
 
+def build_launcher(launcher_config: dict[str, Any], batch: Any = None) -> Any:
+    """The rendered run launcher (PlatformK8sRunLauncher), its batch API `batch` if given."""
+    # dagster-k8s is the `k8s` extra: imported by the tests that need it only
+    from etl_platform.instance.k8s_launcher import PlatformK8sRunLauncher
+
+    return PlatformK8sRunLauncher(**launcher_config, k8s_client_batch_api=batch)
+
+
 def launch_job(instance: Any, run: Any, launcher_config: dict[str, Any]) -> tuple[str, Any]:
-    """(namespace, V1Job) that K8sRunLauncher.launch_run creates for `run` (a run of the code
-    location: its origin carries the image and the container context)."""
+    """(namespace, V1Job) that PlatformK8sRunLauncher.launch_run (Dagster's K8sRunLauncher's)
+    creates for `run` (a run of the code location: its origin carries the image and the container
+    context)."""
+    # Dagster's launch context has no public import path
     from dagster._core.launcher import LaunchRunContext
-    from dagster_k8s import K8sRunLauncher
 
     batch = RecordingBatchApi()
-    launcher = K8sRunLauncher(**launcher_config, k8s_client_batch_api=batch)
+    launcher = build_launcher(launcher_config, batch)
     launcher.register_instance(instance)
     launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
     (job,) = batch.jobs
