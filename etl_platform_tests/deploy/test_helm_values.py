@@ -121,6 +121,21 @@ def test_rendered_instance_is_the_platforms(values: dict[str, Any]) -> None:
     assert config["compute_logs"]["class"] == "NoOpComputeLogManager"  # the chart's default: README says so
 
 
+def test_the_daemon_reads_the_code_locations_tenants_file() -> None:
+    """The daemon launches the runs: which secrets a tenant's run gets comes from the tenants file it
+    reads, which must be the operator's (the ConfigMap), not the image's example."""
+    def tenants_file(deployment: str) -> tuple[str, str]:
+        pod = helm.manifest("Deployment", deployment)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/opt/dagster/app/tenants.yaml"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        return volume["configMap"]["name"], mount["subPath"]
+
+    code = tenants_file(f"{helm.RELEASE}-dagster-user-deployments-{helm.LOCATION}")
+    assert tenants_file(f"{helm.RELEASE}-dagster-daemon") == code == ("etl-tenants", "tenants.yaml")
+    assert "ETL_TENANTS_FILE=/opt/dagster/app/tenants.yaml" in (ROOT / "Dockerfile").read_text()
+
+
 @pytest.mark.postgres
 def test_rendered_instance_loads_and_builds_a_run_job(values, pg_url, tmp_path, monkeypatch) -> None:
     from urllib.parse import urlsplit

@@ -5,20 +5,25 @@ allows (there is no Kubernetes here).
 1. The image is built from the Dockerfile as values.yaml says (`--build-arg ETL_EXTRAS=k8s`).
 2. The operator's objects that values.yaml's header lists are made as a cluster would hold them:
    the Secrets etl-postgresql, etl-platform (ETL_WAREHOUSE_URL: a fresh database on the test
-   PostgreSQL) and etl-tenant-secrets (one key per *_env name of tenants.yaml), and the ConfigMap
-   etl-tenants (the repository's tenants.yaml).
+   PostgreSQL), etl-alerts (an alert channel), etl-api (the admin and read-API keys) and
+   etl-tenant-secrets (one key per secret of a tenant's loading), and the ConfigMap etl-tenants:
+   the repository's tenants.yaml with a `warehouse_url_env` for every tenant (the demo's names the
+   same fresh database), so that the run needs its tenant's secret to load at all.
 3. The launching instance is the rendered instance ConfigMap's dagster.yaml, with only its storage
    pointed at a fresh database on the test PostgreSQL (127.0.0.1, no TLS: the values' managed
    server is not here). A partition run of `ingest` (today | demo) is created for the code
    location's origin: this image and the rendered container context.
-4. K8sRunLauncher.launch_run builds the Job (helm.launch_job); its pod spec becomes a `docker run`
+4. The platform's PlatformK8sRunLauncher (Dagster's K8sRunLauncher) builds the Job
+   (helm.launch_job); its pod spec becomes a `docker run`
    (pod_as_docker_run): the same image, command and args (`python -m dagster api execute_run
    <run, instance ref>`), the environment resolved as the kubelet does (envFrom ConfigMaps and
    Secrets in order, then env, valueFrom secretKeyRef), the ConfigMap volumes with their subPath
    mounts, the pod's user, group and fsGroup, and the CPU and memory limits; on the host's network
    (the test PostgreSQL is on 127.0.0.1).
 5. The container exits 0; Dagster's run storage says SUCCESS; the demo tenant's raw rows carry
-   the run's id and its records are in the warehouse.
+   the run's id and its records are in the warehouse. The container's environment holds the demo's
+   secret and no other tenant's, no admin or read-API key, no alert channel (invariant: no tenant
+   ever sees another tenant's secrets).
 
 Not verified here (no cluster): scheduling, image pulls, the service account and its token, RBAC,
 fsGroup's volume ownership, probes, evictions, Services and cluster DNS, the Job controller's
@@ -83,7 +88,11 @@ def pod_as_docker_run(pod: dict[str, Any], secrets: dict[str, dict[str, str]],
             env[var["name"]] = var["value"]
         else:
             ref = var["valueFrom"]["secretKeyRef"]
-            env[var["name"]] = secrets[ref["name"]][ref["key"]]
+            value = secrets.get(ref["name"], {}).get(ref["key"])
+            if value is None:  # the kubelet leaves an optional reference out; else the pod does not start
+                assert ref.get("optional"), f"{var['name']}: {ref} is not there and not optional"
+                continue
+            env[var["name"]] = value
     env_file = files / "env"  # not on the command line: it holds the Secrets' values
     env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
     env_file.chmod(0o600)
@@ -129,6 +138,7 @@ def test_rendered_run_job_runs_a_partition_in_docker(engine, tmp_path: Path, mon
     from etl_platform.automation.onboarding import sync_tenants
     from etl_platform.config.registry import load_registry
     from etl_platform.definitions import build_definitions
+    from etl_platform.isolation.environment import tenant_secret_names
     from etl_platform.runs.partitions import partition_key
     from etl_platform.warehouse import Warehouse
 
@@ -139,12 +149,27 @@ def test_rendered_run_job_runs_a_partition_in_docker(engine, tmp_path: Path, mon
     warehouse_url = create_pg_database("k8s_job_wh")
     name = f"k8s-job-{uuid.uuid4().hex[:8]}"
     try:
-        tenants_text = (helm.ROOT / "tenants.yaml").read_text()
-        secret_names = sorted(set(re.findall(r"^\s*\w+_env:\s*(\w+)", tenants_text, re.M)))
+        # every tenant with a warehouse of its own (the demo's: the test database), so that the
+        # run needs its tenant's secret; relative paths resolve beside the file, as in the image
+        tenants_yaml = yaml.safe_load((helm.ROOT / "tenants.yaml").read_text())
+        for tenant in tenants_yaml["tenants"]:
+            tenant["warehouse_url_env"] = f"{tenant['id'].upper()}_WAREHOUSE_URL"
+        tenants_text = yaml.safe_dump(tenants_yaml, sort_keys=False)
+        tenants_file = tmp_path / "tenants.yaml"
+        tenants_file.write_text(tenants_text)
+        (tmp_path / "etl_platform").symlink_to(helm.ROOT / "etl_platform")
+        monkeypatch.setenv("ETL_TENANTS_FILE", str(tenants_file))
+        registry = load_registry()
+        loading = sorted({n for t in registry.tenants for n in tenant_secret_names(t)})
+        api_keys = sorted({t.api_key_env for t in registry.tenants if t.api_key_env})
+        assert f"{TENANT.upper()}_WAREHOUSE_URL" in loading and len(loading) > 1, loading
         secrets = {
             "etl-postgresql": {"postgresql-password": "unused"},  # the test server trusts local connections
             "etl-platform": {"ETL_WAREHOUSE_URL": warehouse_url},
-            "etl-tenant-secrets": {key: f"k8s-job-{key.lower()}" for key in secret_names},
+            "etl-alerts": {"ETL_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/k8s-job-alerts"},
+            "etl-api": {key: f"k8s-job-{key.lower()}" for key in ["ETL_ADMIN_API_KEY", *api_keys]},
+            "etl-tenant-secrets": {key: f"k8s-job-{key.lower()}" for key in loading}
+            | {f"{TENANT.upper()}_WAREHOUSE_URL": warehouse_url},
         }
         config_maps = {m["metadata"]["name"]: m.get("data") or {} for m in helm.manifests() if m["kind"] == "ConfigMap"}
         config_maps["etl-tenants"] = {"tenants.yaml": tenants_text}
@@ -162,7 +187,6 @@ def test_rendered_run_job_runs_a_partition_in_docker(engine, tmp_path: Path, mon
         home.mkdir()
         (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         monkeypatch.setenv("DAGSTER_PG_PASSWORD", secrets["etl-postgresql"]["postgresql-password"])
-        monkeypatch.setenv("ETL_TENANTS_FILE", str(helm.ROOT / "tenants.yaml"))
         monkeypatch.setenv("ETL_WAREHOUSE_URL", warehouse_url)
         # the executable the code server in this image reports for its runs
         python = docker("run", "--rm", "--entrypoint", "python", IMAGE, "-c", "import sys; print(sys.executable)")
@@ -195,6 +219,13 @@ def test_rendered_run_job_runs_a_partition_in_docker(engine, tmp_path: Path, mon
             inspect = yaml.safe_load(docker("inspect", name))[0]
             assert inspect["Config"]["User"] == "10001:10001" and inspect["HostConfig"]["NanoCpus"] == 2_000_000_000
             assert inspect["HostConfig"]["Memory"] == 4 * 1024**3
+            # the run's own tenant's secret (its warehouse: the run loaded with it), no other tenant's,
+            # no admin or read-API key, no alert channel
+            env = dict(item.split("=", 1) for item in inspect["Config"]["Env"])
+            assert env[f"{TENANT.upper()}_WAREHOUSE_URL"] == warehouse_url
+            assert set(env) & set(secrets["etl-tenant-secrets"]) == {f"{TENANT.upper()}_WAREHOUSE_URL"}
+            assert not set(env) & {*secrets["etl-api"], *secrets["etl-alerts"]}
+            assert env["ETL_WAREHOUSE_URL"] == warehouse_url  # etl-platform, whole
 
             record = instance.get_run_by_id(run.run_id)
             assert record.status == DagsterRunStatus.SUCCESS, logs
