@@ -197,3 +197,28 @@ def test_rendered_instance_loads_and_builds_a_run_job(values, pg_url, tmp_path, 
     assert spec.service_account_name == "etl-dagster-user-deployments-user-deployments"
     assert job.spec.active_deadline_seconds == 21600
     assert job.metadata.labels["app.kubernetes.io/part-of"] == "etl-platform"
+
+
+def test_every_process_of_the_release_logs_json() -> None:
+    """What the UI cannot show is in the logs: with the values, the webserver and the code server
+    write Dagster's lines as JSON, through the variables their commands read for --log-format
+    (the chart's commands take no such option), and the platform's lines (code server, daemon,
+    webserver, every run: runs get the code server's env) are JSON too."""
+    import os
+    import subprocess
+    import sys
+
+    env_of = {name: helm.config_map(name) for name in (
+        f"{helm.RELEASE}-dagster-webserver-env", f"{helm.RELEASE}-dagster-daemon-env",
+        f"{helm.RELEASE}-dagster-user-deployments-{helm.LOCATION}-user-env")}
+    assert all(env.get("ETL_LOG_FORMAT") == "json" for env in env_of.values()), env_of
+    web, code = f"{helm.RELEASE}-dagster-webserver-env", f"{helm.RELEASE}-dagster-user-deployments-{helm.LOCATION}-user-env"
+    commands = {"DAGSTER_WEBSERVER_LOG_FORMAT": (web, ["dagster-webserver"]),
+                "DAGSTER_CLI_API_GRPC_LOG_FORMAT": (code, ["dagster", "api", "grpc"])}
+    bin_dir = Path(sys.executable).parent
+    for variable, (config_map, command) in commands.items():
+        assert env_of[config_map].get(variable) == "json", (config_map, variable)
+        # the command reads the variable as its --log-format: a wrong value is refused by name
+        done = subprocess.run([str(bin_dir / command[0]), *command[1:]], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, variable: "not-a-format"})
+        assert done.returncode != 0 and "Invalid value for '--log-format'" in done.stderr, (variable, done.stderr[-500:])
