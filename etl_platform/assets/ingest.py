@@ -87,9 +87,11 @@ from etl_platform.warehouse import Warehouse, WarehouseError, warehouse_for
 
 STEP_NAME = "tenant_partitions"
 TENANT_WORK = "etl_platform.loading.tenant:run"
-# imported once by the run's fork server, so that a tenant's process starts in milliseconds
+# imported once by the run's fork server, so that a tenant's process starts in milliseconds; and
+# what a tenant's first load would import and build (loading/warm.py), paid once per run
 PRELOAD = ("etl_platform.loading.tenant", "etl_platform.sources.rest_api", "etl_platform.sources.csv.source",
-           "etl_platform.sources.feeds", "etl_platform.sources.jira", "etl_platform.sources.github")  # fmt: skip
+           "etl_platform.sources.feeds", "etl_platform.sources.jira", "etl_platform.sources.github",
+           "etl_platform.loading.warm:warm_up")  # fmt: skip
 log = logging.getLogger(__name__)
 
 

@@ -1,7 +1,10 @@
 """The fork server of a run: started once by the run worker, it imports the loading code,
 then forks one child per tenant on request.
 
-    python -m etl_platform.isolation.zygote CONTROL_FD PARENT_PID MODULE...
+    python -m etl_platform.isolation.zygote CONTROL_FD PARENT_PID MODULE[:FUNCTION]...
+
+(a `module:function` entry is imported, then the function is called once, before any fork: what
+every child would otherwise pay itself, paid once).
 
 Control messages (one per SOCK_SEQPACKET datagram) from the run worker: `("start", id, cpu_s)`
 with the child's channel socket attached (SCM_RIGHTS). Answers: `("ready",)` once the modules
@@ -114,8 +117,11 @@ def main(argv: list[str]) -> None:
     die_with_parent(int(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run worker decides when this ends
     control = socket.socket(fileno=int(control_fd))
-    for module in modules:
-        importlib.import_module(module)
+    for entry in modules:  # "module" or "module:function" (called once, before any fork)
+        module, _, function = entry.partition(":")
+        imported = importlib.import_module(module)
+        if function:
+            getattr(imported, function)()
     control.send(pickle.dumps(("ready",)))
     serve(control, int(parent))
 

@@ -51,3 +51,16 @@ def pid_then_sleep(payload, sock):
     out = attach(sock)
     out.send({"op": "pid", "pid": os.getpid()})
     time.sleep(3600)
+
+
+def report_warm(payload, sock):
+    """Sends which of `payload` (module names) this child had before it ran, and whether dlt's
+    plugin registry was already built (by the fork server, before the fork)."""
+    import sys
+
+    from dlt.common.configuration.container import Container
+    from dlt.common.configuration.plugins import PluginContext
+
+    out = attach(sock)
+    out.send({"op": "warm", "modules": {n: n in sys.modules for n in payload},
+              "plugins": PluginContext in Container()})

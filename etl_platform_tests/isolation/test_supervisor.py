@@ -149,3 +149,29 @@ def test_the_fork_servers_environment_holds_no_tenant_variable_and_no_platform_s
     }
     assert tenant_secrets(environ, acme) == {"ACME_TOKEN": "a"}
     assert tenant_secrets(environ, beta) == {"BETA_TOKEN": "b", "BETA_WAREHOUSE_URL": "postgresql://b"}
+
+
+def test_a_tenants_process_starts_warm():
+    """A tenant's process pays no start-up of its own: what its first load would import (dlt's
+    destination clients, their drivers, SQLAlchemy, Parquet) and dlt's plugin registry (a scan of
+    every installed package) were built once by the run's fork server, before it forked (the
+    platform's PRELOAD; the benchmark in RESULTS.md measures what it saves per tenant)."""
+    from etl_platform.assets.ingest import PRELOAD
+    from etl_platform.loading.warm import MODULES
+
+    code = f"""
+import json, sys
+from etl_platform.isolation.supervisor import ForkServer
+from etl_platform.isolation.limits import Limits
+with ForkServer({{"PATH": {os.environ["PATH"]!r}, "PYTHONPATH": {str(ROOT)!r}}}, preload=[*{list(PRELOAD)!r}, {TARGETS!r}]) as s:
+    (m,) = list(s.run({TARGETS + ":report_warm"!r}, {list(MODULES)!r}, {{}}, Limits(1 << 30, 60, 60)))
+print(json.dumps(m))
+"""
+    # a fresh interpreter: the test process's own imports must not count
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["plugins"] is True
+    assert [name for name, loaded in report["modules"].items() if not loaded] == []
