@@ -22,6 +22,6 @@ def warm_up() -> None:
     """Import what a tenant's first load imports, and build dlt's plugin registry."""
     for name in MODULES:
         importlib.import_module(name)
-    from dlt.common.configuration.plugins import manager
+    from dlt.common.configuration.plugins import manager  # only the fork server builds it, once
 
     manager()
