@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from dlt.common.configuration.plugins import manager
+
 MODULES = (
     "sqlalchemy", "sqlalchemy.dialects", "pyarrow.parquet", "pyarrow.fs", "pendulum.locales.en.locale",
     "xml.sax.expatreader", "dlt.common.libs.pyarrow", "dlt.common.libs.sql_alchemy_compat",
@@ -22,6 +24,4 @@ def warm_up() -> None:
     """Import what a tenant's first load imports, and build dlt's plugin registry."""
     for name in MODULES:
         importlib.import_module(name)
-    from dlt.common.configuration.plugins import manager  # only the fork server builds it, once
-
     manager()
