@@ -13,7 +13,8 @@
   coordinator and launchers that dagster.yaml plugs in, hence the daemon and the webserver too).
   A run's lines: the jobs' `console` logger (run_logger.py), and Dagster's default console
   logger of runs whose config names none (`JsonConsoleLogger`); Dagster's processes: their
-  `--log-format json` flag; a sensor's or schedule's `context.log`: `tick_log(context.log)`.
+  `--log-format json` flag, or, without it (the daemon under Dagster's Helm chart), the same
+  JsonConsoleLogger on their `dagster` logger; a sensor's or schedule's `context.log`: `tick_log(context.log)`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ _HANDLER_NAME = "etl-json"
 # the sensor daemon's lines of every tick, whatever the sensor did: DEBUG (a sensor that acts
 # says so itself, and the daemon logs the runs it creates and launches at INFO)
 _SENSOR_DAEMON = "dagster.daemon.SensorDaemon"
+# the loggers Dagster's processes print their own lines with (the daemon's, the webserver's):
+# coloured unless started with --log-format json, which Dagster's Helm chart cannot pass to the
+# daemon; with ETL_LOG_FORMAT=json their coloured handlers write JSON lines too
+_DAGSTER_PROCESS_LOGGERS = ("dagster", "dagit", "dagster-webserver")
 _TICK_CHATTER = ("Checking for new runs for sensor: ", "Sensor ")
 _TICK_SKIPPED = " skipped: "
 # Dagster tags worth a field of their own
@@ -141,9 +146,25 @@ def configure_from_env(logger_name: str = "etl_platform") -> bool:
     _json_logger(logging.getLogger(logger_name))
     if logging.getLoggerClass() is logging.Logger:
         logging.setLoggerClass(JsonConsoleLogger)
+    for name in _DAGSTER_PROCESS_LOGGERS:
+        _json_console(logging.getLogger(name))
     logging.captureWarnings(True)  # a warning is a `py.warnings` record: one JSON line, not two text lines
     _json_logger(logging.getLogger("py.warnings"))
     return True
+
+
+def _json_console(logger: logging.Logger) -> None:
+    """`logger` (one that exists already) becomes a JsonConsoleLogger: its coloured handlers, now
+    and later, write JSON lines."""
+    if type(logger) is logging.Logger:
+        logger.__class__ = JsonConsoleLogger
+    for handler in logger.handlers:
+        _json_formatted(handler)
+
+
+def _json_formatted(handler: logging.Handler) -> None:
+    if type(handler.formatter).__module__.startswith("coloredlogs"):
+        handler.setFormatter(JsonFormatter())
 
 
 class JsonConsoleLogger(logging.Logger):
@@ -154,8 +175,7 @@ class JsonConsoleLogger(logging.Logger):
     this class its lines are the same JSON lines as the platform jobs' `console` logger's."""
 
     def addHandler(self, handler: logging.Handler) -> None:  # noqa: N802 - logging's name
-        if type(handler.formatter).__module__.startswith("coloredlogs"):
-            handler.setFormatter(JsonFormatter())
+        _json_formatted(handler)
         super().addHandler(handler)
 
 
