@@ -26,16 +26,9 @@ from etl_platform.instance.k8s_launcher import PlatformK8sRunLauncher
 from etl_platform.runs.partitions import partition_key, tenant_date_partitions
 from etl_platform.runs.tags import tenant_tags
 from etl_platform_tests.support import helm_chart as helm
-from etl_platform_tests.support.platform_runs import write_tenants
+from etl_platform_tests.support.platform_runs import SECRET_TENANTS, write_tenants
 
-TENANTS = [
-    {"id": "alpha", "api_key_env": "ETL_ALPHA_API_KEY", "warehouse_url_env": "ALPHA_WAREHOUSE_URL",
-     "alerts": {"channels": [{"type": "webhook", "url_env": "ALPHA_ALERT_URL"}]},
-     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "ALPHA_GITHUB_TOKEN"}]},
-    {"id": "beta", "api_key_env": "ETL_BETA_API_KEY", "warehouse_url_env": "BETA_WAREHOUSE_URL",
-     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "BETA_GITHUB_TOKEN"}]},
-    {"id": "gamma", "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "GAMMA_TOKEN"}]},
-]
+TENANTS = SECRET_TENANTS
 ALPHA = {"ALPHA_GITHUB_TOKEN", "ALPHA_WAREHOUSE_URL"}
 BETA = {"BETA_GITHUB_TOKEN", "BETA_WAREHOUSE_URL"}
 DAY = "2026-12-01"

@@ -9,7 +9,7 @@ import pytest
 from dagster import DagsterRun
 
 from etl_platform.instance.run_launcher import RUN_PREFIXES, PlatformDockerRunLauncher
-from etl_platform_tests.support.platform_runs import write_tenants
+from etl_platform_tests.support.platform_runs import SECRET_TENANTS, write_tenants
 
 RUN = DagsterRun(job_name="ingest", run_id="0123abcd-0000-4000-8000-000000000000",
                  tags={"dagster/partition": "2026-12-01|acme"})
@@ -62,14 +62,7 @@ def test_a_broken_tenants_file_does_not_stop_the_launcher(tenants, tmp_path, mon
     assert "ACME_GITHUB_TOKEN" not in context.env_vars and "ETL_TENANTS_FILE" in context.env_vars
 
 
-TWO = [
-    {"id": "alpha", "api_key_env": "ETL_ALPHA_API_KEY", "warehouse_url_env": "ALPHA_WAREHOUSE_URL",
-     "alerts": {"channels": [{"type": "webhook", "url_env": "ALPHA_ALERT_URL"}]},
-     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "ALPHA_GITHUB_TOKEN"}]},
-    {"id": "beta", "api_key_env": "ETL_BETA_API_KEY", "warehouse_url_env": "BETA_WAREHOUSE_URL",
-     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "BETA_GITHUB_TOKEN"}]},
-    {"id": "gamma", "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "GAMMA_TOKEN"}]},
-]
+TWO = SECRET_TENANTS
 PLATFORM_SECRETS = ("ETL_ADMIN_API_KEY", "ETL_ALERT_WEBHOOK_URL", "ETL_ALERT_SLACK_WEBHOOK_URL", "ETL_ALERT_SMTP_URL")
 
 

@@ -14,6 +14,18 @@ from etl_platform.config.registry import load_registry
 from etl_platform.runs.partitions import partition_key
 
 
+# three tenants with secrets of every kind (a source token, an own warehouse, a read key, an alert
+# channel) and one with a source token only: which of them a run's container or pod may hold
+SECRET_TENANTS = [
+    {"id": "alpha", "api_key_env": "ETL_ALPHA_API_KEY", "warehouse_url_env": "ALPHA_WAREHOUSE_URL",
+     "alerts": {"channels": [{"type": "webhook", "url_env": "ALPHA_ALERT_URL"}]},
+     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "ALPHA_GITHUB_TOKEN"}]},
+    {"id": "beta", "api_key_env": "ETL_BETA_API_KEY", "warehouse_url_env": "BETA_WAREHOUSE_URL",
+     "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "BETA_GITHUB_TOKEN"}]},
+    {"id": "gamma", "sources": [{"name": "gh", "kind": "github", "repositories": ["o/r"], "token_env": "GAMMA_TOKEN"}]},
+]
+
+
 def write_tenants(path: Path, tenants: list[dict[str, Any]]) -> Path:
     path.write_text(yaml.safe_dump({"tenants": tenants}, sort_keys=False))
     return path
