@@ -31,6 +31,7 @@ import pytest
 
 from etl_platform_tests.support.headless_browser import (
     Screenshots,
+    Waits,
     chromium,
     exact,
     free_port,
@@ -114,14 +115,8 @@ def test_materialize_the_demo_partition_in_the_ui_then_read_docs(tmp_path: Path)
                     log=api_log) as server, \
             chromium() as driver:
         shots = Screenshots(driver)
-        wait = WebDriverWait(driver, UI_WAIT_S)
-
-        def click(xpath: str) -> None:
-            wait.until(EC.element_to_be_clickable((By.XPATH, xpath))).click()
-
-        def visible(xpath: str):
-            """The first displayed element matching `xpath` (the UI keeps hidden copies of some texts)."""
-            return wait.until(lambda d: next((e for e in d.find_elements(By.XPATH, xpath) if e.is_displayed()), False))
+        page = Waits(driver, UI_WAIT_S)
+        click, visible, wait = page.click, page.visible, page.wait
 
         wait_http(f"{ui}/server_info", dev, dev_log)
         with shots.step("asset-lineage"):

@@ -26,6 +26,7 @@ import yaml
 
 from etl_platform_tests.support.headless_browser import (
     Screenshots,
+    Waits,
     chromium,
     exact,
     free_port,
@@ -114,13 +115,8 @@ def test_ui_backfills_read_what_happened(tmp_path: Path) -> None:
     with process([str(BIN / "dg"), "dev", "--port", str(ui_port), "--host", "127.0.0.1"], cwd=REPO, env=env,
                  log=dev_log) as dev, chromium() as driver:
         shots = Screenshots(driver, REPO / "etl_platform_tests" / "screenshots" / "backfills")
-        wait = WebDriverWait(driver, UI_WAIT_S)
-
-        def click(xpath: str) -> None:
-            wait.until(EC.element_to_be_clickable((By.XPATH, xpath))).click()
-
-        def visible(xpath: str):
-            return wait.until(lambda d: next((e for e in d.find_elements(By.XPATH, xpath) if e.is_displayed()), False))
+        page = Waits(driver, UI_WAIT_S)
+        click, visible, wait = page.click, page.visible, page.wait
 
         def launch(dates: str, tenants: list[str]) -> str:
             """Materialize all… over `dates` × `tenants` as a backfill; its id."""

@@ -72,6 +72,28 @@ def chromium() -> Iterator:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+class Waits:
+    """Waiting lookups on a page: `click(xpath)` once the element is clickable, `visible(xpath)` the
+    first displayed match (the UI keeps hidden copies of some texts); both wait up to `timeout`."""
+
+    def __init__(self, driver, timeout: float) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait  # selenium: the browser tests' only
+
+        self.wait = WebDriverWait(driver, timeout)
+
+    def click(self, xpath: str) -> None:
+        from selenium.webdriver.common.by import By  # selenium: the browser tests' only
+        from selenium.webdriver.support import expected_conditions as EC  # noqa: N812 - selenium's name
+
+        self.wait.until(EC.element_to_be_clickable((By.XPATH, xpath))).click()
+
+    def visible(self, xpath: str):  # noqa: ANN201 - a selenium WebElement
+        from selenium.webdriver.common.by import By  # selenium: the browser tests' only
+
+        return self.wait.until(
+            lambda d: next((e for e in d.find_elements(By.XPATH, xpath) if e.is_displayed()), False))
+
+
 class Screenshots:
     """`with shots.step("name"):` saves NN-name.png after the step, NN-name-FAILED.png if it fails."""
 
