@@ -15,7 +15,10 @@ test_k8s_job.py runs that Job's container in Docker.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,10 +207,6 @@ def test_every_process_of_the_release_logs_json() -> None:
     write Dagster's lines as JSON, through the variables their commands read for --log-format
     (the chart's commands take no such option), and the platform's lines (code server, daemon,
     webserver, every run: runs get the code server's env) are JSON too."""
-    import os
-    import subprocess
-    import sys
-
     env_of = {name: helm.config_map(name) for name in (
         f"{helm.RELEASE}-dagster-webserver-env", f"{helm.RELEASE}-dagster-daemon-env",
         f"{helm.RELEASE}-dagster-user-deployments-{helm.LOCATION}-user-env")}

@@ -3,6 +3,7 @@ its environment holds only its own secrets, and no process outlives the run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -170,8 +171,6 @@ print(json.dumps(m))
     # a fresh interpreter: the test process's own imports must not count
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["plugins"] is True
     assert [name for name, loaded in report["modules"].items() if not loaded] == []
