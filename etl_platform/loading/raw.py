@@ -8,9 +8,10 @@ table) or DuckDB's pruning, so the work of a load follows the partition, not the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
 from etl_platform.isolation import progress
 from etl_platform.loading.versions import slice_figures
-from etl_platform.normalize.drift import observed_schema
+from etl_platform.normalize.drift import observed_schema, remember_schema
 from etl_platform.sources import lineage
 from etl_platform.sources.build import apply_load_hints, build_source
 from etl_platform.sources.contracts import install_guards, rejects_resource
@@ -59,6 +60,8 @@ class ResourceSlice:
     columns: dict[str, str] = field(default_factory=dict)  # dlt's columns (name -> type), for the UI
     columns_added: list[str] = field(default_factory=list)  # by this load
     observed: dict[str, str] = field(default_factory=dict)  # fields of this load's records (drift)
+    previous: dict[str, str] | None = None  # the fields of the tenant's previous load (stored)
+    previous_at: str | None = None  # when those were first observed
 
 
 @dataclass
@@ -97,22 +100,30 @@ def load_source(
         pipelines_dir=pipelines_dir(),
     )
 
-    def writer() -> Any:  # DuckDB: one writing process at a time; PostgreSQL: one load per (tenant, source)
-        return warehouse.lock(write=True, name="" if warehouse.kind == "duckdb" else f"{tenant.id}/{config.name}")
+    def writer() -> Any:  # DuckDB: one writing process per file; PostgreSQL: one load per (tenant, source)
+        return warehouse.writing(name="" if warehouse.kind == "duckdb" else f"{tenant.id}/{config.name}")
 
-    with writer():
+    with writer() as held:
         # a failed earlier load would replay its pending packages: drop them; then the state and
         # schema as the destination holds them (another process or container may have loaded)
         pipeline.abort_packages()
-        pipeline.sync_destination()
+        pipeline.sync_destination(destination=held.destination)
         guards = _contract_guards(pipeline, source, config, ctx)
-    load_info = _extract_and_load(pipeline, source, guards, writer)
-    with writer():
-        load_ids = _load_ids(pipeline, load_info, guards)
-        with warehouse.connect(write=True) as conn:
-            slices, rejects, swept = _settle_slice(
-                conn, tenant.dataset, pipeline, load_info, load_ids, source, config, days
-            )
+    # extract and normalize write local files only: outside the writer's lock, so that other runs'
+    # loads go on meanwhile (the destination was synced just before)
+    pipeline.config.restore_from_destination = False
+    with _refusals_named(guards):
+        progress.note(phase="extract")
+        pipeline.extract(source)
+        pipeline.normalize()
+    with writer() as held:
+        with _refusals_named(guards):
+            progress.note(phase="load")
+            load_info = pipeline.load(destination=held.destination)
+        load_ids = _load_ids(pipeline, load_info, guards, held.destination)
+        slices, rejects, swept = _settle_slice(
+            held.conn, tenant.dataset, pipeline, load_info, load_ids, source, config, days
+        )
     return SourceLoad(
         source=config.name,
         slices=slices,
@@ -131,33 +142,27 @@ def _with_rejects(source: Any, resources: list[str]) -> list[str]:
     return names
 
 
-def _extract_and_load(pipeline: Any, source: Any, guards: list, writer: Callable[[], Any]) -> Any:
-    """Extract and normalize (local files only: outside the writer's lock, so that other runs'
-    loads go on meanwhile; the destination was synced just before), then load under the lock.
-    A schema contract (freeze) that refused the data fails as permanent, naming every field."""
-    pipeline.config.restore_from_destination = False
+@contextlib.contextmanager
+def _refusals_named(guards: list) -> Iterator[None]:
+    """A schema contract (freeze) that refused the data fails as permanent, naming every field as
+    the source writes it (dlt names its variant column)."""
     try:
-        progress.note(phase="extract")
-        pipeline.extract(source)
-        pipeline.normalize()
-        with writer():
-            progress.note(phase="load")
-            return pipeline.load()
+        yield
     except Exception:
         refused = [g.describe() for g in guards if g.mode == "freeze" and g.stats.violations]
-        if refused:  # name every field as the source writes it (dlt names its variant column)
+        if refused:
             raise PermanentSourceError("; ".join(refused)) from None
         raise
 
 
-def _load_ids(pipeline: Any, load_info: Any, guards: list) -> list[str]:
+def _load_ids(pipeline: Any, load_info: Any, guards: list, destination: Any) -> list[str]:
     """The loads of this run: the source's, then the rows or values a contract discarded (kept in
     `rejects` with the reason)."""
     load_info.raise_on_failed_jobs()
     load_ids = list(load_info.loads_ids)
     diverted = [row for guard in guards for row in guard.rejected]
     if diverted:
-        extra = pipeline.run(rejects_resource(diverted))
+        extra = pipeline.run(rejects_resource(diverted), destination=destination)
         extra.raise_on_failed_jobs()
         load_ids += list(extra.loads_ids)
     return load_ids
@@ -174,8 +179,9 @@ def _settle_slice(
     days: list[dt.date],
 ) -> tuple[list[ResourceSlice], dict[dt.date, int], dict[str, int]]:
     """After the load, under the writer's lock: slice indexes and statistics (PostgreSQL), the
-    earlier loads of the slice swept, rows counted and fingerprinted per table and day. (slices
-    per resource, the source's rejects per day, rows swept per table)."""
+    earlier loads of the slice swept, rows counted and fingerprinted per table and day, the fields
+    each data table observed remembered. (slices per resource, the source's rejects per day, rows
+    swept per table)."""
     tables = [raw_table(config.name, r) for r in source.selected_resources]
     if REJECTS_TABLE not in source.selected_resources and conn.table_exists(dataset, REJECTS_TABLE):
         tables.append(REJECTS_TABLE)  # rows a contract diverted
@@ -189,11 +195,11 @@ def _settle_slice(
     for name in source.selected_resources:
         table = raw_table(config.name, name)
         rows, versions = figures[table]
-        observed = {} if name == REJECTS_TABLE else observed_schema(
-            conn, dataset, table, load_ids, config.name, days, resource=name
-        )
-        slices.append(ResourceSlice(name, table, rows, versions, _columns(pipeline, table),
-                                    _schema_changes(load_info, table), observed))
+        found = ResourceSlice(name, table, rows, versions, _columns(pipeline, table), _schema_changes(load_info, table))
+        if name != REJECTS_TABLE:  # the fields of this load's records against the previous load's
+            found.observed = observed_schema(conn, dataset, table, load_ids, config.name, days, resource=name)
+            found.previous, found.previous_at = remember_schema(conn, dataset, config.name, name, found.observed)
+        slices.append(found)
     rejects = figures[REJECTS_TABLE][0] if REJECTS_TABLE in figures else {d: 0 for d in days}
     return slices, rejects, swept
 

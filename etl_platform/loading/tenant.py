@@ -13,7 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from etl_platform.config.models import TenantConfig
 from etl_platform.config.names import REJECTS_TABLE
@@ -23,10 +23,9 @@ from etl_platform.isolation import progress
 from etl_platform.isolation.child import Outbox, attach
 from etl_platform.loading import messages as m
 from etl_platform.loading.failures import TRANSIENT, TenantFailure, classify, tenant_failure
-from etl_platform.loading.raw import SourceLoad, load_source
+from etl_platform.loading.raw import ResourceSlice, SourceLoad, load_source
 from etl_platform.loading.versions import METRICS_RULES, combine, records_version, slice_figures
 from etl_platform.metrics.run import METRIC_KINDS, METRICS_TABLE, compute_tenant_metrics
-from etl_platform.normalize.drift import remember_schema
 from etl_platform.normalize.run import NormalizeResult, mappings_for, normalize_tenant
 from etl_platform.security.redaction import install_log_redaction
 from etl_platform.warehouse import Warehouse, warehouse_for
@@ -79,7 +78,6 @@ class TenantWork:
                 f"tenant {tenant.id}, source {name}",
                 lambda: load_source(self.job.run_id, registry, warehouse, tenant, config, self.days, resources),
             )
-            drift = self._remember_schemas(warehouse, tenant, load)
         except Exception as exc:  # noqa: BLE001 - classified, redacted, reported; the other sources go on
             failure = tenant_failure(exc, tenant.id, name, self.days, config=config)
             self.failures.append(failure)
@@ -91,7 +89,7 @@ class TenantWork:
                 source=name,
                 resources=[
                     m.ResourceDays(s.resource, s.table, s.rows, s.versions, s.columns, s.columns_added,
-                                   drift.get(s.resource))
+                                   _drift(s))
                     for s in load.slices
                 ],
                 rejects=load.rejects,
@@ -99,18 +97,6 @@ class TenantWork:
                 seconds=load.duration_s,
             )
         )
-
-    def _remember_schemas(self, warehouse: Warehouse, tenant: TenantConfig, load: SourceLoad) -> dict[str, Any]:
-        """Each data table's fields of this load against the tenant's previous load (stored)."""
-        out = {}
-        data = [s for s in load.slices if s.resource != REJECTS_TABLE]
-        if not data:
-            return out
-        with warehouse.connect(write=True) as conn:
-            for res in data:
-                previous, at = remember_schema(conn, tenant.dataset, load.source, res.resource, res.observed)
-                out[res.resource] = m.DriftFigures(res.observed, previous, at)
-        return out
 
     # --- records and metrics -----------------------------------------------------------------
 
@@ -196,6 +182,13 @@ class TenantWork:
                 days[day] = m.MetricsDay(versions[day], len(rows), values)
         unchanged = tuple(d for d in self.days if d not in days)
         self.send(m.MetricsComputed(days, unchanged, unmapped, sources, f"{tenant.dataset}.{METRICS_TABLE}"))
+
+
+def _drift(found: ResourceSlice) -> m.DriftFigures | None:
+    """A data table's fields in this load against the tenant's previous load (none for rejects)."""
+    if found.resource == REJECTS_TABLE:
+        return None
+    return m.DriftFigures(found.observed, found.previous, found.previous_at)
 
 
 def with_retries(what: str, attempt: Callable[[], T]) -> T:

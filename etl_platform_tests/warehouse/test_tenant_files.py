@@ -208,3 +208,71 @@ def test_migrate_moves_a_single_file_warehouse_to_tenant_files(
         assert materialize(instance, "alpha", DAY).success
     assert _records(platform.for_tenant("alpha").url, "alpha") == 20
     assert _locks(platform.duckdb_path.parent) == []
+
+
+def test_a_tenants_file_is_free_while_its_own_source_is_still_sending(
+    tmp_path: Path, platform_env, files_layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load holds its tenant's file only while it writes: while the tenant's API is slow to
+    answer, the read API opens the file at once. And a source's load opens the file twice (dlt's
+    state sync, then the load and the slice's bookkeeping on one connection), not once per dlt
+    client: every open of a DuckDB file costs ~12 ms of CPU, for every source of every tenant."""
+    from etl_platform.config.registry import load_registry
+    from etl_platform.loading.raw import load_source
+    from etl_platform.warehouse import warehouse_for
+    from etl_platform_tests.support.http_servers import LocalServer
+    from etl_platform_tests.support.jsonplaceholder import collection_handler
+
+    items = [{"id": i, "title": f"item {i}", "updated": "2024-03-01T10:00:00Z"} for i in range(1, 8)]
+    asked, answer = threading.Event(), threading.Event()
+    with LocalServer() as server:
+        serve = collection_handler(items, f"{server.url}/acme", "/items")
+
+        def slow(request):
+            asked.set()
+            assert answer.wait(30)
+            return serve(request)
+
+        server.route("/acme/items", slow)
+        source = {
+            "name": "items", "kind": "rest_api", "base_url": f"{server.url}/acme",
+            "paginator": {"type": "header_link"},
+            "resources": [{"name": "items", "path": "items", "params": {"_page": 1, "_limit": 5},
+                           "primary_key": "id"}],
+        }
+        platform_env([{"id": "acme", "sources": [source]}], f"duckdb:///{tmp_path / 'data' / 'warehouse.duckdb'}")
+        registry = load_registry()
+        tenant = registry.tenant("acme")
+        warehouse = warehouse_for(tenant)
+
+        def load(run_id: str):
+            return load_source(run_id, registry, warehouse, tenant, tenant.source("items"), [DAY], ["items"])
+
+        answer.set()
+        assert load("run-1").slices[0].rows == {DAY: 7}
+        asked.clear()
+        answer.clear()
+        opened: list[str] = []
+        real_connect = duckdb.connect
+
+        def counting_connect(*args, **kwargs):
+            opened.append(str(args[0] if args else kwargs.get("database")))
+            return real_connect(*args, **kwargs)
+
+        monkeypatch.setattr(duckdb, "connect", counting_connect)
+        done: list = []
+        loading = threading.Thread(target=lambda: done.append(load("run-2")))
+        loading.start()
+        try:
+            assert asked.wait(30)  # the load is extracting: waiting for the tenant's API
+            started = time.monotonic()
+            with warehouse.connect(timeout_s=5) as conn:  # as the read API opens it: read-only
+                rows = conn.query(f'SELECT count(*) FROM "{tenant.dataset}"."items_items"')[0][0]
+            assert rows == 7 and time.monotonic() - started < 5
+        finally:
+            answer.set()
+            loading.join(60)
+        assert done and done[0].slices[0].rows == {DAY: 7}
+        mine = [p for p in opened if p == str(warehouse.duckdb_path)]
+        assert len(mine) == 3, opened  # the read above, the state sync, the load with its bookkeeping
+    assert _locks(tmp_path) == []
