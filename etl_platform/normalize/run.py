@@ -286,7 +286,7 @@ def _upsert(conn: Connection, schema: str, valid: int) -> int:
         if conn.query(f"SELECT count(*) FROM (SELECT 1 FROM {target} LIMIT 1) AS t")[0][0] == 0:
             conn.execute(f"INSERT INTO {target} ({names}) {newest()}")  # the first load: no key to match
         else:
-            _merge(conn, target, newest, int(distinct))
+            _merge(conn, target, names, newest, int(distinct))
         return int(distinct)
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in UPSERT_KEY)
     conn.execute(
@@ -302,7 +302,7 @@ def _upsert(conn: Connection, schema: str, valid: int) -> int:
 MERGE_ROWS_PER_MB = 1200
 
 
-def _merge(conn: Connection, target: str, newest: Callable[[str], str], rows: int) -> None:
+def _merge(conn: Connection, target: str, names: str, newest: Callable[[str], str], rows: int) -> None:
     """DuckDB's upsert: MERGE (a hash join, where ON CONFLICT probes the key index row by row,
     twice as slow) in slices of the keys that fit the connection's memory cap."""
     memory_mb = get_settings().normalize_memory_mb
@@ -315,7 +315,7 @@ def _merge(conn: Connection, target: str, newest: Callable[[str], str], rows: in
         conn.execute(
             f"MERGE INTO {target} AS t USING ({newest(where)}) AS s ON ({on}) "
             f"WHEN MATCHED AND {_wins('s', 't')} THEN UPDATE SET {updates} "
-            f"WHEN NOT MATCHED THEN INSERT ({', '.join(quote(c) for c in columns)}) "
+            f"WHEN NOT MATCHED THEN INSERT ({names}) "
             f"VALUES ({', '.join('s.' + quote(c) for c in columns)})"
         )
 
