@@ -22,6 +22,7 @@ from etl_platform.config.names import REJECTS_TABLE, raw_table
 from etl_platform.config.registry import Registry
 from etl_platform.config.settings import get_settings
 from etl_platform.isolation import progress
+from etl_platform.loading.messages import DriftFigures
 from etl_platform.loading.versions import slice_figures
 from etl_platform.normalize.drift import observed_schema, remember_schema
 from etl_platform.sources import lineage
@@ -59,9 +60,7 @@ class ResourceSlice:
     versions: dict[dt.date, str]  # content fingerprint of each day's slice
     columns: dict[str, str] = field(default_factory=dict)  # dlt's columns (name -> type), for the UI
     columns_added: list[str] = field(default_factory=list)  # by this load
-    observed: dict[str, str] = field(default_factory=dict)  # fields of this load's records (drift)
-    previous: dict[str, str] | None = None  # the fields of the tenant's previous load (stored)
-    previous_at: str | None = None  # when those were first observed
+    drift: DriftFigures | None = None  # a data table's fields against the previous load's (not rejects)
 
 
 @dataclass
@@ -197,8 +196,8 @@ def _settle_slice(
         rows, versions = figures[table]
         found = ResourceSlice(name, table, rows, versions, _columns(pipeline, table), _schema_changes(load_info, table))
         if name != REJECTS_TABLE:  # the fields of this load's records against the previous load's
-            found.observed = observed_schema(conn, dataset, table, load_ids, config.name, days, resource=name)
-            found.previous, found.previous_at = remember_schema(conn, dataset, config.name, name, found.observed)
+            observed = observed_schema(conn, dataset, table, load_ids, config.name, days, resource=name)
+            found.drift = DriftFigures(observed, *remember_schema(conn, dataset, config.name, name, observed))
         slices.append(found)
     rejects = figures[REJECTS_TABLE][0] if REJECTS_TABLE in figures else {d: 0 for d in days}
     return slices, rejects, swept

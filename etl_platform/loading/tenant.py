@@ -16,14 +16,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from etl_platform.config.models import TenantConfig
-from etl_platform.config.names import REJECTS_TABLE
 from etl_platform.config.registry import Registry, load_registry
 from etl_platform.config.settings import get_settings
 from etl_platform.isolation import progress
 from etl_platform.isolation.child import Outbox, attach
 from etl_platform.loading import messages as m
 from etl_platform.loading.failures import TRANSIENT, TenantFailure, classify, tenant_failure
-from etl_platform.loading.raw import ResourceSlice, SourceLoad, load_source
+from etl_platform.loading.raw import SourceLoad, load_source
 from etl_platform.loading.versions import METRICS_RULES, combine, records_version, slice_figures
 from etl_platform.metrics.run import METRIC_KINDS, METRICS_TABLE, compute_tenant_metrics
 from etl_platform.normalize.run import NormalizeResult, mappings_for, normalize_tenant
@@ -89,7 +88,7 @@ class TenantWork:
                 source=name,
                 resources=[
                     m.ResourceDays(s.resource, s.table, s.rows, s.versions, s.columns, s.columns_added,
-                                   _drift(s))
+                                   s.drift)
                     for s in load.slices
                 ],
                 rejects=load.rejects,
@@ -182,13 +181,6 @@ class TenantWork:
                 days[day] = m.MetricsDay(versions[day], len(rows), values)
         unchanged = tuple(d for d in self.days if d not in days)
         self.send(m.MetricsComputed(days, unchanged, unmapped, sources, f"{tenant.dataset}.{METRICS_TABLE}"))
-
-
-def _drift(found: ResourceSlice) -> m.DriftFigures | None:
-    """A data table's fields in this load against the tenant's previous load (none for rejects)."""
-    if found.resource == REJECTS_TABLE:
-        return None
-    return m.DriftFigures(found.observed, found.previous, found.previous_at)
 
 
 def with_retries(what: str, attempt: Callable[[], T]) -> T:
