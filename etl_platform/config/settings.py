@@ -326,15 +326,16 @@ def apply_dlt_defaults() -> None:
     os.environ.setdefault("DATA_WRITER__COMPRESSION", "none")
     os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
     # DuckDB takes up to 80% of RAM by default and keeps what it read and wrote cached: a 1M-row CSV
-    # load peaked at ~1.3 GB in the loading process (which is also the Dagster step's). dlt's loading
-    # connections skip keeping insertion order (raw rows have none; DuckDB then loads Parquet in
-    # parallel and streams it with far less memory) and get 64 MB per DuckDB thread (threads = cores,
-    # at least 128 MB), beyond which DuckDB spills to disk: on 2 cores a 1M-row load peaked ~110 MB
-    # lower than at 256 MB a thread, at the same speed. Override with this variable (JSON of DuckDB
-    # settings).
+    # load peaked at ~1.3 GB in the loading process. dlt's loading connections skip keeping
+    # insertion order (raw rows have none; DuckDB then loads Parquet in parallel and streams it with
+    # far less memory) and get 128 MB per DuckDB thread (threads = cores, at least 256 MB), beyond
+    # which DuckDB spills to disk. Each thread builds its own row group (~55 MB for the benchmark's
+    # rows): on 2 cores the 1M-row insert took 3.5 s at 128 MB and 2.8 s from 192 MB up, and the
+    # tenant's process peaked at ~475 MB at 256 MB (benchmarks/RESULTS.md). Override with this
+    # variable (JSON of DuckDB settings).
     os.environ.setdefault(
         "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
-        f'{{"memory_limit": "{max(128, 64 * (os.cpu_count() or 1))}MB", "preserve_insertion_order": false}}',
+        f'{{"memory_limit": "{max(256, 128 * (os.cpu_count() or 1))}MB", "preserve_insertion_order": false}}',
     )
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 import gzip
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,29 @@ def test_json_objects_write_what_orjson_writes() -> None:
     values = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(12))) for _ in range(2000)]
     names = ["plain", 'quo"te', "back\\slash", "new\nline"]
     columns = [pa.array(values[i::4][:500], pa.string()) for i in range(4)]
-    got = json_objects(names, columns).to_pylist()
-    rows = zip(*(c.to_pylist() for c in columns))
-    assert got == [orjson.dumps(dict(zip(names, row))).decode() for row in rows]
+    # nulls in some columns (each brings its own quotes) next to columns without (quotes folded
+    # into the literal parts around them): first, last and adjacent columns
+    with_nulls = [pa.array([None if rng.random() < 0.3 else v for v in c.to_pylist()], pa.string()) for c in columns]
+    for chosen in ([], [0], [3], [1, 2], [0, 1, 2, 3], [0, 2]):
+        mixed = [with_nulls[i] if i in chosen else columns[i] for i in range(4)]
+        got = json_objects(names, mixed).to_pylist()
+        rows = zip(*(c.to_pylist() for c in mixed))
+        assert got == [orjson.dumps(dict(zip(names, row))).decode() for row in rows], chosen
+    one = json_objects(["only"], [pa.array(["a", None], pa.string())]).to_pylist()
+    assert one == ['{"only":"a"}', '{"only":null}']
+
+
+def test_has_special_sees_exactly_the_characters_json_escapes() -> None:
+    """The byte scan answers as the pattern does, on every slice (offsets into one buffer),
+    on large strings, and on arrays with nulls."""
+    rng = random.Random(5)
+    alphabet = [chr(c) for c in range(0x20)] + list('"\\/ab é€\u2028😀\x7f')
+    values = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(3))) for _ in range(400)]
+    values += [None, "plain", "é€😀"]
+    for kind in (pa.string(), pa.large_string()):
+        column = pa.array(values, kind)
+        for start in range(0, len(values), 7):
+            part = column.slice(start, 5)
+            expected = any(v is not None and re.search(r'[\x00-\x1f"\\]', v) for v in part.to_pylist())
+            assert arrow_pass.has_special(part) == expected, part.to_pylist()
+    assert not arrow_pass.has_special(pa.array(["é€😀", "a/b", ""], pa.string()))

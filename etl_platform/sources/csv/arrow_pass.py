@@ -20,7 +20,6 @@ from typing import IO, Any
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -59,30 +58,57 @@ class FallBack(Exception):
 
 def json_objects(names: list[str], columns: list[pa.Array], special: list[bool] | None = None) -> pa.Array:
     """Each row as a compact JSON object keyed by `names` in order, as orjson writes it;
-    `special[i]`: whether column i may hold characters to escape (`has_special`)."""
+    `special[i]`: whether column i may hold characters to escape (`has_special`).
+
+    One join of all the columns: the quotes of a column without nulls go into the literal parts
+    around it (`{"id":"` ... `","name":"`); a column with nulls brings its own (`"v"` or `null`)."""
     parts: list[Any] = []
+    open_string = False  # the last part left a JSON string open: the next literal closes it
     for index, (name, column) in enumerate(zip(names, columns)):
         escape = has_special(column) if special is None else special[index]
-        parts.append(("{" if index == 0 else ",") + orjson.dumps(name).decode() + ":")
-        parts.append(pc.fill_null(_json_string(column, escape), "null"))
-    parts.append("}" if parts else "{}")
+        literal = ('"' if open_string else "") + ("{" if index == 0 else ",") + orjson.dumps(name).decode() + ":"
+        value = _escaped(column) if escape else column
+        open_string = value.null_count == 0
+        if open_string:
+            parts += [literal + '"', value]
+        else:
+            parts += [literal, pc.fill_null(pc.binary_join_element_wise('"', value, '"', ""), "null")]
+    parts.append(('"' if open_string else "") + "}" if parts else "{}")
     return pc.binary_join_element_wise(*parts, "")
 
 
 def has_special(column: pa.Array) -> bool:
-    """Whether any value holds a control character (line breaks too), a quote or a backslash."""
-    return _any(pc.match_substring_regex(column, _SPECIAL))
+    """Whether any value holds a control character (line breaks too), a quote or a backslash.
+
+    A scan of the bytes the values span (UTF-8 never uses bytes below 0x80 inside a multi-byte
+    character); a slot hidden by a null may also be scanned, which at worst escapes for nothing."""
+    data = _value_bytes(column)
+    if data is None:
+        return _any(pc.match_substring_regex(column, _SPECIAL))
+    return bool(np.any(data < 0x20) or np.any(data == 0x22) or np.any(data == 0x5C))
 
 
-def _json_string(column: pa.Array, escape: bool) -> pa.Array:
-    if escape:
-        for char, escaped in _SHORT_ESCAPES.items():  # backslash first
-            column = pc.replace_substring(column, char, escaped)
-        if _any(pc.match_substring_regex(column, r"[\x00-\x1f]")):
-            for code in range(0x20):
-                if chr(code) not in _SHORT_ESCAPES:
-                    column = pc.replace_substring(column, chr(code), f"\\u{code:04x}")
-    return pc.binary_join_element_wise('"', column, '"', "")
+def _value_bytes(column: pa.Array) -> np.ndarray | None:
+    """The bytes of a string array's values, without a copy (None for other types)."""
+    if not isinstance(column, pa.Array) or column.type not in (pa.string(), pa.large_string()):
+        return None
+    _, offsets, data = column.buffers()
+    if data is None or len(column) == 0:
+        return np.empty(0, np.uint8)
+    width = np.int32 if column.type == pa.string() else np.int64
+    bounds = np.frombuffer(offsets, width)[[column.offset, column.offset + len(column)]]
+    return np.frombuffer(data, np.uint8)[bounds[0]:bounds[1]]
+
+
+def _escaped(column: pa.Array) -> pa.Array:
+    """The values with JSON's escapes (without the quotes)."""
+    for char, escaped in _SHORT_ESCAPES.items():  # backslash first
+        column = pc.replace_substring(column, char, escaped)
+    if _any(pc.match_substring_regex(column, r"[\x00-\x1f]")):
+        for code in range(0x20):
+            if chr(code) not in _SHORT_ESCAPES:
+                column = pc.replace_substring(column, chr(code), f"\\u{code:04x}")
+    return column
 
 
 def _any(mask: pa.Array) -> bool:
@@ -206,7 +232,7 @@ class ArrowPass:
     time_index: int | None
     content_key: Callable[[list[str]], str]  # row key of a source without primary key
     records_done: int = 0
-    _seen: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    _seen: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # sorted hashes of the keys so far
 
     def tables(self, stream: CheckedStream) -> Iterator[pa.Table]:
         names = [f"f{i}" for i in range(len(self.builder.names))]
@@ -284,15 +310,15 @@ class ArrowPass:
             raise FallBack("missing primary key", self.records_done)
         keys = columns[0] if len(columns) == 1 else pc.binary_join_element_wise(*columns, "|")
         scoped = keys if days is None else pc.binary_join_element_wise(pa.array([str(d) for d in days]), keys, "|")
-        hashes = np.sort(
-            pd.util.hash_pandas_object(pd.Series(scoped, dtype=pd.ArrowDtype(pa.string())), index=False).to_numpy()
-        )
+        # a repeated hash (a repeated key, or rarely two keys alike) hands over to the slow path,
+        # which compares the keys themselves
+        hashes = np.sort(np.fromiter(map(hash, scoped.to_pylist()), np.int64, len(scoped)))
         seen = self._seen
-        repeated = bool(np.any(hashes[1:] == hashes[:-1]))
-        if not repeated and len(seen):
-            at = np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)
-            repeated = bool(np.any(seen[at] == hashes))
+        at = np.searchsorted(seen, hashes)
+        repeated = bool(np.any(hashes[1:] == hashes[:-1])) or bool(
+            len(seen) and np.any(seen[np.minimum(at, len(seen) - 1)] == hashes)
+        )
         if repeated:
             raise FallBack("duplicate primary key", self.records_done)
-        self._seen = np.sort(np.concatenate([seen, hashes]), kind="stable")
+        self._seen = np.insert(seen, at, hashes)  # still sorted
         return keys

@@ -21,9 +21,10 @@ Reading (`content`): compression from the magic bytes (gzip, bz2, xz, zip with o
 formats are a permanent error naming them); the encoding from a BOM, else ``config.encoding`` when
 the tenants file sets it, else UTF-8 when the file's first 256 KB are valid UTF-8, else
 `charset-normalizer`'s guess. Every file is then read as UTF-8: the header once (`Layout`), then
-the data records by the columnar fast path (`arrow_pass.ArrowPass`), which hands over to the slow
-path (`rows.RowReader`, resuming after the records already yielded) at the first row only
-that path handles. ``stats.reader`` says which.
+the data records by the columnar fast path (`arrow_pass.ArrowPass`, parsing the next batches in a
+thread of its own while dlt takes the last: `read_ahead`), which hands over to the slow path
+(`rows.RowReader`, resuming after the records already yielded) at the first row only that path
+handles. ``stats.reader`` says which.
 
 Partitions: with ``config.event_time`` a row belongs to ``ctx.window.day_of(event_time)``;
 rows outside the window are skipped and counted in ``outside_window``. Without it the file is
@@ -77,6 +78,7 @@ from etl_platform.sources.csv.layout import (
 )
 from etl_platform.sources.csv.rows import Out, RowReader
 from etl_platform.sources.lineage import RunContext, apply_raw_hints
+from etl_platform.sources.read_ahead import read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +183,9 @@ def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) ->
         )
         try:
             stats.reader = "arrow"
-            for table in arrow_pass.tables(CheckedStream(head[rest:], data)):
-                yield Out(config.resource, table)
+            with read_ahead(arrow_pass.tables(CheckedStream(head[rest:], data))) as tables:
+                for table in tables:
+                    yield Out(config.resource, table)
             return
         except FallBack as exc:
             resume, handover = exc.records_done, f"arrow, then rows from record {exc.records_done + 1}: {exc}"
