@@ -7,8 +7,11 @@ asset into DuckDB, against the page's size. Prints the figures; not a test.
 The page (`{"data": [...], "meta": {...}}`, ~508 bytes a record, fixed seed) is written to a
 temporary folder and served by a local HTTP server in this process; a child process materializes
 the raw asset of one tenant with one `rest_api` source (`data_selector: data`, one page) through
-Dagster (`execute_in_process`, SQLite instance in a temporary DAGSTER_HOME), so its peak RSS
-(ru_maxrss, from wait4) belongs to the load alone. Target: peak RSS <= 4x the page.
+Dagster (`execute_in_process`, SQLite instance in a temporary DAGSTER_HOME). The page is read and
+loaded in the tenant's own process (forked by the run's fork server): its peak RSS is that
+process's, as the run worker recorded it (the larger of its sampled RSS and its ru_maxrss); the
+run worker's own (ru_maxrss, from wait4) is printed apart. Target: the tenant's peak RSS <= 4x the
+page.
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ def load(url: str, work: Path) -> dict:
     }
     tenants.write_text(yaml.safe_dump({"tenants": [{"id": TENANT, "sources": [source]}]}, sort_keys=False))
     os.environ.update({"DAGSTER_HOME": str(home), "ETL_TENANTS_FILE": str(tenants), "ETL_START_DATE": "2024-01-01",
-                       "ETL_WAREHOUSE_URL": f"duckdb:///{work / 'warehouse.duckdb'}"})
+                       "ETL_WAREHOUSE_URL": f"duckdb:///{work / 'warehouse.duckdb'}",
+                       "ETL_MAX_PAGE_BYTES": str(1 << 30)})  # the page is the case: above the 64 MiB default
 
     from dagster import DagsterInstance
 
@@ -121,10 +125,13 @@ def load(url: str, work: Path) -> dict:
     )
     seconds = time.perf_counter() - started
     assert result.success, "raw run failed"
-    with Warehouse(os.environ["ETL_WAREHOUSE_URL"]).connect() as conn:
+    with Warehouse(os.environ["ETL_WAREHOUSE_URL"]).for_tenant(TENANT).connect() as conn:  # its own file
         rows = conn.query(f'SELECT count(*) FROM "tenant_{TENANT}"."{SOURCE}_items"')[0][0]
     instance.dispose()
-    return {"rows": rows, "seconds": seconds}
+    from etl_platform.assets.ingest import fork_server
+
+    tenant_peak = fork_server(None).peaks[TENANT]  # the run worker's record of the tenant's process
+    return {"rows": rows, "seconds": seconds, "tenant_peak": tenant_peak}
 
 
 def main() -> None:
@@ -164,10 +171,12 @@ def main() -> None:
             raise SystemExit(f"the load failed:\n{text[-4000:]}")
         result = json.loads(lines[-1][len("RESULT "):])
         assert result["rows"] == records, f"{result['rows']} rows loaded, expected {records}"
-        peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+        worker = usage.ru_maxrss * 1024  # kilobytes on Linux
+        peak = result["tenant_peak"]
         ratio = peak / size
-        print(f"loaded {result['rows']:,} rows in {result['seconds']:.1f}s; peak RSS {peak / 1e6:.0f} MB "
-              f"= {ratio:.2f}x the page (target <= 4x: {'met' if ratio <= 4 else 'MISSED'})")
+        print(f"loaded {result['rows']:,} rows in {result['seconds']:.1f}s; peak RSS of the tenant's process "
+              f"{peak / 1e6:.0f} MB = {ratio:.2f}x the page (target <= 4x: {'met' if ratio <= 4 else 'MISSED'}); "
+              f"the run worker's {worker / 1e6:.0f} MB")
     finally:
         if args.keep:
             print(f"work folder kept: {root}")
