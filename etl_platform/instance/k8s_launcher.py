@@ -7,6 +7,10 @@ with the tenants' Secret among them, every run would hold every tenant's secrets
 - of the Secrets named by the code location, the run's tags or this launcher's own `env_secrets`, only
   those in `run_env_secrets` (default `etl-platform`: the warehouse URL) or in `env_secrets`: the code
   server's others (`etl-alerts`) never reach a run, nor does an `env` entry reading one of them;
+- of the volumes, only those mounting no Secret but these (a Secret volume, or a projected volume
+  with one among its sources; their mounts go with them), and its sidecars and init containers
+  under the same rules (no config of the code location or of a run's `dagster-k8s/config` tag
+  mounts the tenants' Secret, or the read API's keys, into a run's pod);
 - for each tenant the run covers (its tags, as for the Docker launcher: `run_secrets.run_tenants`),
   one `env` entry per secret of that tenant (its sources' `*_env` and `warehouse_url_env`), read key
   by key from the Secret `tenant_secret` (default `etl-tenant-secrets`, `optional`: a tenant with an
@@ -72,21 +76,47 @@ class PlatformK8sRunLauncher(K8sRunLauncher):
         tags = dagster_run.tags or {}
         registered = registered_order(self._instance if self.has_instance else None, tags)
         names = set().union(*covered_secret_names(registry_tenants(), tags, registered).values())
-        config = context.run_k8s_config.to_dict()
-        container = dict(config.get("container_config") or {})
-        env_from = [e for e in container.get("env_from") or [] if _secret_of(e) in (None, *allowed)]
-        env = [e for e in container.get("env") or [] if _secret_of(e.get("value_from") or {}) in (None, *allowed)]
-        env = [e for e in env if e.get("name") not in names] + [
+        config = context.run_k8s_config.to_dict()  # keys in snake_case, however they were given
+        pod_spec = dict(config.get("pod_spec_config") or {})
+        volumes = [v for v in pod_spec.get("volumes") or [] if _volume_secrets(v) <= allowed]
+        dropped = {v.get("name") for v in pod_spec.get("volumes") or []} - {v.get("name") for v in volumes}
+        container = _allowed_only(config.get("container_config") or {}, allowed, dropped)
+        env = [e for e in container["env"] if e.get("name") not in names] + [
             {"name": n, "value_from": {"secret_key_ref": {"name": self.tenant_secret, "key": n, "optional": True}}}
             for n in sorted(names)
         ]
-        container.update(env_from=env_from, env=env)
+        container.update(env=env)
+        if volumes or "volumes" in pod_spec:
+            pod_spec["volumes"] = volumes
+        for key in ("init_containers", "containers"):  # sidecars: the same Secrets only
+            if pod_spec.get(key):
+                pod_spec[key] = [_allowed_only(c, allowed, dropped) for c in pod_spec[key]]
         return K8sContainerContext(
-            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict({**config, "container_config": container}),
+            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
+                {**config, "container_config": container, "pod_spec_config": pod_spec}
+            ),
             server_k8s_config=context.server_k8s_config,
             namespace=context.namespace,
             server_replica_count=context.server_replica_count,
         )
+
+
+def _allowed_only(container: Mapping[str, Any], allowed: set[str], dropped_volumes: set[str]) -> dict[str, Any]:
+    """A container's config reading only `allowed` Secrets (env_from, env) and mounting none of
+    the volumes dropped."""
+    out = dict(container)
+    out["env_from"] = [e for e in out.get("env_from") or [] if _secret_of(e) in (None, *allowed)]
+    out["env"] = [e for e in out.get("env") or [] if _secret_of(e.get("value_from") or {}) in (None, *allowed)]
+    if out.get("volume_mounts"):
+        out["volume_mounts"] = [m for m in out["volume_mounts"] if m.get("name") not in dropped_volumes]
+    return out
+
+
+def _volume_secrets(volume: Mapping[str, Any]) -> set[str]:
+    """The Secrets a volume mounts: a secret volume's, or those among a projected volume's sources."""
+    names = {(volume.get("secret") or {}).get("secret_name")}
+    names |= {(s.get("secret") or {}).get("name") for s in (volume.get("projected") or {}).get("sources") or []}
+    return names - {None}
 
 
 def _secret_of(ref: Mapping[str, Any]) -> str | None:

@@ -46,8 +46,8 @@ def setup(tmp_path, monkeypatch) -> Any:
         yield instance, launcher_config
 
 
-def pod_of(setup: Any, tags: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
-    """(envFrom's Secrets, {env name: its secretKeyRef}) of the container of the run's Job."""
+def job_of(setup: Any, tags: dict[str, str]) -> Any:
+    """The Kubernetes Job the launcher builds for a run of the code location with `tags`."""
     instance, launcher_config = setup
     origin = JobPythonOrigin("ingest", RepositoryPythonOrigin(
         executable_path="python", code_pointer=ModuleCodePointer("etl_platform.definitions", "defs", None),
@@ -56,7 +56,12 @@ def pod_of(setup: Any, tags: dict[str, str]) -> tuple[list[str], dict[str, Any]]
     run = instance.add_run(DagsterRun(job_name="ingest", run_id=str(uuid.uuid4()), tags=tags,
                                       job_code_origin=origin))
     _, job = helm.launch_job(instance, run, launcher_config)
-    (container,) = job.spec.template.spec.containers
+    return job
+
+
+def pod_of(setup: Any, tags: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+    """(envFrom's Secrets, {env name: its secretKeyRef}) of the container of the run's Job."""
+    (container,) = job_of(setup, tags).spec.template.spec.containers
     secrets = [e.secret_ref.name for e in container.env_from if e.secret_ref]
     refs = {e.name: e.value_from.secret_key_ref for e in container.env or [] if e.value_from}
     return secrets, refs
@@ -119,6 +124,44 @@ def test_a_runs_own_k8s_config_cannot_add_other_secrets(setup) -> None:
     secrets, refs = pod_of(setup, {**tenant_tags(["alpha"]), "dagster-k8s/config": json.dumps(config)})
     assert secrets == ["etl-platform"] and tenant_refs(refs) == ALPHA
     assert "ETL_ADMIN_API_KEY" not in refs
+
+
+def test_a_runs_own_k8s_config_cannot_mount_other_secrets(setup) -> None:
+    """The same through volumes: a Secret mounted as files (whole, or in a projected volume) reaches
+    the pod only when the run may read it whole (run_env_secrets); the mounts of the volumes
+    dropped go with them, and the other volumes stay."""
+    config = {
+        "pod_spec_config": {"volumes": [
+            {"name": "all-tenants", "secret": {"secret_name": "etl-tenant-secrets"}},
+            {"name": "api-keys", "secret": {"secretName": "etl-api"}},
+            {"name": "bundle", "projected": {"sources": [
+                {"configMap": {"name": "etl-ca"}}, {"secret": {"name": "etl-tenant-secrets"}}]}},
+            {"name": "platform", "secret": {"secret_name": "etl-platform"}},
+            {"name": "scratch", "empty_dir": {}},
+        ],
+            "init_containers": [{"name": "copy", "image": "busybox",
+                                 "env_from": [{"secret_ref": {"name": "etl-tenant-secrets"}}],
+                                 "volume_mounts": [{"name": "all-tenants", "mount_path": "/t"},
+                                                   {"name": "scratch", "mount_path": "/scratch"}]}],
+        },
+        "container_config": {"volume_mounts": [
+            {"name": "all-tenants", "mount_path": "/secrets/tenants"},
+            {"name": "api-keys", "mountPath": "/secrets/api"},
+            {"name": "bundle", "mount_path": "/secrets/bundle"},
+            {"name": "platform", "mount_path": "/secrets/platform"},
+            {"name": "scratch", "mount_path": "/scratch"},
+        ]},
+    }
+    pod = job_of(setup, {**tenant_tags(["alpha"]), "dagster-k8s/config": json.dumps(config)}).spec.template.spec
+    (container,) = pod.containers
+    volumes = {v.name for v in pod.volumes or []}
+    mounts = {m.name for m in container.volume_mounts or []}
+    assert {"platform", "scratch"} <= volumes and not volumes & {"all-tenants", "api-keys", "bundle"}
+    assert {"platform", "scratch"} <= mounts and not mounts & {"all-tenants", "api-keys", "bundle"}
+    secrets_mounted = {v.secret.secret_name for v in pod.volumes or [] if v.secret}
+    assert "etl-tenant-secrets" not in secrets_mounted
+    (init,) = pod.init_containers  # a sidecar of the run's pod: the same rules
+    assert not init.env_from and [m.name for m in init.volume_mounts] == ["scratch"]
 
 
 def test_the_rendered_config_loads_through_the_launchers_schema(setup) -> None:
