@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from etl_platform.loading.failures import classify
+from etl_platform.sources.csv import arrow_pass
 from etl_platform.sources.csv.layout import CsvFileNotFoundError, CsvSourceError, CsvStats
 from etl_platform.sources.csv.source import build_csv_source
 from etl_platform.sources.lineage import WRITE_DISPOSITION, contract
@@ -421,6 +423,40 @@ def test_reloading_a_partition_replaces_it(tmp_path: Path) -> None:
 
 
 # --- http -----------------------------------------------------------------------------------
+
+
+def test_a_file_whose_connection_breaks_part_way_fails_transiently_and_loads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server promises the whole file and closes after three quarters of it, while the fast
+    pass is reading ahead: the load fails with an error naming the tenant, the source, the URL and
+    about which line, classified transient (the retry will load it), and nothing of the file is
+    loaded; the read-ahead thread is gone. The retry, answered in full, loads every row once."""
+    monkeypatch.setattr(arrow_pass, "BLOCK_BYTES", 16 * 1024)  # many batches before the break
+    body = b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i) for i in range(1, 40001))
+    cut = len(body) * 3 // 4  # past the first 256 KB read to check the encoding
+
+    def broken(req: Any) -> Response:
+        chunks = (body[i:min(i + 8192, cut)] for i in range(0, cut, 8192))
+        return Response(200, chunks, {"Content-Type": "text/csv", "Content-Length": str(len(body))})
+
+    with LocalServer() as server:
+        server.route("/export.csv", broken)
+        url = server.url + "/export.csv"
+        failed = new_pipeline(tmp_path)
+        with pytest.raises(Exception) as info:
+            load(tmp_path, url, pipeline=failed, primary_key=["id"])
+        error = root_cause(info.value, CsvSourceError)
+        assert type(error) is CsvSourceError and classify(error) == "transient"
+        assert str(error).startswith(f"tenant 't1', source 'orders': reading {url} failed near line ")
+        assert "IncompleteRead" in str(error)
+        assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+        assert table(failed, "rows") == []
+
+        server.route("/export.csv", lambda req: Response(200, body, {"Content-Type": "text/csv"}))
+        pipeline, stats = load(tmp_path / "retry", url, primary_key=["id"])
+        rows = table(pipeline, "rows")
+        assert len(rows) == 40000 and len({r["id"] for r in rows}) == 40000 and stats.reader == "arrow"
 
 
 def test_http_csv_and_gzip_and_404(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import dlt
@@ -77,6 +77,7 @@ from etl_platform.sources.csv.layout import (
     read_layout,
 )
 from etl_platform.sources.csv.rows import Out, RowReader
+from etl_platform.sources.errors import PermanentSourceError
 from etl_platform.sources.lineage import RunContext, apply_raw_hints
 from etl_platform.sources.read_ahead import read_ahead
 
@@ -159,7 +160,10 @@ def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) ->
     where = f"tenant {ctx.tenant_id!r}, source {config.name!r}"
     shown = content.shown(location)
     stats.reset()
-    with _open_utf8(config, location, where, stats) as data:
+    arrow_pass: ArrowPass | None = None
+    with _failed_read(where, shown, lambda: arrow_pass.first_line if arrow_pass else None), _open_utf8(
+        config, location, where, stats
+    ) as data:
         layout, head, rest = read_layout(config, data, shown, where, stats.encoding or "utf-8")
         if layout is None:
             stats.empty_file = True
@@ -193,8 +197,22 @@ def _read(config: CsvSource, location: str, ctx: RunContext, stats: CsvStats) ->
     stats.restart()
     stats.reader = handover
     layout.content_keys = ContentKeys()
-    with _open_utf8(config, location, where, stats) as data:
+    with _failed_read(where, shown, lambda: None), _open_utf8(config, location, where, stats) as data:
         yield from _slow_path(b"", data, layout, builder, stats, where, shown, resume=resume)
+
+
+@contextlib.contextmanager
+def _failed_read(where: str, shown: str, line: Callable[[], int | None]) -> Iterator[None]:
+    """A read that fails part-way (the connection, the file, its decompression) is a
+    `CsvSourceError` (transient) naming the tenant, the source, the location and about where."""
+    try:
+        yield
+    except (CsvSourceError, PermanentSourceError):  # already named (a missing file is an OSError too)
+        raise
+    except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
+        reached = line()
+        near = f" near line {reached}" if reached else ""
+        raise CsvSourceError(f"{where}: reading {shown} failed{near}: {redact_text(str(exc))}") from None
 
 
 @contextlib.contextmanager
@@ -223,11 +241,8 @@ def _slow_path(
     limit = bounds.limits().csv_field_bytes
     lines = Lines(text, max_line=limit, where=f"{where}: {shown}")
     reader = RowReader(layout, builder, stats, resume_after=resume, field_limit=limit, where=where)
-    try:
+    with _failed_read(where, shown, lambda: lines.line):
         yield from reader.batches(lines)
-    except (OSError, EOFError, UnicodeError, requests.RequestException) as exc:
-        message = redact_text(str(exc))
-        raise CsvSourceError(f"{where}: reading {shown} failed near line {lines.line}: {message}") from None
 
 
 def _note_layout(stats: CsvStats, layout: Layout, shown: str, where: str) -> None:
