@@ -328,15 +328,26 @@ def apply_dlt_defaults() -> None:
     # DuckDB takes up to 80% of RAM by default and keeps what it read and wrote cached: a 1M-row CSV
     # load peaked at ~1.3 GB in the loading process. dlt's loading connections skip keeping
     # insertion order (raw rows have none; DuckDB then loads Parquet in parallel and streams it with
-    # far less memory) and get 128 MB per DuckDB thread (threads = cores, at least 256 MB), beyond
-    # which DuckDB spills to disk. Each thread builds its own row group (~55 MB for the benchmark's
-    # rows): on 2 cores the 1M-row insert took 3.5 s at 128 MB and 2.8 s from 192 MB up, and the
-    # tenant's process peaked at ~475 MB at 256 MB (benchmarks/RESULTS.md). Override with this
-    # variable (JSON of DuckDB settings).
+    # far less memory) and get `duckdb_load_memory_mb()`, beyond which DuckDB spills to disk.
+    # Override with this variable (JSON of DuckDB settings).
     os.environ.setdefault(
         "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
-        f'{{"memory_limit": "{max(256, 128 * (os.cpu_count() or 1))}MB", "preserve_insertion_order": false}}',
+        f'{{"memory_limit": "{duckdb_load_memory_mb()}MB", "preserve_insertion_order": false}}',
     )
+
+
+def duckdb_load_memory_mb() -> int:
+    """DuckDB's memory in a load: 128 MB per CPU this process may run on, at least 256 MB and at
+    most a quarter of a tenant's memory limit (the tenant's process holds its own ~250 MB besides).
+
+    Each DuckDB thread builds its own row group (~55 MB for the benchmark's rows): on 2 cores the
+    1M-row insert took 3.5 s at 128 MB and 2.8 s from 192 MB up, and the tenant's process peaked
+    at ~485 MB at 256 MB (benchmarks/RESULTS.md)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(256, min(128 * cpus, _int("ETL_TENANT_MEMORY_LIMIT_MB", 2048) // 4))
 
 
 # --- bounded input (what one source may send) ----------------------------------------------------

@@ -21,17 +21,21 @@ Select it in the chart's values with `runLauncher.type: CustomRunLauncher` (valu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import kubernetes.client
 from dagster import Array, DagsterRun, Field, StringSource
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
+from dagster_k8s.models import k8s_snake_case_dict
 
 from etl_platform.instance.run_launcher import configure_process
 from etl_platform.instance.run_secrets import covered_secret_names, registered_order, registry_tenants
 
+logger = logging.getLogger(__name__)
 RUN_ENV_SECRETS = ("etl-platform",)
 TENANT_SECRET = "etl-tenant-secrets"
 
@@ -44,11 +48,14 @@ class PlatformK8sRunLauncher(K8sRunLauncher):
         configure_process()
         self.run_env_secrets = list(RUN_ENV_SECRETS if run_env_secrets is None else run_env_secrets)
         self.tenant_secret = tenant_secret or TENANT_SECRET
-        if self.tenant_secret in self.run_env_secrets or self.tenant_secret in (k8s_config.get("env_secrets") or []):
+        # Secrets the operator mounts in this launcher's own `volumes` (a CA bundle, say) stay
+        own_volumes = {name for v in k8s_config.get("volumes") or [] for name in _volume_secrets(_snake(v))}
+        if self.tenant_secret in {*self.run_env_secrets, *(k8s_config.get("env_secrets") or []), *own_volumes}:
             raise ValueError(
-                f"run launcher config: the tenants' Secret {self.tenant_secret!r} may not be in run_env_secrets "
-                "or env_secrets (every run would get every tenant's secrets)"
+                f"run launcher config: the tenants' Secret {self.tenant_secret!r} may not be in run_env_secrets, "
+                "env_secrets or volumes (every run would get every tenant's secrets)"
             )
+        self.volume_secrets = own_volumes
         super().__init__(inst_data=inst_data, **k8s_config)
 
     @classmethod
@@ -73,13 +80,17 @@ class PlatformK8sRunLauncher(K8sRunLauncher):
         """Dagster's context for the run, its Secrets filtered, plus its tenants' secret references."""
         context = super().get_container_context_for_run(dagster_run)
         allowed = {*self.run_env_secrets, *self.env_secrets}
+        mountable = allowed | self.volume_secrets
         tags = dagster_run.tags or {}
         registered = registered_order(self._instance if self.has_instance else None, tags)
         names = set().union(*covered_secret_names(registry_tenants(), tags, registered).values())
         config = context.run_k8s_config.to_dict()  # keys in snake_case, however they were given
         pod_spec = dict(config.get("pod_spec_config") or {})
-        volumes = [v for v in pod_spec.get("volumes") or [] if _volume_secrets(v) <= allowed]
+        volumes = [v for v in pod_spec.get("volumes") or [] if _volume_secrets(v) <= mountable]
         dropped = {v.get("name") for v in pod_spec.get("volumes") or []} - {v.get("name") for v in volumes}
+        if dropped:
+            logger.warning("run %s: volumes dropped from its pod (they mount Secrets a run may not read): %s",
+                           dagster_run.run_id, ", ".join(sorted(map(str, dropped))))
         container = _allowed_only(config.get("container_config") or {}, allowed, dropped)
         env = [e for e in container["env"] if e.get("name") not in names] + [
             {"name": n, "value_from": {"secret_key_ref": {"name": self.tenant_secret, "key": n, "optional": True}}}
@@ -110,6 +121,11 @@ def _allowed_only(container: Mapping[str, Any], allowed: set[str], dropped_volum
     if out.get("volume_mounts"):
         out["volume_mounts"] = [m for m in out["volume_mounts"] if m.get("name") not in dropped_volumes]
     return out
+
+
+def _snake(volume: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A volume as given in the launcher's config (camelCase or snake_case), in snake_case."""
+    return k8s_snake_case_dict(kubernetes.client.V1Volume, volume)
 
 
 def _volume_secrets(volume: Mapping[str, Any]) -> set[str]:

@@ -41,8 +41,9 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[Iterator[T]]:
                 continue
         return False
 
+    source = iter(items)  # here: an iterator that cannot even start fails in the caller's thread
+
     def produce() -> None:
-        source = iter(items)
         try:
             for item in source:
                 if not put(_ITEM, item):
@@ -72,4 +73,4 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[Iterator[T]]:
         yield consume()
     finally:
         stop.set()
-        producer.join()
+        producer.join()  # at most the item in its hands (a slow read: the source's own time limits)

@@ -164,6 +164,21 @@ def test_a_runs_own_k8s_config_cannot_mount_other_secrets(setup) -> None:
     assert not init.env_from and [m.name for m in init.volume_mounts] == ["scratch"]
 
 
+def test_the_operators_own_secret_volumes_stay_but_never_the_tenants_secret(setup) -> None:
+    """A Secret the launcher's own config mounts (a CA bundle for the warehouse, say) is the
+    operator's choice and reaches every run's pod; the launcher refuses to mount the tenants'."""
+    instance, launcher_config = setup
+    own = {**launcher_config,
+           "volumes": [*launcher_config.get("volumes", []),
+                       {"name": "pg-ca", "secret": {"secretName": "warehouse-ca"}}],
+           "volume_mounts": [*launcher_config.get("volume_mounts", []), {"name": "pg-ca", "mountPath": "/ca"}]}
+    pod = job_of((instance, own), tenant_tags(["alpha"])).spec.template.spec
+    assert "pg-ca" in {v.name for v in pod.volumes} and "pg-ca" in {m.name for m in pod.containers[0].volume_mounts}
+    tenants_whole = {**launcher_config, "volumes": [{"name": "t", "secret": {"secret_name": "etl-tenant-secrets"}}]}
+    with pytest.raises(ValueError, match="every tenant's secrets"):
+        helm.build_launcher(tenants_whole)
+
+
 def test_the_rendered_config_loads_through_the_launchers_schema(setup) -> None:
     _, launcher_config = setup
     rendered = helm.instance_config()["run_launcher"]

@@ -102,3 +102,14 @@ def test_the_producer_sees_the_callers_context_variables() -> None:
             assert list(items) == ["tenant acme"]
     finally:
         WHO.reset(token)
+
+
+def test_an_iterable_that_cannot_start_fails_at_once() -> None:
+    class Unopenable:
+        def __iter__(self) -> Iterator[int]:
+            raise OSError("the file is gone")
+
+    with pytest.raises(OSError, match="the file is gone"):
+        with read_ahead(Unopenable()):
+            pass
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
