@@ -31,9 +31,10 @@ from etl_platform.sources.lineage import RunContext, parse_time
 
 BLOCK_BYTES = 2 << 20  # bytes of CSV per Arrow batch (~12k rows of 160 bytes); 4 MB: +120 MB RSS
 # Beyond this many columns the fields stay in `_etl_record` only: DuckDB needs ~100 KB of its
-# memory cap per column whatever the batch size (at its 128 MB cap a 4,000-column CREATE TABLE of
-# no rows fails; a staged merge of 750 columns fails, 500 fit), and a PostgreSQL table holds at
-# most 1,600 columns.
+# memory cap per column whatever the batch size (at a 128 MB cap a 4,000-column CREATE TABLE of
+# no rows fails; a staged merge of 750 columns fails, 500 fit; the loading cap is now at least
+# 256 MB, `config.settings.duckdb_load_memory_mb`), and a PostgreSQL table holds at most 1,600
+# columns.
 MAX_COLUMNS = 500
 _ARROW_TYPES = {
     "text": pa.string(),
