@@ -330,10 +330,10 @@ def apply_dlt_defaults() -> None:
     # insertion order (raw rows have none; DuckDB then loads Parquet in parallel and streams it with
     # far less memory) and get `duckdb_load_memory_mb()`, beyond which DuckDB spills to disk.
     # Override with this variable (JSON of DuckDB settings).
-    os.environ.setdefault(
-        "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
-        f'{{"memory_limit": "{duckdb_load_memory_mb()}MB", "preserve_insertion_order": false}}',
-    )
+    if "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG" not in os.environ:  # worked out once
+        os.environ["DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG"] = (
+            f'{{"memory_limit": "{duckdb_load_memory_mb()}MB", "preserve_insertion_order": false}}'
+        )
 
 
 def duckdb_load_memory_mb() -> int:
@@ -347,7 +347,7 @@ def duckdb_load_memory_mb() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(256, min(128 * cpus, _int("ETL_TENANT_MEMORY_LIMIT_MB", 2048) // 4))
+    return max(256, min(128 * cpus, get_settings().tenant_memory_mb // 4))
 
 
 # --- bounded input (what one source may send) ----------------------------------------------------

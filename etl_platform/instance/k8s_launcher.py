@@ -97,7 +97,7 @@ class PlatformK8sRunLauncher(K8sRunLauncher):
             for n in sorted(names)
         ]
         container.update(env=env)
-        if volumes or "volumes" in pod_spec:
+        if "volumes" in pod_spec:
             pod_spec["volumes"] = volumes
         for key in ("init_containers", "containers"):  # sidecars: the same Secrets only
             if pod_spec.get(key):
